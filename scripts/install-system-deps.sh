@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs Prometheus and Alertmanager (with promtool and amtool) from the system package manager
+# when they are missing and this machine allows it. Never fails the build: tests that need the
+# binaries skip with a clear message when they are absent.
+set -u
+need=()
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
+command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
+[ ${#need[@]} -eq 0 ] && exit 0
+if ! command -v apt-get >/dev/null 2>&1; then
+  echo "apt-get not found: install ${need[*]} yourself to run the Prometheus/Alertmanager tests" >&2
+  exit 1
+fi
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
+    echo "not root: install ${need[*]} yourself to run the Prometheus/Alertmanager tests" >&2
+    exit 1
+  fi
+fi
+export DEBIAN_FRONTEND=noninteractive
+echo "installing ${need[*]} ..."
+timeout 600 $sudo apt-get update -qq >/dev/null 2>&1 || true
+# --no-install-recommends keeps it small; the services are not started (policy-rc.d style guard).
+timeout 900 $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1
+rc=$?
+# Debian starts the daemons on install; COO's tests run their own instances.
+for svc in prometheus prometheus-alertmanager; do
+  pkill -x "$svc" >/dev/null 2>&1 || true
+done
+exit $rc

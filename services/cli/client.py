@@ -1,0 +1,91 @@
+"""The CLI's HTTP client for COO's REST API."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from services.common.settings import Settings
+
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+class ApiFailure(RuntimeError):
+    """The API answered an error; the message is its error body's message."""
+
+
+def resolve_api_key(settings: Settings) -> str | None:
+    if settings.api_key is not None:
+        return settings.api_key.get_secret_value()
+    dev_key = settings.data_dir / "dev-api-key"
+    if dev_key.exists():
+        return dev_key.read_text().strip()
+    return None
+
+
+class CooClient:
+    def __init__(self, base_url: str, api_key: str | None, *, timeout_s: float = 30.0) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout_s)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> CooClient:
+        return cls(settings.api_url, resolve_api_key(settings))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ApiFailure(f"cannot reach the COO API at {self.http.base_url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                message = error["message"]
+            except Exception:
+                message = response.text[:500]
+            raise ApiFailure(f"{method} {path} → {response.status_code}: {message}")
+        return response.json() if response.content else None
+
+    def register_workflow(self, path: Path) -> Any:
+        content_type = "application/json" if path.suffix == ".json" else "application/yaml"
+        return self._call("POST", "/v1/workflows", content=path.read_bytes(), headers={"Content-Type": content_type})
+
+    def get_workflow(self, name: str) -> Any | None:
+        try:
+            return self._call("GET", f"/v1/workflows/{name}")
+        except ApiFailure as exc:
+            if "→ 404" in str(exc):
+                return None
+            raise
+
+    def submit(self, workflow: str, mission_input: dict[str, Any], **extra: Any) -> Any:
+        body = {
+            "workflow": workflow,
+            "input": mission_input,
+            **{k: v for k, v in extra.items() if v is not None},
+        }
+        return self._call("POST", "/v1/missions", json=body)
+
+    def mission(self, mission_id: str) -> Any:
+        return self._call("GET", f"/v1/missions/{mission_id}")
+
+    def timeline(self, mission_id: str) -> Any:
+        return self._call("GET", f"/v1/missions/{mission_id}/timeline")
+
+    def wait(self, mission_id: str, *, timeout_s: float) -> Any:
+        give_up = time.monotonic() + timeout_s
+        delay = 0.1
+        while True:
+            mission = self.mission(mission_id)
+            if mission["status"] in TERMINAL:
+                return mission
+            if time.monotonic() >= give_up:
+                raise ApiFailure(f"mission {mission_id} still '{mission['status']}' after {timeout_s:g}s")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 1.0)

@@ -1,0 +1,156 @@
+"""`coo up`: the whole system on one machine — embedded Postgres and NATS unless configured,
+migrations, the three services as child processes, the demo mission, and a clean Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from services.cli.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, port_is_free
+from services.common.settings import Settings
+
+SERVICES = ("orchestrator", "worker", "sandbox")
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    data_dir: Path
+    pg_port: int | None = None
+    nats_port: int | None = None
+    postgres: EmbeddedPostgres | None = None
+    nats: EmbeddedNats | None = None
+    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    api_key: str = ""
+
+    def port_of(self, service: str) -> int:
+        return int(getattr(self.settings, f"{service}_port"))
+
+    def check_ports(self) -> None:
+        for service in SERVICES:
+            port = self.port_of(service)
+            if not port_is_free(port, self.settings.host):
+                raise RuntimeError(
+                    f"port {port} ({service}) is already in use on {self.settings.host}: stop what holds it, "
+                    f"or move the {service} with COO_{service.upper()}_PORT"
+                )
+
+    def start_infra(self) -> tuple[str, str]:
+        database_url = self.settings.database_url
+        nats_url = self.settings.nats_url
+        if database_url is None:
+            self.postgres = EmbeddedPostgres(self.data_dir, self.pg_port)
+            database_url = self.postgres.start()
+        if nats_url is None:
+            self.nats = EmbeddedNats(self.data_dir, self.nats_port)
+            nats_url = self.nats.start()
+        return database_url, nats_url
+
+    def dev_key(self) -> str:
+        if self.settings.api_keys:
+            return self.settings.api_keys[0].get_secret_value()
+        path = self.data_dir / "dev-api-key"
+        if path.exists():
+            return path.read_text().strip()
+        key = "coo_dev_" + secrets.token_urlsafe(24)
+        path.write_text(key + "\n")
+        path.chmod(0o600)
+        return key
+
+    def start_services(self, database_url: str, nats_url: str) -> None:
+        self.api_key = self.dev_key()
+        logs = self.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.env = {
+            **os.environ,
+            "COO_DATABASE_URL": database_url,
+            "COO_NATS_URL": nats_url,
+            "COO_DATA_DIR": str(self.data_dir),
+            "COO_API_KEYS": ",".join([self.api_key, *[k.get_secret_value() for k in self.settings.api_keys[1:]]]),
+        }
+        for service in SERVICES:
+            log = (logs / f"{service}.log").open("ab")
+            self.children[service] = subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", "serve", service],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
+            )
+            log.close()
+
+    def wait_ready(self, deadline_s: float = 90.0) -> None:
+        give_up = time.monotonic() + deadline_s
+        pending = set(SERVICES)
+        with httpx.Client(timeout=2.0) as client:
+            while pending:
+                for service in sorted(pending):
+                    proc = self.children[service]
+                    if proc.poll() is not None:
+                        raise RuntimeError(
+                            f"{service} exited with code {proc.returncode}; last log lines:\n{self.log_tail(service)}"
+                        )
+                    url = f"http://{self.settings.host}:{self.port_of(service)}/readyz"
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(url).status_code == 200:
+                            pending.discard(service)
+                if pending and time.monotonic() > give_up:
+                    raise RuntimeError(f"not ready after {deadline_s:g}s: {', '.join(sorted(pending))}")
+                if pending:
+                    time.sleep(0.2)
+
+    def log_tail(self, service: str, lines: int = 15) -> str:
+        path = self.data_dir / "logs" / f"{service}.log"
+        with contextlib.suppress(OSError):
+            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def dead_child(self) -> str | None:
+        for service, proc in self.children.items():
+            if proc.poll() is not None:
+                return service
+        return None
+
+    def stop(self) -> None:
+        for proc in self.children.values():
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        give_up = time.monotonic() + 15
+        for proc in self.children.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, give_up - time.monotonic()))
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait(timeout=5)
+        if self.nats is not None:
+            self.nats.stop()
+        if self.postgres is not None:
+            self.postgres.stop()
+
+
+def install_stop_signals() -> threading.Event:
+    """SIGINT/SIGTERM set the returned event instead of raising, so shutdown runs in order."""
+    stop = threading.Event()
+
+    def handler(signum: int, _frame: object) -> None:
+        del signum
+        stop.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return stop

@@ -1,0 +1,354 @@
+"""NATS JetStream: COO's streams, consumers, publishing and the pull-consumer loop (DESIGN §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from services.common.logging import get_logger
+from services.common.settings import Settings
+
+log = get_logger(__name__)
+
+WORK_STREAM = "COO_WORK"
+EVENTS_STREAM = "COO_EVENTS"
+
+SUBJECT_WORK = "coo.work"  # coo.work.<agent>
+SUBJECT_RESULTS = "coo.results"
+SUBJECT_CONTROL = "coo.control"  # coo.control.<mission>
+SUBJECT_TIMELINE = "coo.timeline"  # coo.timeline.<mission>
+SUBJECT_SANDBOX_EXEC = "coo.sandbox.exec"
+SANDBOX_QUEUE_GROUP = "sandbox"
+
+DUPLICATE_WINDOW_S = 120.0
+EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
+
+
+class Undeliverable(Exception):
+    """The message can never be handled (cannot be decoded, or refers to nothing): dead-letter it."""
+
+
+DeadLetterSink = Callable[[Msg, str, int], Awaitable[None]]
+MessageHandler = Callable[[Msg], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subjects:
+    """Every subject and stream name, with the installation's prefix applied."""
+
+    settings: Settings
+
+    def work(self, agent: str) -> str:
+        return self.settings.subject(f"{SUBJECT_WORK}.{agent}")
+
+    @property
+    def work_all(self) -> str:
+        return self.settings.subject(f"{SUBJECT_WORK}.>")
+
+    @property
+    def results(self) -> str:
+        return self.settings.subject(SUBJECT_RESULTS)
+
+    def control(self, mission_id: object) -> str:
+        return self.settings.subject(f"{SUBJECT_CONTROL}.{mission_id}")
+
+    @property
+    def control_all(self) -> str:
+        return self.settings.subject(f"{SUBJECT_CONTROL}.*")
+
+    def timeline(self, mission_id: object) -> str:
+        return self.settings.subject(f"{SUBJECT_TIMELINE}.{mission_id}")
+
+    @property
+    def timeline_all(self) -> str:
+        return self.settings.subject(f"{SUBJECT_TIMELINE}.*")
+
+    @property
+    def sandbox_exec(self) -> str:
+        return self.settings.subject(SUBJECT_SANDBOX_EXEC)
+
+    @property
+    def work_stream(self) -> str:
+        return self.settings.stream(WORK_STREAM)
+
+    @property
+    def events_stream(self) -> str:
+        return self.settings.stream(EVENTS_STREAM)
+
+
+class Bus:
+    """One NATS connection with JetStream, owned by a service's lifespan."""
+
+    def __init__(self, settings: Settings, *, client_name: str) -> None:
+        self.settings = settings
+        self.subjects = Subjects(settings)
+        self.client_name = client_name
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+
+    @property
+    def nc(self) -> NatsClient:
+        if self._nc is None:
+            raise RuntimeError("bus is not connected")
+        return self._nc
+
+    @property
+    def js(self) -> JetStreamContext:
+        if self._js is None:
+            raise RuntimeError("bus is not connected")
+        return self._js
+
+    @property
+    def is_connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    async def connect(self, *, deadline_s: float = 30.0) -> None:
+        _, url = self.settings.require_infra()
+
+        async def on_error(exc: Exception) -> None:
+            log.warning("nats.error", error=str(exc) or type(exc).__name__)
+
+        async def on_disconnected() -> None:
+            log.warning("nats.disconnected")
+
+        async def on_reconnected() -> None:
+            log.info("nats.reconnected")
+
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + deadline_s
+        delay = 0.2
+        while True:
+            try:
+                self._nc = await nats.connect(
+                    servers=[url],
+                    name=self.client_name,
+                    connect_timeout=2,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    ping_interval=10,
+                    max_outstanding_pings=3,
+                    error_cb=on_error,
+                    disconnected_cb=on_disconnected,
+                    reconnected_cb=on_reconnected,
+                )
+                break
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                if loop.time() >= give_up_at:
+                    raise RuntimeError(f"cannot reach NATS at {url} (COO_NATS_URL): {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._js = self._nc.jetstream(timeout=5)
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._nc.drain()
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        self._nc = None
+        self._js = None
+
+    async def ping(self, *, timeout_s: float = 2.0) -> None:
+        """Raise unless the server answers a round trip within the deadline."""
+        if not self.is_connected:
+            raise ConnectionError("not connected to NATS")
+        await self.nc.flush(timeout=timeout_s)
+
+    # --- streams ---------------------------------------------------------------------------
+    async def ensure_streams(self) -> None:
+        """Create or update COO's streams so that every service can start in any order."""
+        s = self.subjects
+        configs = [
+            StreamConfig(
+                name=s.work_stream,
+                subjects=[s.work_all],
+                retention=RetentionPolicy.WORK_QUEUE,
+                storage=StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_S,
+                description="COO work items: one message per step attempt",
+            ),
+            StreamConfig(
+                name=s.events_stream,
+                subjects=[s.results, s.control_all, s.timeline_all],
+                retention=RetentionPolicy.LIMITS,
+                storage=StorageType.FILE,
+                duplicate_window=DUPLICATE_WINDOW_S,
+                max_age=EVENTS_MAX_AGE_S,
+                description="COO results, control commands and timeline fan-out",
+            ),
+        ]
+        for config in configs:
+            try:
+                await self.js.add_stream(config)
+            except nats.js.errors.BadRequestError:
+                await self.js.update_stream(config)
+
+    # --- publishing ------------------------------------------------------------------------
+    async def publish(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Publish to JetStream and wait for the stream's ack (dedupe by ``Nats-Msg-Id``)."""
+        hdrs = dict(headers or {})
+        if msg_id is not None:
+            hdrs["Nats-Msg-Id"] = msg_id
+        await self.js.publish(subject, payload, headers=hdrs or None)
+
+    async def ensure_consumer(
+        self,
+        *,
+        stream: str,
+        durable: str,
+        filter_subject: str,
+        ack_wait_s: float,
+        max_deliver: int,
+        max_ack_pending: int,
+    ) -> JetStreamContext.PullSubscription:
+        config = ConsumerConfig(
+            durable_name=durable,
+            name=durable,
+            filter_subject=filter_subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=ack_wait_s,
+            max_deliver=max_deliver,
+            max_ack_pending=max_ack_pending,
+        )
+        try:
+            await self.js.add_consumer(stream, config=config)
+        except nats.js.errors.BadRequestError:
+            # Exists with another configuration: bring it to this one.
+            await self.js.add_consumer(stream, config=config)
+        return await self.js.pull_subscribe_bind(durable=durable, stream=stream)
+
+
+@dataclass
+class ConsumerLoop:
+    """Fetch from a durable pull consumer and run ``handler`` per message, bounded in concurrency.
+
+    A message is acked only after ``handler`` returned, that is after its work was committed.
+    ``Undeliverable`` and exhausted deliveries go to ``dead_letter`` and are terminated; other
+    failures are nak'ed with a growing delay so JetStream redelivers them.
+    """
+
+    bus: Bus
+    stream: str
+    durable: str
+    filter_subject: str
+    handler: MessageHandler
+    dead_letter: DeadLetterSink
+    concurrency: int = 8
+    ack_wait_s: float = 30.0
+    max_deliver: int = 5
+    fetch_timeout_s: float = 1.0
+    name: str = "consumer"
+
+    def __post_init__(self) -> None:
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self) -> None:
+        sub: JetStreamContext.PullSubscription | None = None
+        backoff = 0.2
+        while True:
+            try:
+                if sub is None:
+                    sub = await self.bus.ensure_consumer(
+                        stream=self.stream,
+                        durable=self.durable,
+                        filter_subject=self.filter_subject,
+                        ack_wait_s=self.ack_wait_s,
+                        max_deliver=self.max_deliver,
+                        max_ack_pending=max(self.concurrency * 4, 64),
+                    )
+                await self._slots.acquire()
+                free = 1
+                while free < self.concurrency and not self._slots.locked():
+                    await self._slots.acquire()
+                    free += 1
+                try:
+                    msgs = await sub.fetch(batch=free, timeout=self.fetch_timeout_s)
+                except BaseException:
+                    for _ in range(free):
+                        self._slots.release()
+                    raise
+                for _ in range(free - len(msgs)):
+                    self._slots.release()
+                for msg in msgs:
+                    task = asyncio.create_task(self._handle(msg), name=f"{self.name}:{msg.subject}")
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                backoff = 0.2
+            except nats.errors.TimeoutError:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("consumer.fetch_failed", consumer=self.name, error=str(exc) or type(exc).__name__)
+                if isinstance(exc, nats.js.errors.NotFoundError):
+                    sub = None
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def drain(self, timeout_s: float = 10.0) -> None:
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=timeout_s)
+
+    async def _keep_alive(self, msg: Msg) -> None:
+        while True:
+            await asyncio.sleep(self.ack_wait_s / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def _handle(self, msg: Msg) -> None:
+        heartbeat = asyncio.create_task(self._keep_alive(msg))
+        try:
+            deliveries = msg.metadata.num_delivered if msg.metadata else 1
+            try:
+                await self.handler(msg)
+            except Undeliverable as exc:
+                await self.dead_letter(msg, str(exc), deliveries)
+                await msg.term()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.exception("consumer.handler_failed", consumer=self.name, subject=msg.subject, deliveries=deliveries)
+                if deliveries >= self.max_deliver:
+                    await self.dead_letter(msg, f"{type(exc).__name__}: {exc}", deliveries)
+                    await msg.term()
+                else:
+                    delay = min(30.0, 0.5 * 2 ** (deliveries - 1)) * random.uniform(0.5, 1.0)
+                    await msg.nak(delay=delay)
+                return
+            await msg.ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("consumer.ack_failed", consumer=self.name, subject=msg.subject)
+        finally:
+            heartbeat.cancel()
+            self._slots.release()

@@ -1,0 +1,53 @@
+"""Alembic environment: async engine, COO's schema, one history."""
+
+from __future__ import annotations
+
+import asyncio
+
+from alembic import context
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+
+from services.common.db.models import Base
+from services.common.db.session import create_engine
+from services.common.settings import Settings, get_settings
+
+config = context.config
+target_metadata = Base.metadata
+
+
+def _settings() -> Settings:
+    given = config.attributes.get("settings")
+    return given if isinstance(given, Settings) else get_settings()
+
+
+def _run(connection: Connection, schema: str) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        version_table_schema=schema,
+        compare_type=True,
+    )
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+async def _run_async() -> None:
+    settings = _settings()
+    engine = create_engine(settings, application_name="coo-migrate")
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{settings.db_schema}"'))
+            await conn.commit()
+            await conn.run_sync(_run, settings.db_schema)
+            await conn.commit()
+    finally:
+        await engine.dispose()
+
+
+if context.is_offline_mode():
+    context.configure(url=_settings().database_url, target_metadata=target_metadata, literal_binds=True)
+    with context.begin_transaction():
+        context.run_migrations()
+else:
+    asyncio.run(_run_async())

@@ -1,0 +1,37 @@
+"""Async engine and sessions (SQLAlchemy 2 + asyncpg), bound to the configured schema."""
+
+from __future__ import annotations
+
+import asyncio
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+from services.common.settings import Settings
+
+
+def create_engine(settings: Settings, *, application_name: str) -> AsyncEngine:
+    url, _ = settings.require_infra()
+    return create_async_engine(
+        url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        pool_pre_ping=True,
+        pool_recycle=1800,
+        connect_args={
+            "timeout": 5,
+            "command_timeout": 60,
+            "server_settings": {"search_path": settings.db_schema, "application_name": application_name},
+        },
+    )
+
+
+def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    return async_sessionmaker(engine, expire_on_commit=False)
+
+
+async def ping(engine: AsyncEngine, *, timeout_s: float = 2.0) -> None:
+    """Raise if Postgres does not answer ``SELECT 1`` within the deadline."""
+    async with asyncio.timeout(timeout_s):
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))

@@ -1,0 +1,175 @@
+"""What the three FastAPI apps share: the error body, health and readiness routes, /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.exposition import choose_encoder
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
+
+ReadinessCheck = Callable[[], Awaitable[None]]
+
+
+class ApiError(Exception):
+    """An error answered with COO's error body ``{"error": {"type", "message", "field"?}}``."""
+
+    def __init__(
+        self,
+        status_code: int,
+        error_type: str,
+        message: str,
+        *,
+        field: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.error_type = error_type
+        self.message = message
+        self.field = field
+        self.headers = headers
+
+
+def error_body(error_type: str, message: str, field: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"type": error_type, "message": message}
+    if field is not None:
+        body["field"] = field
+    return {"error": body}
+
+
+_STATUS_TYPES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    409: "conflict",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "validation",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+def _field_from_loc(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        where, rest = parts[0], parts[1:]
+        return (where + "." + ".".join(rest)) if where != "body" else ".".join(rest) or "body"
+    return ".".join(parts)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse(
+            error_body(exc.error_type, exc.message, exc.field),
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": ("body",), "msg": "invalid request"}
+        field_name = _field_from_loc(first.get("loc", ()))
+        return JSONResponse(
+            error_body("validation", f"{field_name}: {first.get('msg', 'invalid')}", field_name),
+            status_code=422,
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body(_STATUS_TYPES.get(exc.status_code, "error"), str(exc.detail)),
+            status_code=exc.status_code,
+            headers=getattr(exc, "headers", None),
+        )
+
+    @app.exception_handler(Exception)
+    async def _unhandled(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled_error", path=request.url.path, error=f"{type(exc).__name__}: {exc}", exc_info=exc)
+        return JSONResponse(error_body("internal", "internal error; see the service log"), status_code=500)
+
+
+@dataclass
+class HttpMetrics:
+    registry: CollectorRegistry
+    requests: Counter = field(init=False)
+    duration: Histogram = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "coo_http_requests_total",
+            "HTTP requests served",
+            ["service", "method", "route", "status"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "coo_http_request_duration_seconds",
+            "HTTP request duration",
+            ["service", "method", "route"],
+            registry=self.registry,
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+
+
+def install_http_metrics(app: FastAPI, metrics: HttpMetrics, service: str) -> None:
+    @app.middleware("http")
+    async def _measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            metrics.requests.labels(service, request.method, path, str(status)).inc()
+            metrics.duration.labels(service, request.method, path).observe(time.perf_counter() - start)
+
+
+def install_health_routes(app: FastAPI, *, checks: dict[str, ReadinessCheck], registry: CollectorRegistry) -> None:
+    """``/healthz`` (process up), ``/readyz`` (every dependency answers, else 503 naming it), ``/metrics``."""
+
+    @app.get("/healthz", tags=["health"], summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"], summary="Postgres and NATS are reachable")
+    async def readyz() -> JSONResponse:
+        async def run(name: str, check: ReadinessCheck) -> tuple[str, str | None]:
+            try:
+                async with asyncio.timeout(3.0):
+                    await check()
+            except Exception as exc:
+                return name, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+            return name, None
+
+        results = await asyncio.gather(*(run(name, check) for name, check in checks.items()))
+        down = {name: error for name, error in results if error is not None}
+        body: dict[str, Any] = {
+            "status": "ready" if not down else "unavailable",
+            "checks": {name: ("ok" if error is None else f"down: {error}") for name, error in results},
+        }
+        if down:
+            body["error"] = error_body("unavailable", "not ready: " + ", ".join(sorted(down)) + " unreachable")["error"]
+        return JSONResponse(body, status_code=200 if not down else 503)
+
+    @app.get("/metrics", tags=["health"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(registry), media_type=content_type)

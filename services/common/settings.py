@@ -1,0 +1,165 @@
+"""COO settings: one class, read once from the environment (prefix ``COO_``)."""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ServiceName = Literal["orchestrator", "worker", "sandbox", "cli"]
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]*$")
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class Settings(BaseSettings):
+    """Every knob of COO. Environment variables are ``COO_<FIELD>`` unless noted."""
+
+    model_config = SettingsConfigDict(env_prefix="COO_", extra="ignore", frozen=True)
+
+    # --- infrastructure -------------------------------------------------------------------
+    database_url: str | None = Field(
+        default=None, description="Postgres URL (postgresql://user@host:port/db). Unset: `coo up` embeds one."
+    )
+    db_schema: str = Field(default="public", description="Postgres schema holding COO's tables.")
+    db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per process.")
+    nats_url: str | None = Field(
+        default=None, description="NATS URL with JetStream (nats://host:4222). Unset: `coo up` embeds one."
+    )
+    bus_prefix: str = Field(
+        default="",
+        description="Prefix for stream names, consumer names and subjects, so that several COO "
+        "installations (or test runs) can share one NATS server.",
+    )
+
+    # --- API ------------------------------------------------------------------------------
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer API keys accepted besides `coo keys create` ones.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address the HTTP servers bind.")
+    orchestrator_port: int = Field(default=8000, ge=0, le=65535)
+    worker_port: int = Field(default=8001, ge=0, le=65535)
+    sandbox_port: int = Field(default=8002, ge=0, le=65535)
+    api_url: str = Field(default="http://127.0.0.1:8000", description="Where the CLI finds the orchestrator.")
+    api_key: SecretStr | None = Field(default=None, description="API key the CLI sends.")
+
+    # --- engine ---------------------------------------------------------------------------
+    max_active_missions: int = Field(default=50, ge=1, description="Missions running at once; the rest queue.")
+    rate_limit_per_minute: int = Field(default=100, ge=1, description="Requests per minute per API key.")
+    engine_tick_s: float = Field(default=1.0, gt=0, description="Period of the engine's housekeeping loop.")
+    dispatch_stale_s: float = Field(
+        default=60.0, gt=0, description="A step left `dispatched` longer than this is published again."
+    )
+    default_step_timeout_s: float = Field(default=600.0, gt=0)
+    default_max_attempts: int = Field(default=3, ge=1, le=100)
+
+    # --- worker ---------------------------------------------------------------------------
+    worker_concurrency: int = Field(default=8, ge=1, le=1024, description="Work items one worker runs at once.")
+    worker_agents: str = Field(default=">", description="Agents this worker serves (`>` = all, or comma list).")
+    ack_wait_s: float = Field(default=30.0, gt=0, description="JetStream ack wait; heartbeats keep long work alive.")
+    max_deliver: int = Field(default=5, ge=1, description="Deliveries of one message before it is dead-lettered.")
+    max_agent_turns: int = Field(default=12, ge=1, le=200, description="Model turns per agent run.")
+    anthropic_api_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "COO_ANTHROPIC_API_KEY")
+    )
+
+    # --- sandbox --------------------------------------------------------------------------
+    sandbox_root: Path | None = Field(default=None, description="Workspaces directory (default <data_dir>/sandbox).")
+    sandbox_concurrency: int = Field(default=8, ge=1, le=1024)
+    sandbox_request_timeout_s: float = Field(default=30.0, gt=0, description="Default wall clock of one command.")
+    sandbox_heartbeat_s: float = Field(default=5.0, gt=0)
+    sandbox_stale_after_s: float = Field(
+        default=600.0, gt=0, description="A run without heartbeat this long is failed at sandbox start."
+    )
+    output_cap_bytes: int = Field(default=1024 * 1024, ge=1024, description="Bytes kept per output stream.")
+    reply_cap_bytes: int = Field(
+        default=256 * 1024,
+        ge=1024,
+        description="Bytes per stream sent back over NATS (the rest stays in the row).",
+    )
+
+    # --- process --------------------------------------------------------------------------
+    data_dir: Path = Field(default=Path(".coo"), description="Embedded Postgres/NATS data and workspaces.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    examples_dir: Path = Field(
+        default=Path(__file__).resolve().parents[2] / "examples",
+        description="Agents and workflows seeded at start-up.",
+    )
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("bus_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        if not _PREFIX_RE.match(value):
+            raise ValueError("may hold only letters, digits, '_' and '-'")
+        return value
+
+    @field_validator("db_schema")
+    @classmethod
+    def _check_schema(cls, value: str) -> str:
+        if not _SCHEMA_RE.match(value):
+            raise ValueError("must be a lower-case SQL identifier")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _normalise_db_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip()
+        for plain in ("postgresql://", "postgres://", "postgresql+psycopg://", "postgresql+psycopg2://"):
+            if value.startswith(plain):
+                return "postgresql+asyncpg://" + value[len(plain) :]
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("nats_url")
+    @classmethod
+    def _check_nats_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    # --- derived names --------------------------------------------------------------------
+    def subject(self, name: str) -> str:
+        """A NATS subject with this installation's prefix (``coo.results`` → ``<prefix>.coo.results``)."""
+        return f"{self.bus_prefix}.{name}" if self.bus_prefix else name
+
+    def stream(self, name: str) -> str:
+        return f"{self.bus_prefix}_{name}" if self.bus_prefix else name
+
+    @property
+    def workspaces_dir(self) -> Path:
+        return self.sandbox_root if self.sandbox_root is not None else self.data_dir / "sandbox"
+
+    def require_infra(self) -> tuple[str, str]:
+        """Both URLs, or a clear error naming the missing setting."""
+        missing = [
+            name
+            for name, value in (("COO_DATABASE_URL", self.database_url), ("COO_NATS_URL", self.nats_url))
+            if value is None
+        ]
+        if missing:
+            raise RuntimeError(
+                f"{' and '.join(missing)} not set: point them at Postgres / NATS, "
+                "or run `coo up`, which starts embedded ones"
+            )
+        assert self.database_url is not None and self.nats_url is not None
+        return self.database_url, self.nats_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

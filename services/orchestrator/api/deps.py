@@ -1,0 +1,38 @@
+"""Dependencies, as ``Annotated`` aliases so routes read like sentences."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from services.common.http import ApiError
+from services.orchestrator.auth import Caller, KeyStore
+from services.orchestrator.state import OrchestratorState
+
+_bearer = HTTPBearer(auto_error=False, description="COO API key")
+
+
+def get_state(request: Request) -> OrchestratorState:
+    state: OrchestratorState = request.state.coo
+    return state
+
+
+StateDep = Annotated[OrchestratorState, Depends(get_state)]
+
+
+async def get_caller(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> Caller:
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
+        raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'", headers=challenge)
+    keys: KeyStore = request.state.keys
+    caller = await keys.authenticate(credentials.credentials)
+    if caller is None:
+        raise ApiError(401, "unauthorized", "invalid or revoked API key", headers=challenge)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]

@@ -1,0 +1,314 @@
+"""``/v1/missions``: submit, list and read missions, their timeline and every attempt's result."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+
+from services.common.db.models import AgentResult, Mission, Step, TimelineEventRow
+from services.common.http import ApiError
+from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.workflows import find_workflow
+from services.orchestrator.engine.admission import queue_position
+from services.orchestrator.engine.missions import create_mission, find_by_idempotency_key
+from services.orchestrator.engine.scheduler import definition_for
+
+router = APIRouter(prefix="/v1/missions", tags=["missions"])
+
+
+class MissionCreate(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    workflow: str = Field(min_length=1, max_length=100)
+    version: int | None = Field(default=None, ge=1)
+    input: dict[str, Any] = Field(default_factory=dict)
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first when missions queue.")
+    budget_usd: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=8)
+    budget_tokens: int | None = Field(default=None, ge=0)
+    idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
+
+
+class MissionAccepted(BaseModel):
+    id: uuid.UUID
+    status: str
+    queue_position: int | None
+
+
+class StepOut(BaseModel):
+    key: str
+    agent: str
+    status: str
+    attempt: int
+    max_attempts: int
+    depends_on: list[str]
+    input: dict[str, Any] | None
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    next_attempt_at: datetime | None
+    dispatched_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class MissionOut(BaseModel):
+    id: uuid.UUID
+    workflow: str
+    workflow_version: int
+    status: str
+    pause_reason: str | None
+    priority: int
+    queue_position: int | None
+    input: dict[str, Any]
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    budget_usd: Decimal | None
+    budget_tokens: int | None
+    spent_usd: Decimal
+    spent_tokens: int
+    idempotency_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    steps: list[StepOut] | None = None
+
+
+class MissionPage(BaseModel):
+    items: list[MissionOut]
+    next_cursor: str | None
+
+
+class TimelineEventOut(BaseModel):
+    id: int
+    ts: datetime
+    type: str
+    step_key: str | None
+    data: dict[str, Any]
+    trace_id: str | None
+
+
+class AgentResultOut(BaseModel):
+    id: uuid.UUID
+    attempt: int
+    agent: str
+    success: bool
+    model: str
+    provider: str
+    output: dict[str, Any] | None
+    error: dict[str, Any] | None
+    stdout: str
+    stderr: str
+    stdout_truncated: bool
+    stderr_truncated: bool
+    tool_calls: list[dict[str, Any]]
+    tokens_in: int
+    tokens_out: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: Decimal | None
+    duration_ms: int
+    verification: dict[str, Any] | None
+    trace_id: str | None
+    worker: str
+    started_at: datetime
+    created_at: datetime
+
+
+def _mission_out(mission: Mission, position: int | None, steps: list[Step] | None = None) -> MissionOut:
+    return MissionOut(
+        id=mission.id,
+        workflow=mission.workflow_name,
+        workflow_version=mission.workflow_version,
+        status=mission.status,
+        pause_reason=mission.pause_reason,
+        priority=mission.priority,
+        queue_position=position,
+        input=mission.input,
+        output=mission.output,
+        error=mission.error,
+        budget_usd=mission.budget_usd,
+        budget_tokens=mission.budget_tokens,
+        spent_usd=mission.spent_usd,
+        spent_tokens=mission.spent_tokens,
+        idempotency_key=mission.idempotency_key,
+        created_at=mission.created_at,
+        started_at=mission.started_at,
+        finished_at=mission.finished_at,
+        steps=None
+        if steps is None
+        else [
+            StepOut(
+                key=s.key,
+                agent=s.agent,
+                status=s.status,
+                attempt=s.attempt,
+                max_attempts=s.max_attempts,
+                depends_on=list(s.depends_on),
+                input=s.input,
+                output=s.output,
+                error=s.error,
+                next_attempt_at=s.next_attempt_at,
+                dispatched_at=s.dispatched_at,
+                started_at=s.started_at,
+                finished_at=s.finished_at,
+            )
+            for s in steps
+        ],
+    )
+
+
+@router.post(
+    "",
+    status_code=202,
+    summary="Submit a mission",
+    responses={200: {"model": MissionAccepted, "description": "Same idempotency key: the existing mission"}},
+)
+async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep) -> Any:
+    if body.idempotency_key is not None:
+        async with state.unit() as uow:
+            existing = await find_by_idempotency_key(uow, caller.name, body.idempotency_key)
+            if existing is not None:
+                position = await queue_position(uow.session, existing)
+                return JSONResponse(
+                    MissionAccepted(id=existing.id, status=existing.status, queue_position=position).model_dump(
+                        mode="json"
+                    ),
+                    status_code=200,
+                )
+    try:
+        async with state.unit() as uow:
+            workflow = await find_workflow(uow.session, body.workflow, body.version)
+            definition = await definition_for(uow.session, workflow.id)
+            mission = await create_mission(
+                uow,
+                state.settings,
+                workflow,
+                definition,
+                mission_input=body.input,
+                priority=body.priority,
+                caller=caller.name,
+                budget_usd=body.budget_usd,
+                budget_tokens=body.budget_tokens,
+                idempotency_key=body.idempotency_key,
+                traceparent=None,
+            )
+            await uow.session.flush()
+            await uow.session.refresh(mission)
+            position = await queue_position(uow.session, mission)
+            accepted = MissionAccepted(id=mission.id, status=mission.status, queue_position=position)
+    except IntegrityError:
+        if body.idempotency_key is None:
+            raise
+        async with state.unit() as uow:  # lost a race on the same idempotency key
+            existing = await find_by_idempotency_key(uow, caller.name, body.idempotency_key)
+            if existing is None:
+                raise
+            position = await queue_position(uow.session, existing)
+            accepted = MissionAccepted(id=existing.id, status=existing.status, queue_position=position)
+        return JSONResponse(accepted.model_dump(mode="json"), status_code=200)
+    return accepted
+
+
+def _encode_cursor(mission: Mission) -> str:
+    raw = orjson.dumps([mission.created_at.isoformat(), str(mission.id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created, ident = orjson.loads(base64.urlsafe_b64decode(padded))
+        return datetime.fromisoformat(created), uuid.UUID(ident)
+    except Exception as exc:
+        raise ApiError(
+            422, "validation", "query.cursor: not a cursor returned by this API", field="query.cursor"
+        ) from exc
+
+
+@router.get("", summary="List missions, newest first (cursor paging)")
+async def list_missions(
+    state: StateDep,
+    _: CallerDep,
+    status: str | None = None,
+    workflow: str | None = None,
+    limit: int = Query(default=50, ge=1, le=500),
+    cursor: str | None = None,
+) -> MissionPage:
+    query = select(Mission).order_by(Mission.created_at.desc(), Mission.id.desc()).limit(limit + 1)
+    if status is not None:
+        query = query.where(Mission.status == status)
+    if workflow is not None:
+        query = query.where(Mission.workflow_name == workflow)
+    if cursor is not None:
+        created, ident = _decode_cursor(cursor)
+        query = query.where(or_(Mission.created_at < created, and_(Mission.created_at == created, Mission.id < ident)))
+    async with state.sessionmaker() as session:
+        rows = list((await session.execute(query)).scalars())
+        page = rows[:limit]
+        items = [_mission_out(m, await queue_position(session, m)) for m in page]
+    return MissionPage(items=items, next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None)
+
+
+async def _get_mission(session: Any, mission_id: uuid.UUID) -> Mission:
+    mission = await session.get(Mission, mission_id)
+    if mission is None:
+        raise ApiError(404, "not_found", f"mission {mission_id} not found", field="id")
+    assert isinstance(mission, Mission)
+    return mission
+
+
+@router.get("/{mission_id}", summary="A mission with its steps, spend and queue position")
+async def get_mission(mission_id: uuid.UUID, state: StateDep, _: CallerDep) -> MissionOut:
+    async with state.sessionmaker() as session:
+        mission = await _get_mission(session, mission_id)
+        steps = list((await session.execute(select(Step).where(Step.mission_id == mission_id))).scalars())
+        definition = await definition_for(session, mission.workflow_id)
+        order = {spec.id: i for i, spec in enumerate(definition.steps)}
+        steps.sort(key=lambda s: order.get(s.key, len(order)))
+        return _mission_out(mission, await queue_position(session, mission), steps)
+
+
+@router.get("/{mission_id}/timeline", summary="The mission's timeline, oldest first")
+async def get_timeline(
+    mission_id: uuid.UUID,
+    state: StateDep,
+    _: CallerDep,
+    after: int = Query(default=0, ge=0, description="Only events with a larger id"),
+    limit: int = Query(default=1000, ge=1, le=10_000),
+) -> list[TimelineEventOut]:
+    async with state.sessionmaker() as session:
+        await _get_mission(session, mission_id)
+        rows = await session.execute(
+            select(TimelineEventRow)
+            .where(TimelineEventRow.mission_id == mission_id, TimelineEventRow.id > after)
+            .order_by(TimelineEventRow.id)
+            .limit(limit)
+        )
+        return [
+            TimelineEventOut(id=r.id, ts=r.ts, type=r.type, step_key=r.step_key, data=r.data, trace_id=r.trace_id)
+            for r in rows.scalars()
+        ]
+
+
+@router.get("/{mission_id}/steps/{key}/results", summary="Every attempt's full result, oldest first")
+async def get_step_results(mission_id: uuid.UUID, key: str, state: StateDep, _: CallerDep) -> list[AgentResultOut]:
+    async with state.sessionmaker() as session:
+        await _get_mission(session, mission_id)
+        step = (
+            await session.execute(select(Step).where(Step.mission_id == mission_id, Step.key == key))
+        ).scalar_one_or_none()
+        if step is None:
+            raise ApiError(404, "not_found", f"step '{key}' not found in mission {mission_id}", field="key")
+        rows = await session.execute(
+            select(AgentResult).where(AgentResult.step_id == step.id).order_by(AgentResult.attempt)
+        )
+        return [AgentResultOut.model_validate(r, from_attributes=True) for r in rows.scalars()]

@@ -1,0 +1,139 @@
+"""The orchestrator: REST API and workflow engine."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+from fastapi import FastAPI
+from nats.aio.msg import Msg
+from prometheus_client import CollectorRegistry
+from pydantic import TypeAdapter, ValidationError
+
+from services.common.bus import Bus, ConsumerLoop, Undeliverable
+from services.common.contracts import ResultMessage, StepStarted
+from services.common.db.models import DeadLetter
+from services.common.db.session import create_engine, create_sessionmaker, ping
+from services.common.http import (
+    HttpMetrics,
+    install_error_handlers,
+    install_health_routes,
+    install_http_metrics,
+)
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.orchestrator.api import agents, missions, workflows
+from services.orchestrator.auth import KeyStore
+from services.orchestrator.engine.housekeeping import Housekeeper
+from services.orchestrator.engine.results import apply_result, apply_started
+from services.orchestrator.seed import seed_agents
+from services.orchestrator.state import OrchestratorState
+
+log = get_logger(__name__)
+
+_results = TypeAdapter(ResultMessage)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    registry = CollectorRegistry()
+    http_metrics = HttpMetrics(registry)
+    holder: dict[str, OrchestratorState] = {}
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
+        async with AsyncExitStack() as stack:
+            engine = create_engine(settings, application_name="coo-orchestrator")
+            stack.push_async_callback(engine.dispose)
+            sessionmaker = create_sessionmaker(engine)
+            bus = Bus(settings, client_name="coo-orchestrator")
+            await bus.connect()
+            stack.push_async_callback(bus.close)
+            await bus.ensure_streams()
+            await seed_agents(sessionmaker, settings.examples_dir / "agents")
+
+            state = OrchestratorState(settings, engine, sessionmaker, bus, registry)
+            holder["state"] = state
+            tasks = _start_engine(state, stack)
+            stack.push_async_callback(_cancel, tasks)
+            log.info("orchestrator_started", port=settings.orchestrator_port, bus_prefix=settings.bus_prefix)
+            yield {"coo": state, "keys": KeyStore(settings, sessionmaker)}
+            log.info("orchestrator_stopping")
+
+    app = FastAPI(
+        title="COO",
+        version="0.1.0",
+        summary="Run LLM agent workflows in production, and see and steer everything they do.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    install_http_metrics(app, http_metrics, "orchestrator")
+
+    async def check_postgres() -> None:
+        await ping(holder["state"].engine)
+
+    async def check_nats() -> None:
+        await holder["state"].bus.ping()
+
+    install_health_routes(app, checks={"postgres": check_postgres, "nats": check_nats}, registry=registry)
+    app.include_router(agents.router)
+    app.include_router(workflows.router)
+    app.include_router(missions.router)
+    return app
+
+
+def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> list[asyncio.Task[None]]:
+    del stack
+    settings = state.settings
+
+    async def handle_result(msg: Msg) -> None:
+        try:
+            message = _results.validate_json(msg.data)
+        except ValidationError as exc:
+            raise Undeliverable(f"cannot decode result message: {exc.errors()[0]['msg']}") from exc
+        async with state.unit() as uow:
+            if isinstance(message, StepStarted):
+                await apply_started(uow, message)
+            else:
+                await apply_result(uow, settings, message)
+
+    async def dead_letter(msg: Msg, error: str, deliveries: int) -> None:
+        async with state.sessionmaker() as session, session.begin():
+            session.add(
+                DeadLetter(
+                    subject=msg.subject,
+                    payload=msg.data,
+                    headers=dict(msg.headers or {}),
+                    error=error,
+                    error_type="VALIDATION" if "decode" in error else "INTERNAL",
+                    attempts=deliveries,
+                )
+            )
+        log.warning("dead_lettered", subject=msg.subject, error=error, deliveries=deliveries)
+
+    results = ConsumerLoop(
+        bus=state.bus,
+        stream=state.bus.subjects.events_stream,
+        durable="orchestrator-results",
+        filter_subject=state.bus.subjects.results,
+        handler=handle_result,
+        dead_letter=dead_letter,
+        concurrency=16,
+        ack_wait_s=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+        name="results",
+    )
+    housekeeper = Housekeeper(settings, state.sessionmaker, state.bus)
+    return [
+        asyncio.create_task(results.run(), name="results-consumer"),
+        asyncio.create_task(housekeeper.run(), name="housekeeping"),
+    ]
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task

@@ -1,0 +1,66 @@
+"""Admission: at most ``max_active_missions`` run; the rest wait, ordered by (priority, created_at)."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.db.models import Mission
+from services.common.settings import Settings
+from services.orchestrator.engine.scheduler import advance
+from services.orchestrator.engine.transitions import MissionStatus, move_mission
+from services.orchestrator.engine.unit import UnitOfWork
+
+# Any constant shared by every orchestrator replica: serialises admission decisions.
+ADMISSION_LOCK = 0x0C00_AD41
+
+
+async def admit(uow: UnitOfWork, settings: Settings) -> list[uuid.UUID]:
+    """Start queued missions while there is room; returns the ids started."""
+    session = uow.session
+    await session.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK)))
+    active = await session.scalar(
+        select(func.count()).select_from(Mission).where(Mission.status == MissionStatus.RUNNING)
+    )
+    room = settings.max_active_missions - int(active or 0)
+    if room <= 0:
+        return []
+    result = await session.execute(
+        select(Mission)
+        .where(Mission.status == MissionStatus.QUEUED)
+        .order_by(Mission.priority.desc(), Mission.created_at, Mission.id)
+        .limit(room)
+        .with_for_update(skip_locked=True)
+    )
+    started: list[uuid.UUID] = []
+    for mission in result.scalars():
+        move_mission(uow, mission, MissionStatus.RUNNING)
+        await advance(uow, mission)
+        started.append(mission.id)
+    return started
+
+
+async def queue_position(session: AsyncSession, mission: Mission) -> int | None:
+    """1-based place in the admission queue, or None when the mission is not queued."""
+    if mission.status != MissionStatus.QUEUED:
+        return None
+    ahead = await session.scalar(
+        select(func.count())
+        .select_from(Mission)
+        .where(
+            Mission.status == MissionStatus.QUEUED,
+            or_(
+                Mission.priority > mission.priority,
+                and_(
+                    Mission.priority == mission.priority,
+                    or_(
+                        Mission.created_at < mission.created_at,
+                        and_(Mission.created_at == mission.created_at, Mission.id < mission.id),
+                    ),
+                ),
+            ),
+        )
+    )
+    return int(ahead or 0) + 1

@@ -1,0 +1,89 @@
+"""The engine's periodic work: admission, due retries, and re-publishing lost dispatches."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.common.bus import Bus
+from services.common.db.models import Mission, Step
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.orchestrator.engine.admission import admit
+from services.orchestrator.engine.scheduler import advance, definition_for, lock_mission, publish_work_item
+from services.orchestrator.engine.transitions import MissionStatus, StepStatus, record
+from services.orchestrator.engine.unit import UnitOfWork
+
+log = get_logger(__name__)
+
+
+class Housekeeper:
+    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bus: Bus) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.bus = bus
+
+    def unit(self) -> UnitOfWork:
+        return UnitOfWork(self.sessionmaker, self.bus)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("housekeeping_failed")
+            await asyncio.sleep(self.settings.engine_tick_s)
+
+    async def tick(self) -> None:
+        async with self.unit() as uow:
+            await admit(uow, self.settings)
+        await self.dispatch_due_retries()
+        await self.republish_stale_dispatches()
+
+    async def _mission_ids(self, *conditions: object) -> list[uuid.UUID]:
+        async with self.sessionmaker() as session:
+            result = await session.execute(
+                select(Step.mission_id)
+                .join(Mission, Mission.id == Step.mission_id)
+                .where(Mission.status == MissionStatus.RUNNING, *conditions)  # type: ignore[arg-type]
+                .distinct()
+                .limit(500)
+            )
+            return list(result.scalars())
+
+    async def dispatch_due_retries(self) -> None:
+        now = datetime.now(UTC)
+        for mission_id in await self._mission_ids(Step.status == StepStatus.RETRY_WAIT, Step.next_attempt_at <= now):
+            async with self.unit() as uow:
+                mission = await lock_mission(uow.session, mission_id)
+                if mission is not None:
+                    await advance(uow, mission)
+
+    async def republish_stale_dispatches(self) -> None:
+        """A step whose WorkItem may never have reached the stream (crash between commit and publish)
+        is published again with the same ``Nats-Msg-Id``; workers answer an attempt already done
+        from its stored result, so nothing runs twice to completion."""
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.dispatch_stale_s)
+        for mission_id in await self._mission_ids(Step.status == StepStatus.DISPATCHED, Step.dispatched_at < cutoff):
+            async with self.unit() as uow:
+                mission = await lock_mission(uow.session, mission_id)
+                if mission is None or mission.status != MissionStatus.RUNNING:
+                    continue
+                definition = await definition_for(uow.session, mission.workflow_id)
+                result = await uow.session.execute(
+                    select(Step).where(
+                        Step.mission_id == mission_id,
+                        Step.status == StepStatus.DISPATCHED,
+                        Step.dispatched_at < cutoff,
+                    )
+                )
+                for step in result.scalars():
+                    step.dispatched_at = datetime.now(UTC)
+                    publish_work_item(uow, mission, step, definition)
+                    record(uow, mission.id, "step.redispatched", step_key=step.key, attempt=step.attempt)

@@ -1,0 +1,77 @@
+"""Creating missions: a mission row, its steps, and admission, in one transaction."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+
+from services.common.db.models import Mission, Step, Workflow
+from services.common.settings import Settings
+from services.orchestrator.engine.admission import admit
+from services.orchestrator.engine.dag import WorkflowDefinition
+from services.orchestrator.engine.transitions import record
+from services.orchestrator.engine.unit import UnitOfWork
+
+
+async def find_by_idempotency_key(uow: UnitOfWork, caller: str, key: str) -> Mission | None:
+    result = await uow.session.execute(select(Mission).where(Mission.caller == caller, Mission.idempotency_key == key))
+    return result.scalar_one_or_none()
+
+
+async def create_mission(
+    uow: UnitOfWork,
+    settings: Settings,
+    workflow: Workflow,
+    definition: WorkflowDefinition,
+    *,
+    mission_input: dict[str, Any],
+    priority: int,
+    caller: str,
+    budget_usd: Decimal | None,
+    budget_tokens: int | None,
+    idempotency_key: str | None,
+    traceparent: str | None,
+) -> Mission:
+    mission = Mission(
+        workflow_id=workflow.id,
+        workflow_name=workflow.name,
+        workflow_version=workflow.version,
+        status="queued",
+        priority=priority,
+        input=mission_input,
+        caller=caller,
+        budget_usd=budget_usd,
+        budget_tokens=budget_tokens,
+        idempotency_key=idempotency_key,
+        traceparent=traceparent,
+    )
+    uow.session.add(mission)
+    await uow.session.flush()
+    uow.session.add_all(
+        [
+            Step(
+                mission_id=mission.id,
+                key=spec.id,
+                agent=spec.agent,
+                status="pending",
+                depends_on=list(spec.depends_on),
+                max_attempts=spec.retry.max_attempts,
+                timeout_s=spec.timeout_s,
+            )
+            for spec in definition.steps
+        ]
+    )
+    await uow.session.flush()
+    record(
+        uow,
+        mission.id,
+        "mission.submitted",
+        workflow=workflow.name,
+        version=workflow.version,
+        priority=priority,
+        caller=caller,
+    )
+    await admit(uow, settings)
+    return mission

@@ -1,0 +1,114 @@
+"""Apply what workers report (``coo.results``) to steps and missions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from services.common.contracts import StepStarted, WorkResult
+from services.common.db.models import DeadLetter
+from services.common.errors import ErrorType
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.orchestrator.engine.admission import admit
+from services.orchestrator.engine.retry import backoff_s
+from services.orchestrator.engine.scheduler import (
+    advance,
+    definition_for,
+    error_dict,
+    load_steps,
+    lock_mission,
+    work_item,
+)
+from services.orchestrator.engine.transitions import (
+    MISSION_TERMINAL,
+    StepStatus,
+    move_step,
+)
+from services.orchestrator.engine.unit import UnitOfWork
+
+log = get_logger(__name__)
+
+_IN_FLIGHT = (StepStatus.DISPATCHED, StepStatus.RUNNING)
+
+
+async def apply_started(uow: UnitOfWork, message: StepStarted) -> None:
+    mission = await lock_mission(uow.session, message.mission_id)
+    if mission is None:
+        return
+    steps = await load_steps(uow.session, mission.id)
+    step = next((s for s in steps if s.id == message.step_id), None)
+    if step is None or step.attempt != message.attempt or step.status != StepStatus.DISPATCHED:
+        return  # late or duplicate: the result (or a newer attempt) already moved the step on
+    move_step(uow, step, StepStatus.RUNNING, worker=message.worker)
+
+
+async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) -> None:
+    session = uow.session
+    mission = await lock_mission(session, result.mission_id)
+    if mission is None:
+        log.warning("result_for_unknown_mission", mission_id=str(result.mission_id))
+        return
+    steps = await load_steps(session, mission.id)
+    step = next((s for s in steps if s.id == result.step_id), None)
+    if step is None or step.attempt != result.attempt or step.status not in _IN_FLIGHT:
+        log.info(
+            "result_ignored",
+            mission_id=str(mission.id),
+            step_id=str(result.step_id),
+            attempt=result.attempt,
+            reason="duplicate or stale attempt",
+        )
+        return
+
+    mission.spent_tokens += result.tokens_in + result.tokens_out + result.cache_read_tokens + result.cache_write_tokens
+    mission.spent_usd = (mission.spent_usd or Decimal(0)) + (result.cost_usd or Decimal(0))
+
+    if result.success:
+        step.output = result.output or {}
+        step.error = None
+        move_step(
+            uow,
+            step,
+            StepStatus.SUCCEEDED,
+            result_id=str(result.result_id) if result.result_id else None,
+            duration_ms=result.duration_ms,
+            model=result.model,
+        )
+    else:
+        error = result.error
+        error_type = error.type if error else ErrorType.INTERNAL
+        message = error.message if error else "worker reported failure without an error"
+        step.error = error_dict(error_type, message, error.detail if error else None)
+        if error_type.retryable and step.attempt < step.max_attempts:
+            definition = await definition_for(session, mission.workflow_id)
+            policy = definition.step(step.key).retry
+            delay = backoff_s(policy, step.attempt, retry_after_s=error.retry_after_s if error else None)
+            step.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
+            move_step(
+                uow,
+                step,
+                StepStatus.RETRY_WAIT,
+                error_type=error_type,
+                message=message,
+                retry_in_s=round(delay, 3),
+            )
+        else:
+            move_step(uow, step, StepStatus.FAILED, error_type=error_type, message=message)
+            definition = await definition_for(session, mission.workflow_id)
+            item = work_item(mission, step, definition)
+            session.add(
+                DeadLetter(
+                    subject=uow.bus.subjects.work(step.agent),
+                    payload=item.to_bytes(),
+                    error=message,
+                    error_type=error_type,
+                    attempts=step.attempt,
+                    mission_id=mission.id,
+                    step_id=step.id,
+                )
+            )
+
+    await advance(uow, mission, steps)
+    if mission.status in MISSION_TERMINAL:
+        await admit(uow, settings)

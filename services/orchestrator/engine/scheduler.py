@@ -1,0 +1,202 @@
+"""DAG scheduling: decide which steps of a mission move next, and dispatch them.
+
+Every function here runs inside a UnitOfWork that holds the mission's row lock, so engine replicas
+never act on the same mission at once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from services.common.contracts import StepError, WorkItem
+from services.common.db.models import Agent, Approval, Mission, Step, Workflow
+from services.common.errors import CooError, ErrorType
+from services.orchestrator.engine import templates
+from services.orchestrator.engine.dag import WorkflowDefinition, leaves
+from services.orchestrator.engine.transitions import (
+    STEP_DONE_OK,
+    STEP_TERMINAL,
+    MissionStatus,
+    StepStatus,
+    move_mission,
+    move_step,
+)
+from services.orchestrator.engine.unit import UnitOfWork
+
+_definitions: dict[uuid.UUID, WorkflowDefinition] = {}
+
+
+async def definition_for(session: AsyncSession, workflow_id: uuid.UUID) -> WorkflowDefinition:
+    """Workflow versions are immutable, so their parsed definitions are cached by id."""
+    cached = _definitions.get(workflow_id)
+    if cached is None:
+        row = await session.get_one(Workflow, workflow_id)
+        cached = WorkflowDefinition.model_validate(row.definition)
+        if len(_definitions) > 1024:
+            _definitions.clear()
+        _definitions[workflow_id] = cached
+    return cached
+
+
+async def lock_mission(session: AsyncSession, mission_id: uuid.UUID) -> Mission | None:
+    result = await session.execute(select(Mission).where(Mission.id == mission_id).with_for_update())
+    return result.scalar_one_or_none()
+
+
+async def load_steps(session: AsyncSession, mission_id: uuid.UUID) -> list[Step]:
+    result = await session.execute(select(Step).where(Step.mission_id == mission_id))
+    return list(result.scalars())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def error_dict(error_type: ErrorType, message: str, detail: str | None = None) -> dict[str, Any]:
+    return StepError(type=error_type, message=message, detail=detail).model_dump(mode="json", exclude_none=True)
+
+
+def _template_context(mission: Mission, steps: Sequence[Step]) -> dict[str, Any]:
+    outputs = {
+        step.key: {"output": step.output if step.output is not None else {}, "status": step.status}
+        for step in steps
+        if step.status in STEP_DONE_OK
+    }
+    return templates.build_context(
+        mission.input or {}, outputs, {"id": str(mission.id), "workflow": mission.workflow_name}
+    )
+
+
+async def _agents(session: AsyncSession, names: set[str]) -> dict[str, Agent]:
+    if not names:
+        return {}
+    result = await session.execute(select(Agent).where(Agent.name.in_(names)))
+    return {agent.name: agent for agent in result.scalars()}
+
+
+def dispatch(uow: UnitOfWork, mission: Mission, step: Step, definition: WorkflowDefinition) -> None:
+    """Start a new attempt of ``step``: state change now, WorkItem published after commit."""
+    step.attempt += 1
+    step.next_attempt_at = None
+    move_step(uow, step, StepStatus.DISPATCHED, agent=step.agent)
+    publish_work_item(uow, mission, step, definition)
+
+
+def work_item(mission: Mission, step: Step, definition: WorkflowDefinition) -> WorkItem:
+    """The message for the step's current attempt (also what a dead letter keeps, for replay)."""
+    spec = definition.step(step.key)
+    return WorkItem(
+        mission_id=mission.id,
+        step_id=step.id,
+        step_key=step.key,
+        attempt=step.attempt,
+        agent=step.agent,
+        input=step.input or {},
+        timeout_s=step.timeout_s,
+        workflow=mission.workflow_name,
+        checks=[check.model_dump() for check in spec.checks],
+    )
+
+
+def publish_work_item(uow: UnitOfWork, mission: Mission, step: Step, definition: WorkflowDefinition) -> None:
+    item = work_item(mission, step, definition)
+    uow.publish_after_commit(
+        uow.bus.subjects.work(step.agent),
+        item.to_bytes(),
+        msg_id=item.msg_id,
+        headers=_trace_headers(mission),
+    )
+
+
+def _trace_headers(mission: Mission) -> dict[str, str]:
+    return {"traceparent": mission.traceparent} if mission.traceparent else {}
+
+
+async def advance(uow: UnitOfWork, mission: Mission, steps: list[Step] | None = None) -> None:
+    """Move every step that can move, then settle the mission if all its steps are done."""
+    if mission.status != MissionStatus.RUNNING:
+        return
+    session = uow.session
+    if steps is None:
+        steps = await load_steps(session, mission.id)
+    definition = await definition_for(session, mission.workflow_id)
+    by_key = {step.key: step for step in steps}
+    order = [by_key[spec.id] for spec in definition.steps if spec.id in by_key]
+    now = _now()
+
+    progressed = True
+    while progressed:
+        progressed = False
+        for step in order:
+            if step.status != StepStatus.PENDING:
+                continue
+            deps = [by_key[key] for key in step.depends_on]
+            if not all(dep.status in STEP_DONE_OK for dep in deps):
+                continue
+            spec = definition.step(step.key)
+            if deps and all(dep.status == StepStatus.SKIPPED for dep in deps):
+                move_step(uow, step, StepStatus.SKIPPED, reason="all dependencies skipped")
+                progressed = True
+                continue
+            if spec.when is not None:
+                try:
+                    run = templates.evaluate_condition(spec.when, _template_context(mission, steps), field="when")
+                except CooError as exc:
+                    step.error = error_dict(exc.error_type, exc.message)
+                    move_step(uow, step, StepStatus.READY)
+                    move_step(uow, step, StepStatus.FAILED, error_type=exc.error_type, message=exc.message)
+                    progressed = True
+                    continue
+                if not run:
+                    move_step(uow, step, StepStatus.SKIPPED, reason=f"when: {spec.when}")
+                    progressed = True
+                    continue
+            move_step(uow, step, StepStatus.READY)
+            progressed = True
+
+    ready = [step for step in order if step.status == StepStatus.READY]
+    agents = await _agents(session, {step.agent for step in ready})
+    for step in ready:
+        spec = definition.step(step.key)
+        try:
+            step.input = templates.render_value(spec.input, _template_context(mission, steps), field="input")
+        except CooError as exc:
+            step.error = error_dict(exc.error_type, exc.message)
+            move_step(uow, step, StepStatus.FAILED, error_type=exc.error_type, message=exc.message)
+            continue
+        agent = agents.get(step.agent)
+        if agent is not None and agent.approval_policy == "approval_required":
+            session.add(Approval(mission_id=mission.id, step_id=step.id, attempt=step.attempt + 1))
+            move_step(uow, step, StepStatus.AWAITING_APPROVAL)
+            continue
+        dispatch(uow, mission, step, definition)
+
+    for step in order:
+        if step.status == StepStatus.RETRY_WAIT and step.next_attempt_at is not None and step.next_attempt_at <= now:
+            dispatch(uow, mission, step, definition)
+
+    settle(uow, mission, order, definition)
+
+
+def settle(uow: UnitOfWork, mission: Mission, steps: Sequence[Step], definition: WorkflowDefinition) -> None:
+    """Finish the mission when a step failed for good, or when every step is done."""
+    failed = [step for step in steps if step.status == StepStatus.FAILED]
+    if failed:
+        for step in steps:
+            if step.status not in STEP_TERMINAL:
+                move_step(uow, step, StepStatus.CANCELLED, reason=f"step '{failed[0].key}' failed")
+        mission.error = {"step": failed[0].key, **(failed[0].error or {})}
+        move_mission(uow, mission, MissionStatus.FAILED, step_key=failed[0].key)
+        return
+    if all(step.status in STEP_DONE_OK for step in steps):
+        by_key = {step.key: step for step in steps}
+        mission.output = {
+            key: by_key[key].output for key in leaves(definition) if by_key[key].status == StepStatus.SUCCEEDED
+        }
+        move_mission(uow, mission, MissionStatus.SUCCEEDED)

@@ -1,0 +1,159 @@
+"""Step input templates: a sandboxed Jinja2 environment that keeps native types.
+
+``{{ steps.scan.output.summary.total }}`` alone in a string renders to the number itself; inside a
+longer string it is interpolated. A missing key fails with the dotted path that was reached, never
+with an empty string.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
+from jinja2.nativetypes import NativeCodeGenerator, native_concat
+from jinja2.sandbox import SandboxedEnvironment
+
+from services.common.errors import CooError, ErrorType
+
+
+class _NativeSandbox(SandboxedEnvironment):
+    code_generator_class = NativeCodeGenerator
+    concat = staticmethod(native_concat)  # type: ignore[assignment]
+
+
+class _PathUndefined(StrictUndefined):
+    """StrictUndefined that names the full path that was missing."""
+
+    __slots__ = ()
+
+    def _fail_with_undefined_error(self, *args: Any, **kwargs: Any) -> Any:  # noqa: ARG002
+        hint = self._undefined_hint
+        if hint is None:
+            name = self._undefined_name
+            obj = self._undefined_obj
+            where = getattr(obj, "_coo_path", None)
+            path = f"{where}.{name}" if where else str(name)
+            hint = f"'{path}' is undefined"
+        raise UndefinedError(hint)
+
+    __str__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __iter__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __len__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __eq__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __ne__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __bool__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __hash__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __int__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __float__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __getattr__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __getitem__ = _fail_with_undefined_error  # type: ignore[assignment]
+
+
+class _PathDict(dict[str, Any]):
+    """A dict that remembers where it sits in the context, for error messages."""
+
+    _coo_path: str
+
+    def __init__(self, data: Mapping[str, Any], path: str) -> None:
+        super().__init__({k: _wrap(v, f"{path}.{k}") for k, v in data.items()})
+        self._coo_path = path
+
+
+def _wrap(value: Any, path: str) -> Any:
+    if isinstance(value, Mapping):
+        return _PathDict(value, path)
+    if isinstance(value, list):
+        return [_wrap(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def _unwrap(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
+
+
+_env = _NativeSandbox(undefined=_PathUndefined, autoescape=False, keep_trailing_newline=True)
+
+
+def is_template(text: str) -> bool:
+    return "{{" in text or "{%" in text
+
+
+def check_syntax(text: str) -> None:
+    """Raise ``ValueError`` with Jinja's message when ``text`` is not a valid template."""
+    try:
+        _env.parse(text)
+    except TemplateSyntaxError as exc:
+        raise ValueError(f"bad template syntax: {exc.message} (line {exc.lineno})") from exc
+
+
+def referenced_roots(text: str) -> set[str]:
+    """Top-level names a template reads (``input``, ``steps``, or a step id in the short form)."""
+    return set(meta.find_undeclared_variables(_env.parse(text)))
+
+
+def referenced_steps(text: str) -> set[str]:
+    """Step ids a template reads, through ``steps.<id>`` / ``steps['<id>']`` or the short form."""
+    tree = _env.parse(text)
+    found: set[str] = set()
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        target = node.node
+        if isinstance(target, nodes.Name) and target.name == "steps":
+            if isinstance(node, nodes.Getattr):
+                found.add(node.attr)
+            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+                found.add(node.arg.value)
+    roots = referenced_roots(text) - {"input", "steps", "mission"}
+    return found | roots
+
+
+def build_context(
+    mission_input: Mapping[str, Any],
+    step_outputs: Mapping[str, Mapping[str, Any]],
+    mission: Mapping[str, Any],
+) -> dict[str, Any]:
+    steps = {key: dict(value) for key, value in step_outputs.items()}
+    context: dict[str, Any] = {
+        "input": _wrap(mission_input, "input"),
+        "steps": _wrap(steps, "steps"),
+        "mission": _wrap(mission, "mission"),
+    }
+    for key, value in steps.items():  # short form: {{ scan.output.x }}
+        context.setdefault(key, _wrap(value, key))
+    return context
+
+
+def render_value(value: Any, context: Mapping[str, Any], *, field: str) -> Any:
+    """Render every template string inside ``value`` (dicts and lists walked)."""
+    if isinstance(value, str):
+        if not is_template(value):
+            return value
+        try:
+            rendered = _env.from_string(value).render(context)
+            if isinstance(rendered, Undefined):
+                rendered._fail_with_undefined_error()
+        except UndefinedError as exc:
+            raise CooError(ErrorType.VALIDATION, f"{field}: {exc.message}") from exc
+        except TemplateSyntaxError as exc:
+            raise CooError(ErrorType.VALIDATION, f"{field}: bad template syntax: {exc.message}") from exc
+        except Exception as exc:
+            raise CooError(ErrorType.VALIDATION, f"{field}: template failed: {type(exc).__name__}: {exc}") from exc
+        return _unwrap(rendered)
+    if isinstance(value, Mapping):
+        return {k: render_value(v, context, field=f"{field}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [render_value(v, context, field=f"{field}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
+def evaluate_condition(expression: str, context: Mapping[str, Any], *, field: str) -> bool:
+    """Evaluate a ``when`` condition (a bare expression or a ``{{ … }}`` template) to a bool."""
+    source = expression if is_template(expression) else "{{ (" + expression + ") }}"
+    value = render_value(source, context, field=field)
+    if isinstance(value, str):
+        return value.strip().lower() not in ("", "false", "0", "no", "none")
+    return bool(value)

@@ -1,0 +1,96 @@
+"""Unit of work: one transaction, its timeline events, and the messages to publish after commit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.common.bus import Bus
+from services.common.contracts import TimelineEvent
+from services.common.db.models import TimelineEventRow
+from services.common.logging import get_logger
+from services.common.scrub import scrub
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    subject: str
+    payload: bytes
+    msg_id: str | None = None
+    headers: dict[str, str] | None = None
+
+
+@dataclass
+class UnitOfWork:
+    """``async with UnitOfWork(sessionmaker, bus) as uow:`` — commits on success, then publishes."""
+
+    sessionmaker: async_sessionmaker[AsyncSession]
+    bus: Bus
+    trace_id: str | None = None
+    session: AsyncSession = field(init=False)
+    _events: list[TimelineEventRow] = field(default_factory=list, init=False)
+    _outgoing: list[Outgoing] = field(default_factory=list, init=False)
+
+    async def __aenter__(self) -> UnitOfWork:
+        self.session = self.sessionmaker()
+        await self.session.begin()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            if exc_type is not None:
+                await self.session.rollback()
+                return
+            for event in self._events:
+                event.data = scrub(event.data)
+            self.session.add_all(self._events)
+            await self.session.commit()
+        finally:
+            await self.session.close()
+        await self._publish()
+
+    def add_event(self, event: TimelineEventRow) -> None:
+        self._events.append(event)
+
+    def publish_after_commit(
+        self,
+        subject: str,
+        payload: bytes,
+        *,
+        msg_id: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self._outgoing.append(Outgoing(subject, payload, msg_id, headers))
+
+    @property
+    def events(self) -> list[TimelineEventRow]:
+        return self._events
+
+    async def _publish(self) -> None:
+        """Publish after commit. A lost publish is repaired by the engine loop (stale dispatch)."""
+        for out in self._outgoing:
+            try:
+                await self.bus.publish(out.subject, out.payload, msg_id=out.msg_id, headers=out.headers)
+            except Exception:
+                log.exception("publish_after_commit_failed", subject=out.subject, msg_id=out.msg_id)
+        for event in self._events:
+            message = TimelineEvent(
+                id=event.id,
+                mission_id=event.mission_id,
+                ts=event.ts,
+                type=event.type,
+                step_key=event.step_key,
+                data=event.data,
+                trace_id=event.trace_id,
+            )
+            try:
+                await self.bus.nc.publish(self.bus.subjects.timeline(event.mission_id), message.to_bytes())
+            except Exception as exc:
+                # Timeline fan-out is best effort: the row is committed and readable via the API.
+                log.warning("timeline_fanout_failed", mission_id=str(event.mission_id), error=str(exc))

@@ -1,0 +1,24 @@
+"""The orchestrator's lifespan state, reached by routes through ``deps``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from services.common.bus import Bus
+from services.common.settings import Settings
+from services.orchestrator.engine.unit import UnitOfWork
+
+
+@dataclass
+class OrchestratorState:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    bus: Bus
+    registry: CollectorRegistry
+
+    def unit(self, trace_id: str | None = None) -> UnitOfWork:
+        return UnitOfWork(self.sessionmaker, self.bus, trace_id=trace_id)

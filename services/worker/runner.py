@@ -1,0 +1,266 @@
+"""Run one attempt of one step: the agent's model/tool loop, its full result persisted once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import traceback
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from jsonschema import Draft202012Validator
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from services.common.contracts import StepError, WorkItem, WorkResult
+from services.common.db.models import Agent, AgentResult
+from services.common.errors import CooError, ErrorType
+from services.common.logging import get_logger
+from services.common.scrub import scrub, scrub_text
+from services.common.settings import Settings
+from services.worker.llm.base import ChatRequest, Message, ModelProvider, TextBlock, ToolResult, Usage
+from services.worker.sandbox_client import SandboxClient
+from services.worker.tools import TOOLS, ToolCall, ToolContext, call_tool
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class AgentDefinition:
+    name: str
+    model: str
+    system_prompt: str
+    tools: tuple[str, ...]
+    output_schema: dict[str, Any] | None
+
+
+def cap(text: str, limit: int) -> tuple[str, bool]:
+    """Keep at most ``limit`` bytes of UTF-8 text; say whether anything was cut."""
+    raw = text.encode()
+    if len(raw) <= limit:
+        return text, False
+    return raw[:limit].decode(errors="ignore"), True
+
+
+@dataclass
+class LoopOutcome:
+    output: dict[str, Any]
+    usage: Usage
+    model: str
+
+
+class AgentRunner:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        sandbox: SandboxClient,
+        provider: ModelProvider,
+        worker_id: str,
+    ) -> None:
+        self.settings = settings
+        self.sessionmaker = sessionmaker
+        self.sandbox = sandbox
+        self.provider = provider
+        self.worker_id = worker_id
+
+    async def _agent(self, name: str) -> AgentDefinition:
+        async with self.sessionmaker() as session:
+            row = (await session.execute(select(Agent).where(Agent.name == name))).scalar_one_or_none()
+        if row is None:
+            raise CooError(ErrorType.VALIDATION, f"agent '{name}' is not registered")
+        if not row.enabled:
+            raise CooError(ErrorType.VALIDATION, f"agent '{name}' is disabled")
+        return AgentDefinition(row.name, row.model, row.system_prompt, tuple(row.tools), row.output_schema)
+
+    async def existing_result(self, item: WorkItem) -> WorkResult | None:
+        async with self.sessionmaker() as session:
+            row = (
+                await session.execute(
+                    select(AgentResult).where(AgentResult.step_id == item.step_id, AgentResult.attempt == item.attempt)
+                )
+            ).scalar_one_or_none()
+        return None if row is None else _work_result(item, row)
+
+    async def run(self, item: WorkItem, *, trace_id: str | None = None) -> WorkResult:
+        """Run the attempt, or answer from its stored result when it already ran (redelivery)."""
+        done = await self.existing_result(item)
+        if done is not None:
+            log.info("attempt_already_done", step_id=str(item.step_id), attempt=item.attempt)
+            return done
+
+        started_at = datetime.now(UTC)
+        clock = time.perf_counter()
+        ctx = ToolContext(mission_id=item.mission_id, step_id=item.step_id, attempt=item.attempt, sandbox=self.sandbox)
+        calls: list[ToolCall] = []
+        usage = Usage()
+        model = "unknown"
+        output: dict[str, Any] | None = None
+        error: StepError | None = None
+        try:
+            agent = await self._agent(item.agent)
+            model = agent.model if self.provider.name != "offline" else "offline"
+            async with asyncio.timeout(item.timeout_s):
+                outcome = await self._loop(item, agent, ctx, calls)
+            output, usage, model = outcome.output, outcome.usage, outcome.model
+        except CooError as exc:
+            error = StepError(type=exc.error_type, message=exc.message, detail=exc.detail)
+        except TimeoutError:
+            error = StepError(type=ErrorType.TIMEOUT, message=f"step exceeded its timeout of {item.timeout_s:g}s")
+        except Exception as exc:
+            log.exception("agent_crashed", agent=item.agent, step_id=str(item.step_id))
+            ctx.transcript_err.append(traceback.format_exc())
+            error = StepError(type=ErrorType.AGENT_CRASH, message=f"{type(exc).__name__}: {exc}")
+        if error is not None and error.type is not ErrorType.AGENT_CRASH:
+            ctx.transcript_err.append(f"{error.type}: {error.message}")
+
+        duration_ms = int((time.perf_counter() - clock) * 1000)
+        stdout, out_cut = cap(scrub_text("\n".join(ctx.transcript_out)), self.settings.output_cap_bytes)
+        stderr, err_cut = cap(scrub_text("\n".join(ctx.transcript_err)), self.settings.output_cap_bytes)
+        row = {
+            "id": uuid.uuid4(),
+            "mission_id": item.mission_id,
+            "step_id": item.step_id,
+            "attempt": item.attempt,
+            "agent": item.agent,
+            "stdout": stdout,
+            "stderr": stderr,
+            "stdout_truncated": out_cut,
+            "stderr_truncated": err_cut,
+            "tool_calls": scrub([call.as_row() for call in calls]),
+            "output": scrub(output) if output is not None else None,
+            "error": error.model_dump(mode="json", exclude_none=True) if error else None,
+            "tokens_in": usage.input_tokens,
+            "tokens_out": usage.output_tokens,
+            "cache_read_tokens": usage.cache_read_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "cost_usd": Decimal(0) if self.provider.name == "offline" else None,
+            "model": model,
+            "provider": self.provider.name,
+            "duration_ms": duration_ms,
+            "success": error is None,
+            "verification": None,
+            "trace_id": trace_id,
+            "worker": self.worker_id,
+            "started_at": started_at,
+        }
+        async with self.sessionmaker() as session, session.begin():
+            inserted = await session.scalar(
+                insert(AgentResult)
+                .values(**row)
+                .on_conflict_do_nothing(index_elements=["step_id", "attempt"])
+                .returning(AgentResult.id)
+            )
+        if inserted is None:  # another delivery of the same attempt finished first: its result stands
+            existing = await self.existing_result(item)
+            assert existing is not None
+            return existing
+        return WorkResult(
+            mission_id=item.mission_id,
+            step_id=item.step_id,
+            attempt=item.attempt,
+            result_id=row["id"],
+            success=error is None,
+            output=row["output"],
+            error=error,
+            model=model,
+            tokens_in=usage.input_tokens,
+            tokens_out=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            cost_usd=row["cost_usd"],
+            duration_ms=duration_ms,
+        )
+
+    async def _loop(
+        self, item: WorkItem, agent: AgentDefinition, ctx: ToolContext, calls: list[ToolCall]
+    ) -> LoopOutcome:
+        tools = tuple(TOOLS[name] for name in agent.tools if name in TOOLS)
+        messages: list[Message] = [
+            Message(role="user", content=(TextBlock(text=orjson.dumps(item.input).decode()),)),
+        ]
+        total = Usage()
+        model = agent.model
+        for _turn in range(self.settings.max_agent_turns):
+            response = await self.provider.chat(
+                ChatRequest(
+                    agent=agent.name,
+                    model=agent.model,
+                    system=agent.system_prompt,
+                    messages=tuple(messages),
+                    tools=tools,
+                    timeout_s=item.timeout_s,
+                )
+            )
+            model = response.model
+            total = Usage(
+                total.input_tokens + response.usage.input_tokens,
+                total.output_tokens + response.usage.output_tokens,
+                total.cache_read_tokens + response.usage.cache_read_tokens,
+                total.cache_write_tokens + response.usage.cache_write_tokens,
+            )
+            messages.append(Message(role="assistant", content=response.content))
+            if not response.tool_uses:
+                ctx.transcript_out.append(response.text)
+                output = _parse_output(response.text)
+                _check_output(agent, output)
+                return LoopOutcome(output, total, model)
+            results: list[ToolResult] = []
+            for use in response.tool_uses:
+                call = await call_tool(ctx, use.name, use.input)
+                calls.append(call)
+                results.append(ToolResult(tool_use_id=use.id, content=call.output, is_error=call.status != "ok"))
+            messages.append(Message(role="user", content=tuple(results)))
+        raise CooError(
+            ErrorType.AGENT_CRASH, f"agent did not finish within {self.settings.max_agent_turns} model turns"
+        )
+
+
+def _parse_output(text: str) -> dict[str, Any]:
+    """The agent's final message: a JSON object (possibly fenced), else the text itself."""
+    stripped = text.strip()
+    if stripped.startswith("```"):
+        stripped = stripped.strip("`")
+        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else stripped
+    try:
+        data = orjson.loads(stripped)
+    except orjson.JSONDecodeError:
+        return {"text": text}
+    return data if isinstance(data, dict) else {"value": data}
+
+
+def _check_output(agent: AgentDefinition, output: dict[str, Any]) -> None:
+    if agent.output_schema is None:
+        return
+    errors = sorted(Draft202012Validator(agent.output_schema).iter_errors(output), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = "/" + "/".join(str(p) for p in first.absolute_path)
+        raise CooError(
+            ErrorType.OUTPUT_INVALID,
+            f"output does not match agent '{agent.name}' output_schema at {where}: {first.message}",
+        )
+
+
+def _work_result(item: WorkItem, row: AgentResult) -> WorkResult:
+    return WorkResult(
+        mission_id=item.mission_id,
+        step_id=item.step_id,
+        attempt=item.attempt,
+        result_id=row.id,
+        success=row.success,
+        output=row.output,
+        error=StepError.model_validate(row.error) if row.error else None,
+        model=row.model,
+        tokens_in=row.tokens_in,
+        tokens_out=row.tokens_out,
+        cache_read_tokens=row.cache_read_tokens,
+        cache_write_tokens=row.cache_write_tokens,
+        cost_usd=row.cost_usd,
+        duration_ms=row.duration_ms,
+    )

@@ -1,0 +1,127 @@
+"""Tools an agent may call. Every tool runs in the sandbox, never in the worker."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from services.common.contracts import SandboxExecRequest, SandboxExecResult
+from services.common.errors import CooError
+from services.worker.llm.base import ToolSpec
+from services.worker.sandbox_client import SandboxClient
+
+TOOL_OUTPUT_LIMIT = 32 * 1024  # characters of each stream handed back to the model
+
+
+class RunCommandInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    argv: list[str] = Field(min_length=1, description="Program and arguments (no shell).")
+    stdin: str | None = Field(default=None, description="Text written to the program's standard input.")
+    cwd: str = Field(default=".", description="Directory inside the workspace.")
+    timeout_s: float = Field(default=30.0, gt=0, le=600)
+
+
+RUN_COMMAND = ToolSpec(
+    name="run_command",
+    description="Run a program in the isolated workspace of this step and return its exit code, stdout and stderr.",
+    input_schema=RunCommandInput.model_json_schema(),
+)
+
+TOOLS: dict[str, ToolSpec] = {RUN_COMMAND.name: RUN_COMMAND}
+
+
+@dataclass
+class ToolCall:
+    """One tool call as stored in ``agent_results.tool_calls``."""
+
+    name: str
+    input: dict[str, Any]
+    output: str = ""
+    status: str = "ok"
+    duration_ms: int = 0
+    sandbox_run_id: str | None = None
+    exit_code: int | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+    def as_row(self) -> dict[str, Any]:
+        row: dict[str, Any] = {
+            "name": self.name,
+            "input": self.input,
+            "output": self.output,
+            "status": self.status,
+            "duration_ms": self.duration_ms,
+        }
+        if self.sandbox_run_id:
+            row["sandbox_run_id"] = self.sandbox_run_id
+        if self.exit_code is not None:
+            row["exit_code"] = self.exit_code
+        return row
+
+
+@dataclass
+class ToolContext:
+    mission_id: uuid.UUID
+    step_id: uuid.UUID
+    attempt: int
+    sandbox: SandboxClient
+    headers: dict[str, str] = field(default_factory=dict)
+    transcript_out: list[str] = field(default_factory=list)
+    transcript_err: list[str] = field(default_factory=list)
+
+
+def _clip(text: str) -> str:
+    if len(text) <= TOOL_OUTPUT_LIMIT:
+        return text
+    return text[:TOOL_OUTPUT_LIMIT] + f"\n[... {len(text) - TOOL_OUTPUT_LIMIT} more characters not shown]"
+
+
+def _format_result(result: SandboxExecResult) -> str:
+    parts = [f"exit_code: {result.exit_code}" if result.status != "timeout" else "status: timed out"]
+    parts.append("stdout:\n" + _clip(result.stdout) + (" [truncated]" if result.stdout_truncated else ""))
+    if result.stderr:
+        parts.append("stderr:\n" + _clip(result.stderr) + (" [truncated]" if result.stderr_truncated else ""))
+    return "\n".join(parts)
+
+
+async def call_tool(ctx: ToolContext, name: str, raw_input: dict[str, Any]) -> ToolCall:
+    """Run one tool call. A command that fails is a normal tool result (``status=error``);
+    the sandbox being unavailable raises ``CooError`` and fails the attempt."""
+    call = ToolCall(name=name, input=raw_input)
+    start = time.perf_counter()
+    if name not in TOOLS:
+        call.status, call.output = "error", f"unknown tool '{name}'; available: {sorted(TOOLS)}"
+        return call
+    try:
+        args = RunCommandInput.model_validate(raw_input)
+    except ValidationError as exc:
+        call.status, call.output = "error", f"invalid input for {name}: {exc.errors()[0]['msg']}"
+        return call
+    request = SandboxExecRequest(
+        mission_id=ctx.mission_id,
+        step_id=ctx.step_id,
+        attempt=ctx.attempt,
+        argv=args.argv,
+        stdin=args.stdin,
+        cwd=args.cwd,
+        timeout_s=args.timeout_s,
+        network=False,
+    )
+    try:
+        result = await ctx.sandbox.execute(request, headers=ctx.headers)
+    except CooError:
+        call.duration_ms = int((time.perf_counter() - start) * 1000)
+        raise
+    call.duration_ms = int((time.perf_counter() - start) * 1000)
+    call.sandbox_run_id = str(result.run_id) if result.run_id else None
+    call.exit_code = result.exit_code
+    call.status = "ok" if result.status == "succeeded" else ("timeout" if result.status == "timeout" else "error")
+    call.output = _format_result(result)
+    ctx.transcript_out.append(f"$ {' '.join(args.argv)}\n{result.stdout}")
+    if result.stderr:
+        ctx.transcript_err.append(f"$ {' '.join(args.argv)}\n{result.stderr}")
+    return call
