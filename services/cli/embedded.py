@@ -13,6 +13,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -95,23 +96,24 @@ class EmbeddedPostgres:
         return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
 
     def _bin(self, name: str) -> str:
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        return str(POSTGRES_BIN_PATH / name)
+        return str(_pgserver_bin() / name)
 
     def _run_as(self) -> dict[str, object]:
         """Postgres refuses to run as root: use an unprivileged system user then."""
         if os.geteuid() != 0:
             return {}
-        from pgserver._commands import POSTGRES_BIN_PATH
-        from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+        with warnings.catch_warnings():  # pgserver warns at import when XDG_RUNTIME_DIR is unset
+            warnings.simplefilter("ignore")
+            from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
+
+        bin_path = _pgserver_bin()
 
         entry = ensure_user_exists("pgserver")
         assert entry is not None
         ensure_prefix_permissions(self.pgdata)
-        ensure_prefix_permissions(POSTGRES_BIN_PATH)
-        ensure_folder_permissions(POSTGRES_BIN_PATH, 0o055)
-        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", 0o044)
+        ensure_prefix_permissions(bin_path)
+        ensure_folder_permissions(bin_path, 0o055)
+        ensure_folder_permissions(bin_path.parent / "lib", 0o044)
         for path in (self.pgdata, self.pgdata.parent):
             os.chown(path, entry.pw_uid, entry.pw_gid)
         for root, dirs, files in os.walk(self.pgdata):
@@ -185,6 +187,13 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         _stop(self.proc, signal.SIGINT, 20)  # SIGINT: Postgres' fast shutdown
+
+
+def _pgserver_bin() -> Path:
+    with warnings.catch_warnings():  # pgserver warns at import when XDG_RUNTIME_DIR is unset
+        warnings.simplefilter("ignore")
+        from pgserver._commands import POSTGRES_BIN_PATH
+    return Path(POSTGRES_BIN_PATH)
 
 
 def _reap_stale_postmaster(pid_file: Path) -> None:

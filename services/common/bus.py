@@ -160,10 +160,12 @@ class Bus:
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:
+            # Consumers are stopped by their owners first; flush what was published, then close.
             with contextlib.suppress(Exception):
-                await self._nc.drain()
+                await self._nc.flush(timeout=2)
             with contextlib.suppress(Exception):
-                await self._nc.close()
+                async with asyncio.timeout(5):
+                    await self._nc.close()
         self._nc = None
         self._js = None
 

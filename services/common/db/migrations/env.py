@@ -21,12 +21,18 @@ def _settings() -> Settings:
     return given if isinstance(given, Settings) else get_settings()
 
 
+def _include_object(obj: object, name: str | None, type_: str, reflected: bool, compare_to: object) -> bool:
+    del obj, reflected, compare_to
+    return not (type_ == "table" and name == "alembic_version")
+
+
 def _run(connection: Connection, schema: str) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         version_table_schema=schema,
         compare_type=True,
+        include_object=_include_object,
     )
     with context.begin_transaction():
         context.run_migrations()
