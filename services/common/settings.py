@@ -42,37 +42,35 @@ class Settings(BaseSettings):
         description="Comma-separated bearer API keys accepted besides `coo keys create` ones.",
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP servers bind.")
-    orchestrator_port: int = Field(default=8000, ge=0, le=65535)
-    worker_port: int = Field(default=8001, ge=0, le=65535)
-    sandbox_port: int = Field(default=8002, ge=0, le=65535)
+    orchestrator_port: int = Field(default=8000, ge=0, le=65535, description="REST API, docs and metrics.")
+    worker_port: int = Field(default=8001, ge=0, le=65535, description="Worker health and metrics.")
+    sandbox_port: int = Field(default=8002, ge=0, le=65535, description="Sandbox health and metrics.")
     api_url: str = Field(default="http://127.0.0.1:8000", description="Where the CLI finds the orchestrator.")
     api_key: SecretStr | None = Field(default=None, description="API key the CLI sends.")
 
     # --- engine ---------------------------------------------------------------------------
     max_active_missions: int = Field(default=50, ge=1, description="Missions running at once; the rest queue.")
-    rate_limit_per_minute: int = Field(default=100, ge=1, description="Requests per minute per API key.")
     engine_tick_s: float = Field(default=1.0, gt=0, description="Period of the engine's housekeeping loop.")
     dispatch_stale_s: float = Field(
         default=60.0, gt=0, description="A step left `dispatched` longer than this is published again."
     )
-    default_step_timeout_s: float = Field(default=600.0, gt=0)
-    default_max_attempts: int = Field(default=3, ge=1, le=100)
 
     # --- worker ---------------------------------------------------------------------------
     worker_concurrency: int = Field(default=8, ge=1, le=1024, description="Work items one worker runs at once.")
-    worker_agents: str = Field(default=">", description="Agents this worker serves (`>` = all, or comma list).")
+    worker_agents: str = Field(default=">", description="Agents this worker serves: `>` for all, or one agent's name.")
     ack_wait_s: float = Field(default=30.0, gt=0, description="JetStream ack wait; heartbeats keep long work alive.")
     max_deliver: int = Field(default=5, ge=1, description="Deliveries of one message before it is dead-lettered.")
     max_agent_turns: int = Field(default=12, ge=1, le=200, description="Model turns per agent run.")
     anthropic_api_key: SecretStr | None = Field(
-        default=None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "COO_ANTHROPIC_API_KEY")
+        default=None,
+        validation_alias=AliasChoices("ANTHROPIC_API_KEY", "COO_ANTHROPIC_API_KEY"),
+        description="Claude API key (read, not used yet: agents run on the offline model).",
     )
 
     # --- sandbox --------------------------------------------------------------------------
     sandbox_root: Path | None = Field(default=None, description="Workspaces directory (default <data_dir>/sandbox).")
-    sandbox_concurrency: int = Field(default=8, ge=1, le=1024)
-    sandbox_request_timeout_s: float = Field(default=30.0, gt=0, description="Default wall clock of one command.")
-    sandbox_heartbeat_s: float = Field(default=5.0, gt=0)
+    sandbox_concurrency: int = Field(default=8, ge=1, le=1024, description="Commands one sandbox runs at once.")
+    sandbox_heartbeat_s: float = Field(default=5.0, gt=0, description="How often a running command's row is touched.")
     sandbox_stale_after_s: float = Field(
         default=600.0, gt=0, description="A run without heartbeat this long is failed at sandbox start."
     )
@@ -85,7 +83,7 @@ class Settings(BaseSettings):
 
     # --- process --------------------------------------------------------------------------
     data_dir: Path = Field(default=Path(".coo"), description="Embedded Postgres/NATS data and workspaces.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     examples_dir: Path = Field(
         default=Path(__file__).resolve().parents[2] / "examples",
         description="Agents and workflows seeded at start-up.",
