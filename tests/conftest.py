@@ -203,7 +203,9 @@ async def wait_for(
 
 
 async def db_fetch(settings: Settings, query: str, *args: Any) -> list[asyncpg.Record]:
-    conn = await asyncpg.connect(plain_dsn(settings.database_url or ""), server_settings={"search_path": settings.db_schema})
+    conn = await asyncpg.connect(
+        plain_dsn(settings.database_url or ""), server_settings={"search_path": settings.db_schema}
+    )
     try:
         return list(await conn.fetch(query, *args))
     finally:

@@ -98,10 +98,10 @@ class EmbeddedPostgres:
     def _bin(self, name: str) -> str:
         return str(_pgserver_bin() / name)
 
-    def _run_as(self) -> dict[str, object]:
-        """Postgres refuses to run as root: use an unprivileged system user then."""
+    def _run_as(self) -> tuple[int | None, int | None]:
+        """Postgres refuses to run as root: (uid, gid) of an unprivileged system user then."""
         if os.geteuid() != 0:
-            return {}
+            return None, None
         with warnings.catch_warnings():  # pgserver warns at import when XDG_RUNTIME_DIR is unset
             warnings.simplefilter("ignore")
             from pgserver.utils import ensure_folder_permissions, ensure_prefix_permissions, ensure_user_exists
@@ -120,7 +120,7 @@ class EmbeddedPostgres:
             for name in dirs + files:
                 with contextlib.suppress(FileNotFoundError):
                     os.lchown(os.path.join(root, name), entry.pw_uid, entry.pw_gid)
-        return {"user": entry.pw_uid, "group": entry.pw_gid}
+        return entry.pw_uid, entry.pw_gid
 
     def start(self, *, deadline_s: float = 60.0) -> str:
         self.pgdata.mkdir(parents=True, exist_ok=True)
@@ -128,7 +128,7 @@ class EmbeddedPostgres:
             self.port = free_port()
         elif not port_is_free(self.port):
             raise RuntimeError(f"port {self.port} for the embedded Postgres is taken: choose another with --pg-port")
-        run_as = self._run_as()
+        uid, gid = self._run_as()
         if not (self.pgdata / "PG_VERSION").exists():
             subprocess.run(
                 [
@@ -143,7 +143,8 @@ class EmbeddedPostgres:
                 check=True,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                **run_as,  # type: ignore[arg-type]
+                user=uid,
+                group=gid,
             )
         stale_pid = self.pgdata / "postmaster.pid"
         if stale_pid.exists():
@@ -170,7 +171,8 @@ class EmbeddedPostgres:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
             preexec_fn=die_with_parent(signal.SIGINT),
-            **run_as,  # type: ignore[arg-type]
+            user=uid,
+            group=gid,
         )
         log.close()
         assert self.proc is not None

@@ -65,9 +65,9 @@ def serve(
     if service == "orchestrator":
         from services.orchestrator.app import create_app
     elif service == "worker":
-        from services.worker.app import create_app  # type: ignore[assignment]
+        from services.worker.app import create_app
     else:
-        from services.sandbox.app import create_app  # type: ignore[assignment]
+        from services.sandbox.app import create_app
     uvicorn.run(
         create_app(settings),
         host=settings.host,

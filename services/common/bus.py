@@ -173,7 +173,7 @@ class Bus:
         """Raise unless the server answers a round trip within the deadline."""
         if not self.is_connected:
             raise ConnectionError("not connected to NATS")
-        await self.nc.flush(timeout=timeout_s)
+        await self.nc.flush(timeout=max(1, round(timeout_s)))
 
     # --- streams ---------------------------------------------------------------------------
     async def ensure_streams(self) -> None:

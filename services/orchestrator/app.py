@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter, ValidationError
 
 from services.common.bus import Bus, ConsumerLoop, Undeliverable
-from services.common.contracts import ResultMessage, StepStarted
+from services.common.contracts import ResultMessage, StepStarted, WorkResult
 from services.common.db.models import DeadLetter
 from services.common.db.session import create_engine, create_sessionmaker, ping
 from services.common.http import (
@@ -33,7 +33,7 @@ from services.orchestrator.state import OrchestratorState
 
 log = get_logger(__name__)
 
-_results = TypeAdapter(ResultMessage)
+_results: TypeAdapter[StepStarted | WorkResult] = TypeAdapter(ResultMessage)  # type: ignore[arg-type]
 
 
 def create_app(settings: Settings) -> FastAPI:

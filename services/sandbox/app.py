@@ -147,7 +147,7 @@ class SandboxService:
         reply_err, err_clipped = _clip(stderr, self.settings.reply_cap_bytes)
         return SandboxExecResult(
             run_id=run_id,
-            status=execution.status,  # type: ignore[arg-type]
+            status=execution.status,
             exit_code=execution.exit_code,
             stdout=reply_out,
             stderr=reply_err,

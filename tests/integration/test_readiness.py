@@ -73,4 +73,6 @@ async def test_readyz_follows_postgres(own_stack: tuple[Stack, EmbeddedPostgres,
     restarted = EmbeddedPostgres(pg.data_dir, port=pg.port)
     restarted.start()
     pg.proc = restarted.proc
-    await wait_for(lambda: all_status(stack, 200), timeout_s=30, what="every service ready again after Postgres is back")
+    await wait_for(
+        lambda: all_status(stack, 200), timeout_s=30, what="every service ready again after Postgres is back"
+    )

@@ -35,9 +35,7 @@ async def test_mission_runs_through_orchestrator_worker_and_sandbox(stack: Stack
     assert (workflow["name"], workflow["version"]) == ("hello", 1)
 
     async with stack.client() as client:
-        response = await client.post(
-            "/v1/missions", json={"workflow": "hello", "input": {"text": "one two\nthree\n"}}
-        )
+        response = await client.post("/v1/missions", json={"workflow": "hello", "input": {"text": "one two\nthree\n"}})
     assert response.status_code == 202, response.text
     accepted = response.json()
     assert accepted["status"] in ("queued", "running")
@@ -137,7 +135,12 @@ async def test_missing_or_wrong_key_gets_401_and_writes_nothing(
             "/steps/0/input/t",
             "template",
         ),
-        (b"name: w\nsteps:\n  - {id: a, agent: line-counter, colour: red}\n", "application/yaml", "/steps/0/colour", ""),
+        (
+            b"name: w\nsteps:\n  - {id: a, agent: line-counter, colour: red}\n",
+            "application/yaml",
+            "/steps/0/colour",
+            "",
+        ),
     ],
 )
 async def test_malformed_workflow_gets_422_naming_the_field_and_writes_nothing(

@@ -47,7 +47,7 @@ class AgentOut(AgentSpec):
             model=row.model,
             system_prompt=row.system_prompt,
             tools=list(row.tools),
-            approval_policy=row.approval_policy,  # type: ignore[arg-type]
+            approval_policy=row.approval_policy,
             output_schema=row.output_schema,
             enabled=row.enabled,
             version=row.version,

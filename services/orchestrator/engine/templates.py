@@ -37,17 +37,17 @@ class _PathUndefined(StrictUndefined):
             hint = f"'{path}' is undefined"
         raise UndefinedError(hint)
 
-    __str__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __iter__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __len__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __eq__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __ne__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __bool__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __hash__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __int__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __float__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __getattr__ = _fail_with_undefined_error  # type: ignore[assignment]
-    __getitem__ = _fail_with_undefined_error  # type: ignore[assignment]
+    __str__ = _fail_with_undefined_error
+    __iter__ = _fail_with_undefined_error
+    __len__ = _fail_with_undefined_error
+    __eq__ = _fail_with_undefined_error
+    __ne__ = _fail_with_undefined_error
+    __bool__ = _fail_with_undefined_error
+    __hash__ = _fail_with_undefined_error
+    __int__ = _fail_with_undefined_error
+    __float__ = _fail_with_undefined_error
+    __getattr__ = _fail_with_undefined_error
+    __getitem__ = _fail_with_undefined_error
 
 
 class _PathDict(dict[str, Any]):
@@ -101,11 +101,11 @@ def referenced_steps(text: str) -> set[str]:
     tree = _env.parse(text)
     found: set[str] = set()
     for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
-        target = node.node
-        if isinstance(target, nodes.Name) and target.name == "steps":
-            if isinstance(node, nodes.Getattr):
+        if isinstance(node, nodes.Getattr):
+            if isinstance(node.node, nodes.Name) and node.node.name == "steps":
                 found.add(node.attr)
-            elif isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
+        elif isinstance(node, nodes.Getitem) and isinstance(node.node, nodes.Name) and node.node.name == "steps":
+            if isinstance(node.arg, nodes.Const) and isinstance(node.arg.value, str):
                 found.add(node.arg.value)
     roots = referenced_roots(text) - {"input", "steps", "mission"}
     return found | roots
