@@ -8,16 +8,33 @@ from typing import Any
 
 REDACTED = "[REDACTED]"
 
-_SECRET_KEY = re.compile(
-    r"(^|[_\-.])(token|secret|password|passwd|authorization|api[_-]?key|apikey|private[_-]?key|credential)s?($|[_\-.])",
-    re.IGNORECASE,
+# A key names a secret when its last word is one of these (``access_token``, ``X-Auth-Token``,
+# ``db_password``), or it ends in a kind of key (``api_key``, ``private_key``). Counts such as
+# ``tokens_in`` or ``spent_tokens`` are not secrets.
+_SECRET_WORDS = frozenset(
+    {
+        "token",
+        "secret",
+        "secrets",
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "authorization",
+        "apikey",
+        "credential",
+        "credentials",
+        "cookie",
+    }
 )
+_SECRET_SUFFIXES = ("api_key", "private_key", "secret_key", "access_key", "signing_key", "webhook_url")
+_WORD_SPLIT = re.compile(r"[_\-.\s]+")
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"), REDACTED),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]{8,}"), "Bearer " + REDACTED),
     (
-        re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key)\s*[=:]\s*[^\s&\"',;]+"),
-        r"\1=" + REDACTED,
+        re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key)([\"']?\s*[=:]\s*[\"']?)[^\s&\"',;}]+"),
+        r"\1\2" + REDACTED,
     ),
     (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), REDACTED),
     (re.compile(r"(?i)aws_secret_access_key\s*[=:]\s*\S+"), "aws_secret_access_key=" + REDACTED),
@@ -35,7 +52,10 @@ def scrub_text(text: str) -> str:
 
 
 def is_secret_key(key: str) -> bool:
-    return bool(_SECRET_KEY.search(key))
+    normalised = _WORD_SPLIT.sub("_", key.strip().lower()).strip("_")
+    if not normalised:
+        return False
+    return normalised.split("_")[-1] in _SECRET_WORDS or normalised.endswith(_SECRET_SUFFIXES)
 
 
 def scrub(value: Any) -> Any:

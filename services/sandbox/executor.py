@@ -12,6 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+
 from services.common.errors import CooError, ErrorType
 
 BASE_ENV = {
@@ -90,9 +92,17 @@ async def _pump(stream: asyncio.StreamReader | None, capture: Capture) -> None:
         capture.feed(chunk)
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_tree(pid: int) -> None:
+    """Kill the command's process group and every descendant that left it (``setsid``)."""
+    try:
+        descendants = psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pid, signal.SIGKILL)
+    for child in descendants:
+        with contextlib.suppress(psutil.Error):
+            child.kill()
 
 
 async def execute(
@@ -157,19 +167,19 @@ async def execute(
     except TimeoutError:
         status = "timeout"
     finally:
-        _kill_group(proc.pid)  # whatever it left behind in its group goes too
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-        if not pumps.done():
-            try:
-                async with asyncio.timeout(2):
-                    await pumps
-            except TimeoutError:
-                pumps.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pumps
+        _kill_tree(proc.pid)  # whatever it left behind goes too
+        try:
+            async with asyncio.timeout(2):
+                await proc.wait()
+                await pumps
+        except TimeoutError:
+            # Something outside our reach still holds a pipe open: stop reading and let go of it.
+            pumps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumps
+            transport = getattr(proc, "_transport", None)
+            if transport is not None:
+                transport.close()
     if status != "timeout" and proc.returncode != 0:
         status = "failed"
     duration_ms = int((time.perf_counter() - start) * 1000)

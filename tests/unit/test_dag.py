@@ -91,7 +91,9 @@ def test_transitive_ancestor_may_be_read_by_a_template() -> None:
 
 
 def test_known_agents_accepts_listed_agents() -> None:
-    definition = parse_definition(workflow(step("a", agent="coder"), step("b", agent="reviewer")), known_agents={"coder", "reviewer"})
+    definition = parse_definition(
+        workflow(step("a", agent="coder"), step("b", agent="reviewer")), known_agents={"coder", "reviewer"}
+    )
     assert [s.agent for s in definition.steps] == ["coder", "reviewer"]
 
 

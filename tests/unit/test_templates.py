@@ -117,11 +117,6 @@ def test_missing_key_below_a_list_item_names_the_index(context: dict[str, Any]) 
     assert "'input.q[1].y'" in error.message
 
 
-@pytest.mark.xfail(
-    reason="templates._PathUndefined: an out-of-range list index reports only the index ('5'), "
-    "because lists are not wrapped with their path",
-    strict=True,
-)
 def test_list_index_out_of_range_names_the_full_path(context: dict[str, Any]) -> None:
     error = validation_error("{{ input.q[5] }}", context)
     assert "'input.q[5]'" in error.message
@@ -134,14 +129,14 @@ def test_missing_key_never_renders_as_an_empty_string(context: dict[str, Any]) -
         render("[{{ input.nope }}]", context)
 
 
-@pytest.mark.xfail(
-    reason="templates: Jinja's dot access tries attributes before items, so an output key named like a "
-    "dict method ('items', 'keys', 'values', 'get', ...) renders as a bound method, not the value",
-    strict=True,
-)
 def test_output_key_named_like_a_dict_method_renders_its_value() -> None:
     context = build_context({}, {"scan": {"output": {"items": [1, 2]}}}, {})
     assert render_value("{{ steps.scan.output.items }}", context, field="input.x") == [1, 2]
+
+
+def test_missing_key_named_like_a_dict_method_raises(context: dict[str, Any]) -> None:
+    error = validation_error("{{ input.items }}", context)
+    assert "'input.items'" in error.message
 
 
 # --- default filter -----------------------------------------------------------------------

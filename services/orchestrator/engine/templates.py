@@ -21,6 +21,31 @@ class _NativeSandbox(SandboxedEnvironment):
     code_generator_class = NativeCodeGenerator
     concat = staticmethod(native_concat)  # type: ignore[assignment]
 
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # Step outputs are JSON: a key named like a dict method (``items``, ``keys``) is data first.
+        if isinstance(obj, Mapping):
+            if attribute in obj:
+                return obj[attribute]
+            value = super().getattr(obj, attribute)
+            if callable(value) and not isinstance(value, Undefined):
+                where = getattr(obj, "_coo_path", None)
+                return _Method(value, f"{where}.{attribute}" if where else attribute)
+            return value
+        return super().getattr(obj, attribute)
+
+
+class _Method:
+    """A dict method reached with dot syntax: callable (``input.items()``), never a value."""
+
+    __slots__ = ("_fn", "path")
+
+    def __init__(self, fn: Any, path: str) -> None:
+        self._fn = fn
+        self.path = path
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._fn(*args, **kwargs)
+
 
 class _PathUndefined(StrictUndefined):
     """StrictUndefined that names the full path that was missing."""
@@ -33,7 +58,12 @@ class _PathUndefined(StrictUndefined):
             name = self._undefined_name
             obj = self._undefined_obj
             where = getattr(obj, "_coo_path", None)
-            path = f"{where}.{name}" if where else str(name)
+            if where is None:
+                path = str(name)
+            elif isinstance(name, int):
+                path = f"{where}[{name}]"
+            else:
+                path = f"{where}.{name}"
             hint = f"'{path}' is undefined"
         raise UndefinedError(hint)
 
@@ -60,11 +90,21 @@ class _PathDict(dict[str, Any]):
         self._coo_path = path
 
 
+class _PathList(list[Any]):
+    """A list that remembers where it sits in the context, for error messages."""
+
+    _coo_path: str
+
+    def __init__(self, data: list[Any], path: str) -> None:
+        super().__init__(_wrap(v, f"{path}[{i}]") for i, v in enumerate(data))
+        self._coo_path = path
+
+
 def _wrap(value: Any, path: str) -> Any:
     if isinstance(value, Mapping):
         return _PathDict(value, path)
     if isinstance(value, list):
-        return [_wrap(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return _PathList(value, path)
     return value
 
 
@@ -76,7 +116,16 @@ def _unwrap(value: Any) -> Any:
     return value
 
 
-_env = _NativeSandbox(undefined=_PathUndefined, autoescape=False, keep_trailing_newline=True)
+def _only_values(value: Any) -> Any:
+    """Every ``{{ … }}`` must produce data: a method (``output.items`` with no such key) is an error."""
+    if isinstance(value, _Method):
+        raise UndefinedError(f"'{value.path}' is undefined")
+    if callable(value) and not isinstance(value, Undefined):
+        raise UndefinedError(f"'{getattr(value, '__name__', 'value')}' is a function, not data")
+    return value
+
+
+_env = _NativeSandbox(undefined=_PathUndefined, autoescape=False, keep_trailing_newline=True, finalize=_only_values)
 
 
 def is_template(text: str) -> bool:
@@ -136,6 +185,7 @@ def render_value(value: Any, context: Mapping[str, Any], *, field: str) -> Any:
             rendered = _env.from_string(value).render(context)
             if isinstance(rendered, Undefined):
                 rendered._fail_with_undefined_error()
+            _only_values(rendered)
         except UndefinedError as exc:
             raise CooError(ErrorType.VALIDATION, f"{field}: {exc.message}") from exc
         except TemplateSyntaxError as exc:

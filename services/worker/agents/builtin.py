@@ -22,3 +22,9 @@ def line_counter(request: ChatRequest) -> ModelResponse:
         return final({"error": "wc failed", "tool_output": results[-1].content[:2000]})
     lines, words, size = (int(group) for group in match.groups())
     return final({"lines": lines, "words": words, "bytes": size})
+
+
+@script("echo")
+def echo(request: ChatRequest) -> ModelResponse:
+    """Answers with its input, without tools: the cheapest possible step (benchmarks, smoke tests)."""
+    return final({"echo": first_user_json(request)})
