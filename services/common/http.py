@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services.common.db.session import ping
 from services.common.logging import get_logger
 
 log = get_logger(__name__)
@@ -140,6 +141,19 @@ def install_http_metrics(app: FastAPI, metrics: HttpMetrics, service: str) -> No
             path = getattr(route, "path", None) or "unmatched"
             metrics.requests.labels(service, request.method, path, str(status)).inc()
             metrics.duration.labels(service, request.method, path).observe(time.perf_counter() - start)
+
+
+def infra_checks(resources: dict[str, Any]) -> dict[str, ReadinessCheck]:
+    """Readiness checks of Postgres and NATS, for resources the lifespan puts in ``resources``
+    (``engine``, ``bus``); until it has, the check fails, so a service is never ready too early."""
+
+    async def postgres() -> None:
+        await ping(resources["engine"])
+
+    async def nats() -> None:
+        await resources["bus"].ping()
+
+    return {"postgres": postgres, "nats": nats}
 
 
 def install_health_routes(app: FastAPI, *, checks: dict[str, ReadinessCheck], registry: CollectorRegistry) -> None:

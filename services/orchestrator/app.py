@@ -14,10 +14,11 @@ from pydantic import TypeAdapter, ValidationError
 
 from services.common.bus import Bus, ConsumerLoop, Undeliverable
 from services.common.contracts import ResultMessage, StepStarted, WorkResult
-from services.common.db.models import DeadLetter
-from services.common.db.session import create_engine, create_sessionmaker, ping
+from services.common.db.session import create_engine, create_sessionmaker
+from services.common.deadletters import dead_letter_sink
 from services.common.http import (
     HttpMetrics,
+    infra_checks,
     install_error_handlers,
     install_health_routes,
     install_http_metrics,
@@ -39,7 +40,7 @@ _results: TypeAdapter[StepStarted | WorkResult] = TypeAdapter(ResultMessage)  # 
 def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     http_metrics = HttpMetrics(registry)
-    holder: dict[str, OrchestratorState] = {}
+    holder: dict[str, object] = {}
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
@@ -54,7 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
             await seed_agents(sessionmaker, settings.examples_dir / "agents")
 
             state = OrchestratorState(settings, engine, sessionmaker, bus, registry)
-            holder["state"] = state
+            holder.update(engine=engine, bus=bus)
             tasks = _start_engine(state, stack)
             stack.push_async_callback(_cancel, tasks)
             log.info("orchestrator_started", port=settings.orchestrator_port, bus_prefix=settings.bus_prefix)
@@ -70,13 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     install_http_metrics(app, http_metrics, "orchestrator")
 
-    async def check_postgres() -> None:
-        await ping(holder["state"].engine)
-
-    async def check_nats() -> None:
-        await holder["state"].bus.ping()
-
-    install_health_routes(app, checks={"postgres": check_postgres, "nats": check_nats}, registry=registry)
+    install_health_routes(app, checks=infra_checks(holder), registry=registry)
     app.include_router(agents.router)
     app.include_router(workflows.router)
     app.include_router(missions.router)
@@ -98,27 +93,13 @@ def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> list[async
             else:
                 await apply_result(uow, settings, message)
 
-    async def dead_letter(msg: Msg, error: str, deliveries: int) -> None:
-        async with state.sessionmaker() as session, session.begin():
-            session.add(
-                DeadLetter(
-                    subject=msg.subject,
-                    payload=msg.data,
-                    headers=dict(msg.headers or {}),
-                    error=error,
-                    error_type="VALIDATION" if "decode" in error else "INTERNAL",
-                    attempts=deliveries,
-                )
-            )
-        log.warning("dead_lettered", subject=msg.subject, error=error, deliveries=deliveries)
-
     results = ConsumerLoop(
         bus=state.bus,
         stream=state.bus.subjects.events_stream,
         durable="orchestrator-results",
         filter_subject=state.bus.subjects.results,
         handler=handle_result,
-        dead_letter=dead_letter,
+        dead_letter=dead_letter_sink(state.sessionmaker),
         concurrency=16,
         ack_wait_s=settings.ack_wait_s,
         max_deliver=settings.max_deliver,

@@ -23,10 +23,11 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.common.bus import SANDBOX_QUEUE_GROUP, Bus
 from services.common.contracts import SandboxExecRequest, SandboxExecResult, StepError
 from services.common.db.models import SandboxRun
-from services.common.db.session import create_engine, create_sessionmaker, ping
+from services.common.db.session import create_engine, create_sessionmaker
 from services.common.errors import CooError, ErrorType
 from services.common.http import (
     HttpMetrics,
+    infra_checks,
     install_error_handlers,
     install_health_routes,
     install_http_metrics,
@@ -218,11 +219,5 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     install_http_metrics(app, http_metrics, "sandbox")
 
-    async def check_postgres() -> None:
-        await ping(holder["engine"])  # type: ignore[arg-type]
-
-    async def check_nats() -> None:
-        await holder["bus"].ping()  # type: ignore[attr-defined]
-
-    install_health_routes(app, checks={"postgres": check_postgres, "nats": check_nats}, registry=registry)
+    install_health_routes(app, checks=infra_checks(holder), registry=registry)
     return app

@@ -17,10 +17,11 @@ from pydantic import ValidationError
 
 from services.common.bus import Bus, ConsumerLoop, Undeliverable
 from services.common.contracts import StepStarted, WorkItem
-from services.common.db.models import DeadLetter
-from services.common.db.session import create_engine, create_sessionmaker, ping
+from services.common.db.session import create_engine, create_sessionmaker
+from services.common.deadletters import dead_letter_sink
 from services.common.http import (
     HttpMetrics,
+    infra_checks,
     install_error_handlers,
     install_health_routes,
     install_http_metrics,
@@ -87,20 +88,6 @@ def create_app(settings: Settings) -> FastAPI:
                 result = await runner.run(item)
                 await bus.publish(bus.subjects.results, result.to_bytes(), msg_id=result.msg_id)
 
-            async def dead_letter(msg: Msg, error: str, deliveries: int) -> None:
-                async with sessionmaker() as session, session.begin():
-                    session.add(
-                        DeadLetter(
-                            subject=msg.subject,
-                            payload=msg.data,
-                            headers=dict(msg.headers or {}),
-                            error=error,
-                            error_type="VALIDATION" if "decode" in error else "INTERNAL",
-                            attempts=deliveries,
-                        )
-                    )
-                log.warning("dead_lettered", subject=msg.subject, error=error, deliveries=deliveries)
-
             agents = settings.worker_agents.strip()
             filter_subject = bus.subjects.work_all if agents == ">" else bus.subjects.work(agents)
             durable = "worker-all" if agents == ">" else f"worker-{agents}"
@@ -110,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
                 durable=durable,
                 filter_subject=filter_subject,
                 handler=handle_work,
-                dead_letter=dead_letter,
+                dead_letter=dead_letter_sink(sessionmaker),
                 concurrency=settings.worker_concurrency,
                 ack_wait_s=settings.ack_wait_s,
                 max_deliver=settings.max_deliver,
@@ -132,11 +119,5 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     install_http_metrics(app, http_metrics, "worker")
 
-    async def check_postgres() -> None:
-        await ping(holder["engine"])  # type: ignore[arg-type]
-
-    async def check_nats() -> None:
-        await holder["bus"].ping()  # type: ignore[attr-defined]
-
-    install_health_routes(app, checks={"postgres": check_postgres, "nats": check_nats}, registry=registry)
+    install_health_routes(app, checks=infra_checks(holder), registry=registry)
     return app
