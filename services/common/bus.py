@@ -121,8 +121,25 @@ class Bus:
         return self._nc is not None and self._nc.is_connected
 
     async def connect(self, *, deadline_s: float = 30.0) -> None:
+        """Connect, retrying until ``deadline_s``; once connected, reconnect forever."""
         _, url = self.settings.require_infra()
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + deadline_s
+        delay = 0.2
+        while True:
+            try:
+                async with asyncio.timeout(max(0.1, give_up_at - loop.time())):
+                    self._nc = await self._connect(url)
+                break
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                if loop.time() >= give_up_at:
+                    reason = str(exc) or type(exc).__name__
+                    raise RuntimeError(f"cannot reach NATS at {url} (COO_NATS_URL): {reason}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self._js = self._nc.jetstream(timeout=5)
 
+    async def _connect(self, url: str) -> NatsClient:
         async def on_error(exc: Exception) -> None:
             log.warning("nats.error", error=str(exc) or type(exc).__name__)
 
@@ -132,31 +149,19 @@ class Bus:
         async def on_reconnected() -> None:
             log.info("nats.reconnected")
 
-        loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + deadline_s
-        delay = 0.2
-        while True:
-            try:
-                self._nc = await nats.connect(
-                    servers=[url],
-                    name=self.client_name,
-                    connect_timeout=2,
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    ping_interval=10,
-                    max_outstanding_pings=3,
-                    error_cb=on_error,
-                    disconnected_cb=on_disconnected,
-                    reconnected_cb=on_reconnected,
-                )
-                break
-            except (OSError, nats.errors.Error, TimeoutError) as exc:
-                if loop.time() >= give_up_at:
-                    raise RuntimeError(f"cannot reach NATS at {url} (COO_NATS_URL): {exc}") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-        self._js = self._nc.jetstream(timeout=5)
+        return await nats.connect(
+            servers=[url],
+            name=self.client_name,
+            connect_timeout=2,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5,
+            ping_interval=10,
+            max_outstanding_pings=3,
+            error_cb=on_error,
+            disconnected_cb=on_disconnected,
+            reconnected_cb=on_reconnected,
+        )
 
     async def close(self) -> None:
         if self._nc is not None and not self._nc.is_closed:

@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     nats_url: str | None = Field(
         default=None, description="NATS URL with JetStream (nats://host:4222). Unset: `coo up` embeds one."
     )
+    startup_timeout_s: float = Field(
+        default=30.0, gt=0, description="How long a starting service waits for Postgres and NATS to answer."
+    )
     bus_prefix: str = Field(
         default="",
         description="Prefix for stream names, consumer names and subjects, so that several COO "

@@ -12,9 +12,8 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter, ValidationError
 
-from services.common.bus import Bus, ConsumerLoop, Undeliverable
+from services.common.bus import ConsumerLoop, Undeliverable
 from services.common.contracts import ResultMessage, StepStarted, WorkResult
-from services.common.db.session import create_engine, create_sessionmaker
 from services.common.deadletters import dead_letter_sink
 from services.common.http import (
     HttpMetrics,
@@ -23,6 +22,7 @@ from services.common.http import (
     install_health_routes,
     install_http_metrics,
 )
+from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.orchestrator.api import agents, missions, workflows
@@ -45,17 +45,11 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
         async with AsyncExitStack() as stack:
-            engine = create_engine(settings, application_name="coo-orchestrator")
-            stack.push_async_callback(engine.dispose)
-            sessionmaker = create_sessionmaker(engine)
-            bus = Bus(settings, client_name="coo-orchestrator")
-            await bus.connect()
-            stack.push_async_callback(bus.close)
-            await bus.ensure_streams()
+            infra = await open_infra(stack, settings, client_name="coo-orchestrator", resources=holder)
+            engine, sessionmaker, bus = infra.engine, infra.sessionmaker, infra.bus
             await seed_agents(sessionmaker, settings.examples_dir / "agents")
 
             state = OrchestratorState(settings, engine, sessionmaker, bus, registry)
-            holder.update(engine=engine, bus=bus)
             tasks = _start_engine(state, stack)
             stack.push_async_callback(_cancel, tasks)
             log.info("orchestrator_started", port=settings.orchestrator_port, bus_prefix=settings.bus_prefix)

@@ -23,7 +23,6 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from services.common.bus import SANDBOX_QUEUE_GROUP, Bus
 from services.common.contracts import SandboxExecRequest, SandboxExecResult, StepError
 from services.common.db.models import SandboxRun
-from services.common.db.session import create_engine, create_sessionmaker
 from services.common.errors import CooError, ErrorType
 from services.common.http import (
     HttpMetrics,
@@ -32,6 +31,7 @@ from services.common.http import (
     install_health_routes,
     install_http_metrics,
 )
+from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.scrub import scrub_text
 from services.common.settings import Settings
@@ -196,17 +196,11 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            engine = create_engine(settings, application_name="coo-sandbox")
-            stack.push_async_callback(engine.dispose)
-            holder["engine"] = engine
-            sessionmaker = create_sessionmaker(engine)
+            infra = await open_infra(stack, settings, client_name="coo-sandbox", resources=holder)
+            sessionmaker, bus = infra.sessionmaker, infra.bus
             failed = await fail_stale_runs(sessionmaker, stale_after_s=settings.sandbox_stale_after_s)
             if failed:
                 log.warning("stale_sandbox_runs_failed", count=failed)
-            bus = Bus(settings, client_name="coo-sandbox")
-            await bus.connect()
-            stack.push_async_callback(bus.close)
-            holder["bus"] = bus
             service = SandboxService(settings, sessionmaker, bus)
             service.root.mkdir(parents=True, exist_ok=True)
             stack.push_async_callback(service.drain)

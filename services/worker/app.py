@@ -15,9 +15,8 @@ from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
-from services.common.bus import Bus, ConsumerLoop, Undeliverable
+from services.common.bus import ConsumerLoop, Undeliverable
 from services.common.contracts import StepStarted, WorkItem
-from services.common.db.session import create_engine, create_sessionmaker
 from services.common.deadletters import dead_letter_sink
 from services.common.http import (
     HttpMetrics,
@@ -26,6 +25,7 @@ from services.common.http import (
     install_health_routes,
     install_http_metrics,
 )
+from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.worker.agents import builtin  # noqa: F401  (registers the offline scripts)
@@ -61,15 +61,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            engine = create_engine(settings, application_name="coo-worker")
-            stack.push_async_callback(engine.dispose)
-            holder["engine"] = engine
-            sessionmaker = create_sessionmaker(engine)
-            bus = Bus(settings, client_name=f"coo-worker:{worker_id}")
-            await bus.connect()
-            stack.push_async_callback(bus.close)
-            holder["bus"] = bus
-            await bus.ensure_streams()
+            infra = await open_infra(stack, settings, client_name=f"coo-worker:{worker_id}", resources=holder)
+            sessionmaker, bus = infra.sessionmaker, infra.bus
             runner = AgentRunner(settings, sessionmaker, SandboxClient(bus), select_provider(settings), worker_id)
 
             async def handle_work(msg: Msg) -> None:

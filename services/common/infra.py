@@ -1,0 +1,81 @@
+"""What every service opens at start-up: Postgres (migrated to this release) and NATS."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from typing import Any
+
+from alembic.script import ScriptDirectory
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from services.common.bus import Bus
+from services.common.db.migrate import alembic_config
+from services.common.db.session import create_engine, create_sessionmaker, ping
+from services.common.logging import get_logger
+from services.common.scrub import scrub_text
+from services.common.settings import Settings
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Infra:
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    bus: Bus
+
+
+async def wait_for_postgres(engine: AsyncEngine, settings: Settings) -> None:
+    """Postgres may start after us (compose, Kubernetes): retry, then fail naming the setting."""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + settings.startup_timeout_s
+    delay = 0.2
+    while True:
+        try:
+            await ping(engine, timeout_s=min(5.0, settings.startup_timeout_s))
+            return
+        except (OSError, DBAPIError, TimeoutError) as exc:
+            if loop.time() >= give_up:
+                where = scrub_text(settings.database_url or "")
+                raise RuntimeError(f"cannot reach Postgres at {where} (COO_DATABASE_URL): {exc}") from exc
+            log.warning("postgres_unreachable", retry_in_s=delay, error=str(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def check_migrated(engine: AsyncEngine, settings: Settings) -> None:
+    """Refuse to start on a schema older (or newer) than this release, with the command that fixes it."""
+    expected = set(ScriptDirectory.from_config(alembic_config(settings)).get_heads())
+    async with engine.connect() as conn:
+        current: set[str]
+        try:
+            current = set((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+        except DBAPIError:
+            current = set()
+    if current != expected:
+        raise RuntimeError(
+            f"database schema '{settings.db_schema}' is at {sorted(current) or 'no revision'}, "
+            f"this release needs {sorted(expected)}: run `coo db upgrade`"
+        )
+
+
+async def open_infra(
+    stack: AsyncExitStack, settings: Settings, *, client_name: str, resources: dict[str, Any]
+) -> Infra:
+    """Open Postgres and NATS for a service's lifespan; ``stack`` closes them. ``resources`` gets
+    ``engine`` and ``bus`` for the readiness checks."""
+    engine = create_engine(settings, application_name=client_name.split(":")[0])
+    stack.push_async_callback(engine.dispose)
+    await wait_for_postgres(engine, settings)
+    await check_migrated(engine, settings)
+    resources["engine"] = engine
+    bus = Bus(settings, client_name=client_name)
+    await bus.connect(deadline_s=settings.startup_timeout_s)
+    stack.push_async_callback(bus.close)
+    resources["bus"] = bus
+    await bus.ensure_streams()
+    return Infra(engine, create_sessionmaker(engine), bus)
