@@ -77,6 +77,9 @@ class Settings(BaseSettings):
     sandbox_stale_after_s: float = Field(
         default=600.0, gt=0, description="A run without heartbeat this long is failed at sandbox start."
     )
+    sandbox_workspace_ttl_s: float = Field(
+        default=3600.0, gt=0, description="A step attempt's workspace untouched this long is deleted."
+    )
     output_cap_bytes: int = Field(default=1024 * 1024, ge=1024, description="Bytes kept per output stream.")
     reply_cap_bytes: int = Field(
         default=256 * 1024,

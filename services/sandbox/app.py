@@ -7,6 +7,7 @@ import contextlib
 import os
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -168,6 +169,31 @@ class SandboxService:
         if workspace.name.startswith("adhoc-"):
             shutil.rmtree(workspace, ignore_errors=True)
 
+    def sweep_workspaces(self) -> int:
+        """Delete attempt workspaces nobody touched for ``sandbox_workspace_ttl_s`` (an attempt's
+        commands share its workspace, so it lives until the attempt is long over)."""
+        cutoff = time.time() - self.settings.sandbox_workspace_ttl_s
+        removed = 0
+        for path in self.root.iterdir():
+            try:
+                if path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
+
+    async def sweep_forever(self) -> None:
+        period = min(300.0, self.settings.sandbox_workspace_ttl_s / 4)
+        while True:
+            try:
+                removed = await asyncio.to_thread(self.sweep_workspaces)
+                if removed:
+                    log.info("workspaces_swept", removed=removed)
+            except OSError as exc:
+                log.warning("workspace_sweep_failed", error=str(exc))
+            await asyncio.sleep(period)
+
     async def _heartbeat(self, run_id: uuid.UUID) -> None:
         while True:
             await asyncio.sleep(self.settings.sandbox_heartbeat_s)
@@ -204,6 +230,8 @@ def create_app(settings: Settings) -> FastAPI:
             service = SandboxService(settings, sessionmaker, bus)
             service.root.mkdir(parents=True, exist_ok=True)
             stack.push_async_callback(service.drain)
+            sweeper = asyncio.create_task(service.sweep_forever(), name="workspace-sweeper")
+            stack.callback(sweeper.cancel)
             sub = await bus.nc.subscribe(bus.subjects.sandbox_exec, queue=SANDBOX_QUEUE_GROUP, cb=service.on_message)
             stack.push_async_callback(sub.unsubscribe)
             log.info("sandbox_started", subject=bus.subjects.sandbox_exec, workspaces=str(service.root))
