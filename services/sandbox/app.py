@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -35,7 +33,7 @@ from services.common.http import (
 from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.scrub import scrub_text
-from services.common.settings import Settings
+from services.common.settings import Settings, instance_id
 from services.sandbox.executor import execute
 from services.sandbox.recovery import fail_stale_runs
 
@@ -52,7 +50,7 @@ class SandboxService:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.bus = bus
-        self.instance_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.instance_id = instance_id()
         self.root = settings.workspaces_dir.resolve()
         self._slots = asyncio.Semaphore(settings.sandbox_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -27,7 +25,7 @@ from services.common.http import (
 )
 from services.common.infra import open_infra
 from services.common.logging import get_logger
-from services.common.settings import Settings
+from services.common.settings import Settings, instance_id
 from services.worker.agents import builtin  # noqa: F401  (registers the offline scripts)
 from services.worker.llm.base import ModelProvider
 from services.worker.llm.offline import OfflineProvider
@@ -56,7 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     http_metrics = HttpMetrics(registry)
     holder: dict[str, object] = {}
-    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    worker_id = instance_id()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
