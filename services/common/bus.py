@@ -309,7 +309,7 @@ class ConsumerLoop:
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 backoff = 0.2
-            except nats.errors.TimeoutError:
+            except TimeoutError:  # nothing to fetch (nats-py raises its own and asyncio's)
                 continue
             except asyncio.CancelledError:
                 raise
