@@ -10,17 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
-from jinja2.nativetypes import NativeCodeGenerator, native_concat
 from jinja2.sandbox import SandboxedEnvironment
 
 from services.common.errors import CooError, ErrorType
 
 
-class _NativeSandbox(SandboxedEnvironment):
-    code_generator_class = NativeCodeGenerator
-    concat = staticmethod(native_concat)  # type: ignore[assignment]
-
+class _Sandbox(SandboxedEnvironment):
     def getattr(self, obj: Any, attribute: str) -> Any:
         # Step outputs are JSON: a key named like a dict method (``items``, ``keys``) is data first.
         if isinstance(obj, Mapping):
@@ -125,7 +122,29 @@ def _only_values(value: Any) -> Any:
     return value
 
 
-_env = _NativeSandbox(undefined=_PathUndefined, autoescape=False, keep_trailing_newline=True, finalize=_only_values)
+_env = _Sandbox(undefined=_PathUndefined, autoescape=False, keep_trailing_newline=True, finalize=_only_values)
+
+
+def _lone_expression(text: str) -> str | None:
+    """The expression of a template that is exactly one ``{{ … }}`` (its value keeps its type)."""
+    tree = _env.parse(text)
+    if len(tree.body) != 1 or not isinstance(tree.body[0], nodes.Output):
+        return None
+    parts = tree.body[0].nodes
+    if len(parts) != 1 or isinstance(parts[0], nodes.TemplateData):
+        return None
+    inner = text.strip()[2:-2]
+    return inner.strip().removeprefix("-").removesuffix("-").strip()
+
+
+def _evaluate(text: str, context: Mapping[str, Any]) -> Any:
+    expression = _lone_expression(text)
+    if expression is None:  # interpolation: always a string
+        return _env.from_string(text).render(context)
+    value = _env.compile_expression(expression, undefined_to_none=False)(**context)
+    if isinstance(value, Undefined):
+        value._fail_with_undefined_error()
+    return _only_values(value)
 
 
 def is_template(text: str) -> bool:
@@ -182,17 +201,21 @@ def render_value(value: Any, context: Mapping[str, Any], *, field: str) -> Any:
         if not is_template(value):
             return value
         try:
-            rendered = _env.from_string(value).render(context)
-            if isinstance(rendered, Undefined):
-                rendered._fail_with_undefined_error()
-            _only_values(rendered)
+            rendered = _unwrap(_evaluate(value, context))
+            orjson.dumps(rendered)
         except UndefinedError as exc:
             raise CooError(ErrorType.VALIDATION, f"{field}: {exc.message}") from exc
         except TemplateSyntaxError as exc:
             raise CooError(ErrorType.VALIDATION, f"{field}: bad template syntax: {exc.message}") from exc
+        except TypeError as exc:
+            raise CooError(
+                ErrorType.VALIDATION,
+                f"{field}: the template's value is not JSON data ({exc}); a filter such as map or select "
+                "needs `| list`",
+            ) from exc
         except Exception as exc:
             raise CooError(ErrorType.VALIDATION, f"{field}: template failed: {type(exc).__name__}: {exc}") from exc
-        return _unwrap(rendered)
+        return rendered
     if isinstance(value, Mapping):
         return {k: render_value(v, context, field=f"{field}.{k}") for k, v in value.items()}
     if isinstance(value, list):
