@@ -246,9 +246,16 @@ class Bus:
         )
         try:
             await self.js.add_consumer(stream, config=config)
-        except nats.js.errors.BadRequestError:
-            # Exists with another configuration: bring it to this one.
-            await self.js.add_consumer(stream, config=config)
+        except nats.js.errors.BadRequestError as exc:
+            hint = (
+                "another consumer of this work-queue stream takes overlapping subjects: run every worker "
+                "with the same COO_WORKER_AGENTS (or give each agent its own worker and none with '>')"
+                if exc.err_code == 10100
+                else "it exists with a configuration that cannot be changed in place; delete it to recreate it"
+            )
+            raise RuntimeError(
+                f"cannot create consumer '{durable}' on stream '{stream}': {exc.description}; {hint}"
+            ) from exc
         return await self.js.pull_subscribe_bind(durable=durable, stream=stream)
 
 
@@ -257,8 +264,11 @@ class ConsumerLoop:
     """Fetch from a durable pull consumer and run ``handler`` per message, bounded in concurrency.
 
     A message is acked only after ``handler`` returned, that is after its work was committed.
-    ``Undeliverable`` and exhausted deliveries go to ``dead_letter`` and are terminated; other
-    failures are nak'ed with a growing delay so JetStream redelivers them.
+    ``Undeliverable`` messages go to ``dead_letter``; a message that failed ``max_deliver`` times,
+    or comes back after crashing its handler that often, goes to ``give_up`` (by default
+    ``dead_letter``). Either is terminated only once that sink committed; until then, and after
+    any other failure, the message is nak'ed with a growing delay. JetStream itself never stops
+    redelivering (its own limit is off), so no message disappears unrecorded.
     """
 
     bus: Bus
@@ -272,25 +282,32 @@ class ConsumerLoop:
     max_deliver: int = 5
     fetch_timeout_s: float = 1.0
     name: str = "consumer"
+    give_up: DeadLetterSink | None = None
 
     def __post_init__(self) -> None:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def open(self) -> None:
+        """Create (or check) the durable consumer; a start-up error names what is wrong."""
+        self._sub = await self.bus.ensure_consumer(
+            stream=self.stream,
+            durable=self.durable,
+            filter_subject=self.filter_subject,
+            ack_wait_s=self.ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=max(self.concurrency * 4, 64),
+        )
 
     async def run(self) -> None:
-        sub: JetStreamContext.PullSubscription | None = None
         backoff = 0.2
         while True:
             try:
-                if sub is None:
-                    sub = await self.bus.ensure_consumer(
-                        stream=self.stream,
-                        durable=self.durable,
-                        filter_subject=self.filter_subject,
-                        ack_wait_s=self.ack_wait_s,
-                        max_deliver=self.max_deliver,
-                        max_ack_pending=max(self.concurrency * 4, 64),
-                    )
+                if self._sub is None:
+                    await self.open()
+                sub = self._sub
+                assert sub is not None
                 await self._slots.acquire()
                 free = 1
                 while free < self.concurrency and not self._slots.locked():
@@ -316,7 +333,7 @@ class ConsumerLoop:
             except Exception as exc:
                 log.warning("consumer.fetch_failed", consumer=self.name, error=str(exc) or type(exc).__name__)
                 if isinstance(exc, nats.js.errors.NotFoundError):
-                    sub = None
+                    self._sub = None
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
@@ -332,8 +349,13 @@ class ConsumerLoop:
 
     async def _handle(self, msg: Msg) -> None:
         heartbeat = asyncio.create_task(self._keep_alive(msg))
+        deliveries = msg.metadata.num_delivered if msg.metadata else 1
+        give_up = self.give_up or self.dead_letter
         try:
-            deliveries = msg.metadata.num_delivered if msg.metadata else 1
+            if deliveries > self.max_deliver:  # its handler kept dying (crash, ack timeout): stop trying
+                await give_up(msg, f"gave up after {deliveries - 1} deliveries without an outcome", deliveries)
+                await msg.term()
+                return
             try:
                 await self.handler(msg)
             except Undeliverable as exc:
@@ -345,17 +367,22 @@ class ConsumerLoop:
             except Exception as exc:
                 log.exception("consumer.handler_failed", consumer=self.name, subject=msg.subject, deliveries=deliveries)
                 if deliveries >= self.max_deliver:
-                    await self.dead_letter(msg, f"{type(exc).__name__}: {exc}", deliveries)
+                    await give_up(msg, f"{type(exc).__name__}: {exc}", deliveries)
                     await msg.term()
                 else:
-                    delay = min(30.0, 0.5 * 2 ** (deliveries - 1)) * random.uniform(0.5, 1.0)
-                    await msg.nak(delay=delay)
+                    await msg.nak(delay=self._backoff(deliveries))
                 return
             await msg.ack()
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("consumer.ack_failed", consumer=self.name, subject=msg.subject)
+            log.exception("consumer.settle_failed", consumer=self.name, subject=msg.subject)
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=self._backoff(deliveries))
         finally:
             heartbeat.cancel()
             self._slots.release()
+
+    @staticmethod
+    def _backoff(deliveries: int) -> float:
+        return float(min(30.0, 0.5 * 2 ** (deliveries - 1)) * random.uniform(0.5, 1.0))

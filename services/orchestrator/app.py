@@ -13,8 +13,9 @@ from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter, ValidationError
 
 from services.common.bus import ConsumerLoop, Undeliverable
-from services.common.contracts import ResultMessage, StepStarted, WorkResult
+from services.common.contracts import ResultMessage, StepError, StepStarted, WorkResult
 from services.common.deadletters import dead_letter_sink
+from services.common.errors import ErrorType
 from services.common.http import (
     HttpMetrics,
     infra_checks,
@@ -50,8 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
             await seed_agents(sessionmaker, settings.examples_dir / "agents")
 
             state = OrchestratorState(settings, engine, sessionmaker, bus, registry)
-            tasks = _start_engine(state, stack)
-            stack.push_async_callback(_cancel, tasks)
+            await _start_engine(state, stack)
             log.info("orchestrator_started", port=settings.orchestrator_port, bus_prefix=settings.bus_prefix)
             yield {"coo": state, "keys": KeyStore(settings, sessionmaker)}
             log.info("orchestrator_stopping")
@@ -72,20 +72,40 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> list[asyncio.Task[None]]:
-    del stack
+async def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None:
+    """Open the results consumer and start it and the housekeeper; ``stack`` stops them."""
     settings = state.settings
+    store_dead_letter = dead_letter_sink(state.sessionmaker)
 
-    async def handle_result(msg: Msg) -> None:
+    def decode(msg: Msg) -> StepStarted | WorkResult:
         try:
-            message = _results.validate_json(msg.data)
+            return _results.validate_json(msg.data)
         except ValidationError as exc:
             raise Undeliverable(f"cannot decode result message: {exc.errors()[0]['msg']}") from exc
+
+    async def handle_result(msg: Msg) -> None:
+        message = decode(msg)
         async with state.unit() as uow:
             if isinstance(message, StepStarted):
                 await apply_started(uow, message)
             else:
                 await apply_result(uow, settings, message)
+
+    async def give_up(msg: Msg, error: str, deliveries: int) -> None:
+        """A result that cannot be applied: keep it, and fail its attempt so the mission moves on."""
+        await store_dead_letter(msg, error, deliveries)
+        message = decode(msg)
+        if isinstance(message, WorkResult):
+            failed = WorkResult(
+                mission_id=message.mission_id,
+                step_id=message.step_id,
+                attempt=message.attempt,
+                result_id=message.result_id,
+                success=False,
+                error=StepError(type=ErrorType.INTERNAL, message=f"could not apply the attempt's result: {error}"),
+            )
+            async with state.unit() as uow:
+                await apply_result(uow, settings, failed)
 
     results = ConsumerLoop(
         bus=state.bus,
@@ -93,17 +113,25 @@ def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> list[async
         durable="orchestrator-results",
         filter_subject=state.bus.subjects.results,
         handler=handle_result,
-        dead_letter=dead_letter_sink(state.sessionmaker),
+        dead_letter=store_dead_letter,
+        give_up=give_up,
         concurrency=16,
         ack_wait_s=settings.ack_wait_s,
         max_deliver=settings.max_deliver,
         name="results",
     )
+    await results.open()
     housekeeper = Housekeeper(settings, state.sessionmaker, state.bus)
-    return [
+    tasks = [
         asyncio.create_task(results.run(), name="results-consumer"),
         asyncio.create_task(housekeeper.run(), name="housekeeping"),
     ]
+
+    async def stop() -> None:
+        await _cancel(tasks)
+        await results.drain()
+
+    stack.push_async_callback(stop)
 
 
 async def _cancel(tasks: list[asyncio.Task[None]]) -> None:

@@ -94,6 +94,7 @@ def create_app(settings: Settings) -> FastAPI:
                 max_deliver=settings.max_deliver,
                 name="work",
             )
+            await loop.open()
             task = asyncio.create_task(loop.run(), name="work-consumer")
 
             async def stop() -> None:

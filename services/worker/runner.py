@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 from jsonschema import Draft202012Validator
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -21,6 +21,7 @@ from services.common.contracts import StepError, WorkItem, WorkResult
 from services.common.db.models import Agent, AgentResult
 from services.common.errors import CooError, ErrorType
 from services.common.logging import get_logger
+from services.common.results import result_from_row
 from services.common.scrub import scrub, scrub_text
 from services.common.settings import Settings
 from services.worker.llm.base import ChatRequest, Message, ModelProvider, TextBlock, ToolResult, Usage
@@ -85,14 +86,23 @@ class AgentRunner:
                     select(AgentResult).where(AgentResult.step_id == item.step_id, AgentResult.attempt == item.attempt)
                 )
             ).scalar_one_or_none()
-        return None if row is None else _work_result(item, row)
+        return None if row is None else result_from_row(item.mission_id, row)
 
     async def run(self, item: WorkItem, *, trace_id: str | None = None) -> WorkResult:
-        """Run the attempt, or answer from its stored result when it already ran (redelivery)."""
-        done = await self.existing_result(item)
-        if done is not None:
-            log.info("attempt_already_done", step_id=str(item.step_id), attempt=item.attempt)
-            return done
+        """Run the attempt once across every worker: copies of its work item (redelivery, a
+        re-published dispatch) wait for the first to finish, then answer from its stored result."""
+        async with self.sessionmaker() as claim, claim.begin():
+            await claim.execute(
+                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+                {"key": f"coo-attempt:{item.step_id}:{item.attempt}"},
+            )
+            done = await self.existing_result(item)
+            if done is not None:
+                log.info("attempt_already_done", step_id=str(item.step_id), attempt=item.attempt)
+                return done
+            return await self._run_once(item, trace_id=trace_id)
+
+    async def _run_once(self, item: WorkItem, *, trace_id: str | None) -> WorkResult:
 
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
@@ -245,22 +255,3 @@ def _check_output(agent: AgentDefinition, output: dict[str, Any]) -> None:
             ErrorType.OUTPUT_INVALID,
             f"output does not match agent '{agent.name}' output_schema at {where}: {first.message}",
         )
-
-
-def _work_result(item: WorkItem, row: AgentResult) -> WorkResult:
-    return WorkResult(
-        mission_id=item.mission_id,
-        step_id=item.step_id,
-        attempt=item.attempt,
-        result_id=row.id,
-        success=row.success,
-        output=row.output,
-        error=StepError.model_validate(row.error) if row.error else None,
-        model=row.model,
-        tokens_in=row.tokens_in,
-        tokens_out=row.tokens_out,
-        cache_read_tokens=row.cache_read_tokens,
-        cache_write_tokens=row.cache_write_tokens,
-        cost_usd=row.cost_usd,
-        duration_ms=row.duration_ms,
-    )

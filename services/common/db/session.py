@@ -10,12 +10,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from services.common.settings import Settings
 
 
-def create_engine(settings: Settings, *, application_name: str) -> AsyncEngine:
+def create_engine(settings: Settings, *, application_name: str, pool_size: int | None = None) -> AsyncEngine:
     url, _ = settings.require_infra()
+    size = pool_size or settings.db_pool_size
     return create_async_engine(
         url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size,
+        pool_size=size,
+        max_overflow=size,
+        hide_parameters=True,
         pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={

@@ -6,14 +6,18 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import Bus
-from services.common.db.models import Mission, Step
+from services.common.contracts import StepError, WorkResult
+from services.common.db.models import AgentResult, Mission, Step
+from services.common.errors import ErrorType
 from services.common.logging import get_logger
+from services.common.results import result_from_row
 from services.common.settings import Settings
 from services.orchestrator.engine.admission import admit
+from services.orchestrator.engine.results import apply_result
 from services.orchestrator.engine.scheduler import advance, definition_for, lock_mission, publish_work_item
 from services.orchestrator.engine.transitions import MissionStatus, StepStatus, record
 from services.orchestrator.engine.unit import UnitOfWork
@@ -45,6 +49,7 @@ class Housekeeper:
             await admit(uow, self.settings)
         await self.dispatch_due_retries()
         await self.republish_stale_dispatches()
+        await self.settle_overdue_attempts()
 
     async def _mission_ids(self, *conditions: object) -> list[uuid.UUID]:
         async with self.sessionmaker() as session:
@@ -87,3 +92,59 @@ class Housekeeper:
                     step.dispatched_at = datetime.now(UTC)
                     publish_work_item(uow, mission, step, definition)
                     record(uow, mission.id, "step.redispatched", step_key=step.key, attempt=step.attempt)
+
+    async def settle_overdue_attempts(self) -> None:
+        """An attempt with no outcome long after its timeout (a result lost, a work item given up on)
+        is settled: from its stored result when the worker persisted one, else as a TIMEOUT, which
+        the retry policy then handles like any other failure."""
+        grace = timedelta(seconds=self.settings.dispatch_stale_s)
+        overdue = Step.dispatched_at + func.make_interval(0, 0, 0, 0, 0, 0, Step.timeout_s) + grace < func.now()
+        async with self.sessionmaker() as session:
+            rows = (
+                await session.execute(
+                    select(Step.mission_id, Step.id, Step.attempt)
+                    .join(Mission, Mission.id == Step.mission_id)
+                    .where(
+                        Mission.status == MissionStatus.RUNNING,
+                        Step.status.in_((StepStatus.DISPATCHED, StepStatus.RUNNING)),
+                        overdue,
+                    )
+                    .limit(500)
+                )
+            ).all()
+            stored = (
+                {
+                    (row.step_id, row.attempt): row
+                    for row in (
+                        await session.execute(
+                            select(AgentResult).where(
+                                tuple_(AgentResult.step_id, AgentResult.attempt).in_([(r.id, r.attempt) for r in rows])
+                            )
+                        )
+                    ).scalars()
+                }
+                if rows
+                else {}
+            )
+        for mission_id, step_id, attempt in rows:
+            kept = stored.get((step_id, attempt))
+            outcome = (
+                result_from_row(mission_id, kept)
+                if kept is not None
+                else WorkResult(
+                    mission_id=mission_id,
+                    step_id=step_id,
+                    attempt=attempt,
+                    result_id=None,
+                    success=False,
+                    error=StepError(
+                        type=ErrorType.TIMEOUT,
+                        message="no outcome from any worker within the step's timeout (and a grace period)",
+                    ),
+                )
+            )
+            log.warning(
+                "overdue_attempt_settled", step_id=str(step_id), attempt=attempt, from_stored_result=kept is not None
+            )
+            async with self.unit() as uow:
+                await apply_result(uow, self.settings, outcome)
