@@ -64,11 +64,16 @@ async def check_migrated(engine: AsyncEngine, settings: Settings) -> None:
 
 
 async def open_infra(
-    stack: AsyncExitStack, settings: Settings, *, client_name: str, resources: dict[str, Any]
+    stack: AsyncExitStack,
+    settings: Settings,
+    *,
+    client_name: str,
+    resources: dict[str, Any],
+    pool_size: int | None = None,
 ) -> Infra:
     """Open Postgres and NATS for a service's lifespan; ``stack`` closes them. ``resources`` gets
     ``engine`` and ``bus`` for the readiness checks."""
-    engine = create_engine(settings, application_name=client_name.split(":")[0])
+    engine = create_engine(settings, application_name=client_name.split(":")[0], pool_size=pool_size)
     stack.push_async_callback(engine.dispose)
     await wait_for_postgres(engine, settings)
     await check_migrated(engine, settings)

@@ -59,7 +59,14 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            infra = await open_infra(stack, settings, client_name=f"coo-worker:{worker_id}", resources=holder)
+            # Each running attempt holds one connection (its claim) and briefly needs another.
+            infra = await open_infra(
+                stack,
+                settings,
+                client_name=f"coo-worker:{worker_id}",
+                resources=holder,
+                pool_size=max(settings.db_pool_size, settings.worker_concurrency + 2),
+            )
             sessionmaker, bus = infra.sessionmaker, infra.bus
             runner = AgentRunner(settings, sessionmaker, SandboxClient(bus), select_provider(settings), worker_id)
 
