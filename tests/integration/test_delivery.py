@@ -130,3 +130,43 @@ async def test_an_undecodable_result_is_dead_lettered(stack: Stack) -> None:
 
     (row,) = await wait_for(dead, timeout_s=20, what="a dead letter")
     assert row["error_type"] == "VALIDATION" and "cannot decode result" in row["error"]
+
+
+async def _rewind(stack: Stack, mission_id: str, *, status: str, attempt: int) -> Any:
+    step = (await db_fetch(stack.settings, "SELECT id FROM steps WHERE key = 'a'"))[0]
+    await db_fetch(
+        stack.settings,
+        "UPDATE steps SET status = $2, attempt = $3, output = NULL, timeout_s = 1, "
+        "dispatched_at = now() - interval '1 hour' WHERE id = $1",
+        step["id"],
+        status,
+        attempt,
+    )
+    await db_fetch(
+        stack.settings,
+        "UPDATE missions SET status = 'running', finished_at = NULL, output = NULL WHERE id = $1",
+        uuid.UUID(mission_id),
+    )
+    return step["id"]
+
+
+async def test_an_attempt_whose_result_was_lost_is_settled_from_its_stored_result(stack: Stack) -> None:
+    mission_id = await submit(stack, {"name": "one", "steps": [{"id": "a", "agent": "echo", "input": {"v": 1}}]}, {})
+    await finished(stack, mission_id)
+    step_id = await _rewind(stack, mission_id, status="running", attempt=1)  # its WorkResult never arrived
+    mission = await finished(stack, mission_id)
+    assert mission["status"] == "succeeded" and mission["output"] == {"a": {"echo": {"v": 1}}}
+    rows = await db_fetch(stack.settings, "SELECT attempt FROM agent_results WHERE step_id = $1", step_id)
+    assert [row["attempt"] for row in rows] == [1]  # settled from the stored result, not run again
+
+
+async def test_an_attempt_with_no_outcome_times_out_and_is_retried(stack: Stack) -> None:
+    mission_id = await submit(stack, {"name": "one", "steps": [{"id": "a", "agent": "echo", "input": {"v": 1}}]}, {})
+    await finished(stack, mission_id)
+    step_id = await _rewind(stack, mission_id, status="running", attempt=2)  # attempt 2 vanished with its worker
+    mission = await finished(stack, mission_id)
+    assert mission["status"] == "succeeded"
+    rows = await db_fetch(stack.settings, "SELECT attempt FROM agent_results WHERE step_id = $1 ORDER BY 1", step_id)
+    assert [row["attempt"] for row in rows] == [1, 3]
+    waits = await db_fetch(stack.settings, "SELECT data FROM timeline_events WHERE type = 'step.retry_wait'")
+    assert len(waits) == 1 and '"TIMEOUT"' in waits[0]["data"]
