@@ -46,9 +46,10 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 
 def scrub_text(text: str) -> str:
+    """Redact secrets; also replace NUL characters, which Postgres text and JSON cannot hold."""
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
-    return text
+    return text.replace("\x00", "\ufffd")
 
 
 def is_secret_key(key: str) -> bool:

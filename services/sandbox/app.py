@@ -40,6 +40,13 @@ from services.sandbox.recovery import fail_stale_runs
 log = get_logger(__name__)
 
 
+MAX_QUEUE_WAIT_S = 10.0
+
+
+def _error(error_type: ErrorType, message: str) -> SandboxExecResult:
+    return SandboxExecResult(run_id=None, status="error", error=StepError(type=error_type, message=message))
+
+
 def _clip(text: str, limit: int) -> tuple[str, bool]:
     raw = text.encode()
     return (text, False) if len(raw) <= limit else (raw[:limit].decode(errors="ignore"), True)
@@ -56,7 +63,8 @@ class SandboxService:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def on_message(self, msg: Msg) -> None:
-        task = asyncio.create_task(self._serve(msg))
+        arrived = time.monotonic()
+        task = asyncio.create_task(self._serve(msg, arrived))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -64,27 +72,51 @@ class SandboxService:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
 
-    async def _serve(self, msg: Msg) -> None:
+    async def _serve(self, msg: Msg, arrived: float) -> None:
         async with self._slots:
+            waited = time.monotonic() - arrived
             try:
-                request = SandboxExecRequest.model_validate_json(msg.data)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                reply = SandboxExecResult(
-                    run_id=None,
-                    status="error",
-                    error=StepError(
-                        type=ErrorType.VALIDATION,
-                        message=f"bad sandbox request: {'.'.join(map(str, first['loc']))}: {first['msg']}",
-                    ),
-                )
-            else:
-                reply = await self.run(request)
+                if waited > MAX_QUEUE_WAIT_S:
+                    # The worker is about to give up on this request: running it now would be for nobody.
+                    reply = _error(ErrorType.SANDBOX_UNAVAILABLE, f"sandbox busy: request waited {waited:.0f}s")
+                else:
+                    reply = await self._answer(msg.data)
+            except Exception as exc:
+                log.exception("sandbox_request_failed")
+                reply = _error(ErrorType.SANDBOX_FAILED, f"{type(exc).__name__}: {exc}")
             if msg.reply:
                 try:
-                    await msg.respond(reply.to_bytes())
+                    await msg.respond(self._fit(reply))
                 except Exception:
                     log.exception("sandbox_reply_failed", run_id=str(reply.run_id))
+
+    async def _answer(self, data: bytes) -> SandboxExecResult:
+        try:
+            request = SandboxExecRequest.model_validate_json(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"]))
+            return _error(ErrorType.VALIDATION, f"bad sandbox request: {where}: {first['msg']}")
+        return await self.run(request)
+
+    def _fit(self, reply: SandboxExecResult) -> bytes:
+        """The reply, its output clipped further if its JSON would exceed what NATS carries."""
+        limit = max(64 * 1024, self.bus.nc.max_payload - 8 * 1024)
+        data = reply.to_bytes()
+        cap = self.settings.reply_cap_bytes
+        while len(data) > limit and cap > 256:
+            cap //= 2
+            out, out_cut = _clip(reply.stdout, cap)
+            err, err_cut = _clip(reply.stderr, cap)
+            data = reply.model_copy(
+                update={
+                    "stdout": out,
+                    "stderr": err,
+                    "stdout_truncated": reply.stdout_truncated or out_cut,
+                    "stderr_truncated": reply.stderr_truncated or err_cut,
+                }
+            ).to_bytes()
+        return data
 
     async def run(self, request: SandboxExecRequest) -> SandboxExecResult:
         run_id = uuid.uuid4()
@@ -114,13 +146,13 @@ class SandboxService:
                 shell=request.shell,
             )
         except CooError as exc:
-            await self._finish(run_id, status="error", error=exc.message)
+            await self._finish(run_id, status="error", error=scrub_text(exc.message))
             return SandboxExecResult(
                 run_id=run_id, status="error", error=StepError(type=exc.error_type, message=exc.message)
             )
         except Exception as exc:
             log.exception("sandbox_exec_failed", run_id=str(run_id))
-            await self._finish(run_id, status="error", error=f"{type(exc).__name__}: {exc}")
+            await self._finish(run_id, status="error", error=scrub_text(f"{type(exc).__name__}: {exc}"))
             return SandboxExecResult(
                 run_id=run_id,
                 status="error",
@@ -182,14 +214,18 @@ class SandboxService:
         return removed
 
     async def sweep_forever(self) -> None:
-        period = min(300.0, self.settings.sandbox_workspace_ttl_s / 4)
+        """Periodically: delete old workspaces, and fail runs whose sandbox stopped heart-beating."""
+        period = min(60.0, self.settings.sandbox_workspace_ttl_s / 4, self.settings.sandbox_stale_after_s / 2)
         while True:
             try:
                 removed = await asyncio.to_thread(self.sweep_workspaces)
                 if removed:
                     log.info("workspaces_swept", removed=removed)
-            except OSError as exc:
-                log.warning("workspace_sweep_failed", error=str(exc))
+                failed = await fail_stale_runs(self.sessionmaker, stale_after_s=self.settings.sandbox_stale_after_s)
+                if failed:
+                    log.warning("stale_sandbox_runs_failed", count=failed)
+            except Exception as exc:
+                log.warning("sandbox_sweep_failed", error=str(exc))
             await asyncio.sleep(period)
 
     async def _heartbeat(self, run_id: uuid.UUID) -> None:
@@ -231,7 +267,7 @@ def create_app(settings: Settings) -> FastAPI:
             sweeper = asyncio.create_task(service.sweep_forever(), name="workspace-sweeper")
             stack.callback(sweeper.cancel)
             sub = await bus.nc.subscribe(bus.subjects.sandbox_exec, queue=SANDBOX_QUEUE_GROUP, cb=service.on_message)
-            stack.push_async_callback(sub.unsubscribe)
+            stack.push_async_callback(sub.drain)  # stop taking requests; those received still finish
             log.info("sandbox_started", subject=bus.subjects.sandbox_exec, workspaces=str(service.root))
             yield
 
