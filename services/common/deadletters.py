@@ -9,6 +9,7 @@ from services.common.bus import DeadLetterSink
 from services.common.db.models import DeadLetter
 from services.common.errors import ErrorType
 from services.common.logging import get_logger
+from services.common.scrub import scrub_text
 
 log = get_logger(__name__)
 
@@ -23,7 +24,7 @@ def dead_letter_sink(sessionmaker: async_sessionmaker[AsyncSession]) -> DeadLett
                     subject=msg.subject,
                     payload=msg.data,
                     headers=dict(msg.headers or {}),
-                    error=error,
+                    error=scrub_text(error),
                     error_type=ErrorType.VALIDATION if "decode" in error else ErrorType.INTERNAL,
                     attempts=deliveries,
                 )

@@ -33,7 +33,11 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"sk-ant-[A-Za-z0-9_\-]{8,}"), REDACTED),
     (re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=\-]{8,}"), "Bearer " + REDACTED),
     (
-        re.compile(r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key)([\"']?\s*[=:]\s*[\"']?)[^\s&\"',;}]+"),
+        re.compile(r"(?i)\b(password|passwd|pwd)([\"']?\s*[=:]\s*[\"']?)[^\s&\"',;}]+"),
+        r"\1\2" + REDACTED,
+    ),
+    (  # a token or key looks like one: eight characters or more ("tokens: 4096" is a count)
+        re.compile(r"(?i)\b(secret|token|api[_-]?key)([\"']?\s*[=:]\s*[\"']?)[^\s&\"',;}]{8,}"),
         r"\1\2" + REDACTED,
     ),
     (re.compile(r"\b(AKIA|ASIA)[A-Z0-9]{16}\b"), REDACTED),

@@ -144,7 +144,7 @@ class AgentRunner:
             "stderr_truncated": err_cut,
             "tool_calls": scrub([call.as_row() for call in calls]),
             "output": scrub(output) if output is not None else None,
-            "error": error.model_dump(mode="json", exclude_none=True) if error else None,
+            "error": scrub(error.model_dump(mode="json", exclude_none=True)) if error else None,
             "tokens_in": usage.input_tokens,
             "tokens_out": usage.output_tokens,
             "cache_read_tokens": usage.cache_read_tokens,

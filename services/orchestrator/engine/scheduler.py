@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from services.common.contracts import StepError, WorkItem
 from services.common.db.models import Agent, Approval, Mission, Step, Workflow
 from services.common.errors import CooError, ErrorType
+from services.common.scrub import scrub_text
 from services.orchestrator.engine import templates
 from services.orchestrator.engine.dag import WorkflowDefinition, leaves
 from services.orchestrator.engine.transitions import (
@@ -59,7 +60,9 @@ def _now() -> datetime:
 
 
 def error_dict(error_type: ErrorType, message: str, detail: str | None = None) -> dict[str, Any]:
-    return StepError(type=error_type, message=message, detail=detail).model_dump(mode="json", exclude_none=True)
+    """An error as stored on a step or mission (scrubbed: messages may quote inputs)."""
+    error = StepError(type=error_type, message=scrub_text(message), detail=scrub_text(detail) if detail else None)
+    return error.model_dump(mode="json", exclude_none=True)
 
 
 def _template_context(mission: Mission, steps: Sequence[Step]) -> dict[str, Any]:
