@@ -28,6 +28,8 @@ def load_agent_files(directory: Path) -> list[dict[str, Any]]:
         unknown = set(data) - _FIELDS - {"name"}
         if unknown:
             raise ValueError(f"{path}: unknown fields {sorted(unknown)}")
+        if data.get("approval_policy", "auto") != "auto":
+            raise ValueError(f"{path}: approval_policy '{data['approval_policy']}' is not supported yet")
         agents.append(data)
     return agents
 

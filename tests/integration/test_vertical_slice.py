@@ -83,8 +83,10 @@ async def test_same_idempotency_key_returns_the_same_mission(stack: Stack) -> No
     async with stack.client() as client:
         first = await client.post("/v1/missions", json=body)
         second = await client.post("/v1/missions", json=body)
-    assert first.status_code == 202 and second.status_code == 200
+        other = await client.post("/v1/missions", json={**body, "input": {"text": "y"}})
+    assert first.status_code == 202 and second.status_code == 202
     assert first.json()["id"] == second.json()["id"]
+    assert other.status_code == 409 and other.json()["error"]["field"] == "idempotency_key"
     assert len(await db_fetch(stack.settings, "SELECT id FROM missions")) == 1
 
 
@@ -184,4 +186,35 @@ async def test_malformed_json_body_gets_422(stack: Stack) -> None:
         response = await client.post("/v1/missions", content=b"{oops", headers={"Content-Type": "application/json"})
     assert response.status_code == 422
     assert response.json()["error"]["type"] == "validation"
+    assert await db_fetch(stack.settings, "SELECT id FROM missions") == []
+
+
+async def test_mission_input_is_checked_against_the_workflow_input_schema(stack: Stack) -> None:
+    definition = {
+        "name": "typed",
+        "input_schema": {"type": "object", "required": ["text"], "properties": {"text": {"type": "string"}}},
+        "steps": [{"id": "count", "agent": "line-counter", "input": {"text": "{{ input.text }}"}}],
+    }
+    async with stack.client() as client:
+        assert (await client.post("/v1/workflows", json=definition)).status_code == 201
+        wrong = await client.post("/v1/missions", json={"workflow": "typed", "input": {"text": 5}})
+        missing = await client.post("/v1/missions", json={"workflow": "typed", "input": {}})
+        right = await client.post("/v1/missions", json={"workflow": "typed", "input": {"text": "a"}})
+    assert wrong.status_code == 422 and wrong.json()["error"]["field"] == "input.text"
+    assert missing.status_code == 422 and "'text' is a required property" in missing.json()["error"]["message"]
+    assert right.status_code == 202
+    assert len(await db_fetch(stack.settings, "SELECT id FROM missions")) == 1
+
+
+async def test_what_is_not_supported_yet_is_refused_not_ignored(stack: Stack) -> None:
+    await register_hello(stack)
+    checks = {"name": "w", "steps": [{"id": "a", "agent": "echo", "checks": [{"name": "t", "argv": ["true"]}]}]}
+    agent = {"model": "offline", "approval_policy": "approval_required"}
+    async with stack.client() as client:
+        budget = await client.post("/v1/missions", json={"workflow": "hello", "budget_usd": 1})
+        workflow = await client.post("/v1/workflows", json=checks)
+        approval = await client.put("/v1/agents/gatekeeper", json=agent)
+    assert budget.status_code == 422 and budget.json()["error"]["field"] == "budget_usd"
+    assert workflow.status_code == 422 and workflow.json()["error"]["field"] == "/steps/0/checks"
+    assert approval.status_code == 422 and approval.json()["error"]["field"] == "approval_policy"
     assert await db_fetch(stack.settings, "SELECT id FROM missions") == []

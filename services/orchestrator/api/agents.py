@@ -11,10 +11,12 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from services.common.db.models import Agent
 from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 
@@ -76,8 +78,21 @@ async def get_agent(name: str, state: StateDep, _: CallerDep) -> AgentOut:
 async def put_agent(name: str, spec: AgentSpec, state: StateDep, _: CallerDep) -> AgentOut:
     if not re.match(NAME_PATTERN, name):
         raise ApiError(422, "validation", f"name: must match {NAME_PATTERN}", field="name")
+    if spec.approval_policy == "approval_required":
+        raise ApiError(
+            422, "validation", "approval_policy: 'approval_required' is not supported yet", field="approval_policy"
+        )
     if spec.output_schema is not None:
         _check_schema(spec.output_schema)
+    for _attempt in range(3):
+        try:
+            return await _upsert(state, name, spec)
+        except IntegrityError:
+            continue  # created concurrently: update it instead
+    raise ApiError(409, "conflict", f"agent '{name}' is being changed concurrently; retry", field="name")
+
+
+async def _upsert(state: OrchestratorState, name: str, spec: AgentSpec) -> AgentOut:
     async with state.sessionmaker() as session, session.begin():
         row = (await session.execute(select(Agent).where(Agent.name == name).with_for_update())).scalar_one_or_none()
         if row is None:

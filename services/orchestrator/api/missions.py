@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from fastapi import APIRouter, Query
-from fastapi.responses import JSONResponse
+from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
 from sqlalchemy.exc import IntegrityError
@@ -20,8 +20,9 @@ from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
 from services.orchestrator.api.workflows import find_workflow
 from services.orchestrator.engine.admission import queue_position
-from services.orchestrator.engine.missions import create_mission, find_by_idempotency_key
+from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.scheduler import definition_for
+from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(prefix="/v1/missions", tags=["missions"])
 
@@ -170,24 +171,21 @@ def _mission_out(mission: Mission, position: int | None, steps: list[Step] | Non
     "",
     status_code=202,
     summary="Submit a mission",
-    responses={200: {"model": MissionAccepted, "description": "Same idempotency key: the existing mission"}},
+    responses={409: {"description": "The idempotency key was used for a different request"}},
 )
-async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep) -> Any:
+async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep) -> MissionAccepted:
+    for budget in ("budget_usd", "budget_tokens"):
+        if getattr(body, budget) is not None:
+            raise ApiError(422, "validation", f"{budget}: budgets are not enforced yet", field=budget)
     if body.idempotency_key is not None:
-        async with state.unit() as uow:
-            existing = await find_by_idempotency_key(uow, caller.name, body.idempotency_key)
-            if existing is not None:
-                position = await queue_position(uow.session, existing)
-                return JSONResponse(
-                    MissionAccepted(id=existing.id, status=existing.status, queue_position=position).model_dump(
-                        mode="json"
-                    ),
-                    status_code=200,
-                )
+        replay = await _replay(state, caller.name, body)
+        if replay is not None:
+            return replay
     try:
         async with state.unit() as uow:
             workflow = await find_workflow(uow.session, body.workflow, body.version)
             definition = await definition_for(uow.session, workflow.id)
+            _check_input(definition.input_schema, body.input)
             mission = await create_mission(
                 uow,
                 state.settings,
@@ -204,18 +202,53 @@ async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep
             await uow.session.flush()
             await uow.session.refresh(mission)
             position = await queue_position(uow.session, mission)
-            accepted = MissionAccepted(id=mission.id, status=mission.status, queue_position=position)
+            return MissionAccepted(id=mission.id, status=mission.status, queue_position=position)
     except IntegrityError:
         if body.idempotency_key is None:
             raise
-        async with state.unit() as uow:  # lost a race on the same idempotency key
-            existing = await find_by_idempotency_key(uow, caller.name, body.idempotency_key)
-            if existing is None:
-                raise
-            position = await queue_position(uow.session, existing)
-            accepted = MissionAccepted(id=existing.id, status=existing.status, queue_position=position)
-        return JSONResponse(accepted.model_dump(mode="json"), status_code=200)
-    return accepted
+        replay = await _replay(state, caller.name, body)  # lost a race on the same key
+        if replay is None:
+            raise
+        return replay
+
+
+async def _replay(state: OrchestratorState, caller: str, body: MissionCreate) -> MissionAccepted | None:
+    """The mission an idempotency key already made, or 409 when the key came with another request."""
+    assert body.idempotency_key is not None
+    async with state.sessionmaker() as session:
+        existing = (
+            await session.execute(
+                select(Mission).where(Mission.caller == caller, Mission.idempotency_key == body.idempotency_key)
+            )
+        ).scalar_one_or_none()
+        if existing is None:
+            return None
+        same = (
+            existing.workflow_name == body.workflow
+            and (body.version is None or existing.workflow_version == body.version)
+            and existing.input == body.input
+            and existing.priority == body.priority
+        )
+        if not same:
+            raise ApiError(
+                409,
+                "conflict",
+                f"idempotency_key '{body.idempotency_key}' was used for another request (mission {existing.id})",
+                field="idempotency_key",
+            )
+        position = await queue_position(session, existing)
+        return MissionAccepted(id=existing.id, status=existing.status, queue_position=position)
+
+
+def _check_input(schema: dict[str, Any] | None, mission_input: dict[str, Any]) -> None:
+    """The workflow's ``input_schema``, if it has one: 422 naming the first bad field."""
+    if schema is None:
+        return
+    errors = sorted(Draft202012Validator(schema).iter_errors(mission_input), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "input" + "".join(f".{part}" for part in first.absolute_path)
+        raise ApiError(422, "validation", f"{where}: {first.message}", field=where)
 
 
 def _encode_cursor(mission: Mission) -> str:

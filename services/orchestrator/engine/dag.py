@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.orchestrator.engine import templates
@@ -94,8 +96,16 @@ def parse_definition(raw: Mapping[str, Any], *, known_agents: set[str] | None = 
         first = exc.errors()[0]
         raise DefinitionError(first["msg"], _pointer(first["loc"])) from exc
 
+    if definition.input_schema is not None:
+        try:
+            Draft202012Validator.check_schema(definition.input_schema)
+        except SchemaError as exc:
+            raise DefinitionError(f"not a valid JSON Schema: {exc.message}", "/input_schema") from exc
+
     index: dict[str, int] = {}
     for i, step in enumerate(definition.steps):
+        if step.checks:
+            raise DefinitionError("verification checks are not supported yet", f"/steps/{i}/checks")
         if step.id in index:
             raise DefinitionError(f"duplicate step id '{step.id}'", f"/steps/{i}/id")
         index[step.id] = i

@@ -5,19 +5,12 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import select
-
 from services.common.db.models import Mission, Step, Workflow
 from services.common.settings import Settings
 from services.orchestrator.engine.admission import admit
 from services.orchestrator.engine.dag import WorkflowDefinition
 from services.orchestrator.engine.transitions import record
 from services.orchestrator.engine.unit import UnitOfWork
-
-
-async def find_by_idempotency_key(uow: UnitOfWork, caller: str, key: str) -> Mission | None:
-    result = await uow.session.execute(select(Mission).where(Mission.caller == caller, Mission.idempotency_key == key))
-    return result.scalar_one_or_none()
 
 
 async def create_mission(
