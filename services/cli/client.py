@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +79,12 @@ class CooClient:
     def timeline(self, mission_id: str) -> Any:
         return self._call("GET", f"/v1/missions/{mission_id}/timeline")
 
-    def wait(self, mission_id: str, *, timeout_s: float) -> Any:
+    def wait(self, mission_id: str, *, timeout_s: float, interrupted: Callable[[], bool] = lambda: False) -> Any:
         give_up = time.monotonic() + timeout_s
         delay = 0.1
         while True:
+            if interrupted():
+                raise ApiFailure(f"interrupted while waiting for mission {mission_id}")
             mission = self.mission(mission_id)
             if mission["status"] in TERMINAL:
                 return mission

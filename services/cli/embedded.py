@@ -17,6 +17,8 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 _PR_SET_PDEATHSIG = 1
 
 
@@ -130,22 +132,12 @@ class EmbeddedPostgres:
             raise RuntimeError(f"port {self.port} for the embedded Postgres is taken: choose another with --pg-port")
         uid, gid = self._run_as()
         if not (self.pgdata / "PG_VERSION").exists():
-            subprocess.run(
-                [
-                    self._bin("initdb"),
-                    "-D",
-                    str(self.pgdata),
-                    "--auth=trust",
-                    "--encoding=UTF8",
-                    "-U",
-                    self.user,
-                ],
-                check=True,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                user=uid,
-                group=gid,
+            initdb = [self._bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8", "-U", self.user]
+            init = subprocess.run(
+                initdb, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, user=uid, group=gid
             )
+            if init.returncode != 0:
+                raise RuntimeError(f"initdb failed for {self.pgdata} (exit {init.returncode}): {init.stderr.strip()}")
         stale_pid = self.pgdata / "postmaster.pid"
         if stale_pid.exists():
             _reap_stale_postmaster(stale_pid)
@@ -199,10 +191,13 @@ def _pgserver_bin() -> Path:
 
 
 def _reap_stale_postmaster(pid_file: Path) -> None:
-    """A postmaster.pid left by a killed run: stop that server if it still runs."""
+    """A postmaster.pid left by a killed run: stop that server if it still runs on this data
+    directory (after a reboot the pid may belong to an unrelated process: leave that alone)."""
     try:
         pid = int(pid_file.read_text().splitlines()[0])
-    except (OSError, ValueError, IndexError):
+        if str(pid_file.parent) not in " ".join(psutil.Process(pid).cmdline()):
+            return
+    except (OSError, ValueError, IndexError, psutil.Error):
         return
     try:
         os.kill(pid, signal.SIGINT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -90,14 +91,14 @@ def up(
     are set), migrations, the three services; then serve until Ctrl-C."""
     import os
 
-    from services.cli.up import Stack, install_stop_signals
+    from services.cli.up import Interrupted, Stack, install_stop_signals
     from services.common.db.migrate import upgrade
 
     settings = _settings()
     directory = (data_dir or settings.data_dir).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     stop = install_stop_signals()
-    stack = Stack(settings, directory, pg_port=pg_port, nats_port=nats_port)
+    stack = Stack(settings, directory, pg_port=pg_port, nats_port=nats_port, stop_requested=stop)
     code = 0
     try:
         stack.check_ports()
@@ -106,6 +107,7 @@ def up(
         os.environ["COO_DATABASE_URL"] = database_url
         os.environ["COO_NATS_URL"] = nats_url
         get_settings.cache_clear()
+        stack.check_interrupted()
         typer.echo("migrating the database ...")
         upgrade(get_settings())
         typer.echo("starting orchestrator, worker and sandbox ...")
@@ -114,7 +116,8 @@ def up(
         base = f"http://{settings.host}:{settings.orchestrator_port}"
         if demo:
             os.environ["COO_API_URL"] = base
-            _run_demo(base, stack.api_key, timeout_s=120)
+            _run_demo(base, stack.api_key, timeout_s=120, interrupted=stop.is_set)
+            stack.check_interrupted()
         _print_addresses(stack, base, database_url, nats_url)
         while not stop.wait(0.5):
             dead = stack.dead_child()
@@ -129,9 +132,14 @@ def up(
     except (RuntimeError, OSError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         code = 1
+    except Interrupted:
+        code = 130
     except _DemoFailed as exc:
-        typer.secho(f"demo mission failed: {exc}", fg=typer.colors.RED, err=True)
-        code = 1
+        if stop.is_set():
+            code = 130
+        else:
+            typer.secho(f"demo mission failed: {exc}", fg=typer.colors.RED, err=True)
+            code = 1
     finally:
         typer.echo("stopping ...")
         stack.stop()
@@ -161,7 +169,9 @@ class _DemoFailed(Exception):
     pass
 
 
-def _run_demo(base: str, api_key: str | None, *, timeout_s: float) -> dict[str, Any]:
+def _run_demo(
+    base: str, api_key: str | None, *, timeout_s: float, interrupted: Callable[[], bool] = lambda: False
+) -> dict[str, Any]:
     from services.cli.client import ApiFailure, CooClient
 
     client = CooClient(base, api_key)
@@ -170,7 +180,7 @@ def _run_demo(base: str, api_key: str | None, *, timeout_s: float) -> dict[str, 
             client.register_workflow(get_settings().examples_dir / "workflows" / f"{DEMO_WORKFLOW}.yaml")
         accepted = client.submit(DEMO_WORKFLOW, DEMO_INPUT)
         typer.echo(f"demo mission {accepted['id']} submitted ({accepted['status']})")
-        mission: dict[str, Any] = client.wait(accepted["id"], timeout_s=timeout_s)
+        mission: dict[str, Any] = client.wait(accepted["id"], timeout_s=timeout_s, interrupted=interrupted)
     except ApiFailure as exc:
         raise _DemoFailed(str(exc)) from exc
     finally:

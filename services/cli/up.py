@@ -22,6 +22,10 @@ from services.common.settings import Settings
 SERVICES = ("orchestrator", "worker", "sandbox")
 
 
+class Interrupted(Exception):
+    """Ctrl-C (or SIGTERM) arrived while starting up."""
+
+
 @dataclass
 class Stack:
     settings: Settings
@@ -33,6 +37,11 @@ class Stack:
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     api_key: str = ""
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+
+    def check_interrupted(self) -> None:
+        if self.stop_requested.is_set():
+            raise Interrupted()
 
     def port_of(self, service: str) -> int:
         return int(getattr(self.settings, f"{service}_port"))
@@ -107,6 +116,7 @@ class Stack:
                     with contextlib.suppress(httpx.HTTPError):
                         if client.get(url).status_code == 200:
                             pending.discard(service)
+                self.check_interrupted()
                 if pending and time.monotonic() > give_up:
                     raise RuntimeError(f"not ready after {deadline_s:g}s: {', '.join(sorted(pending))}")
                 if pending:

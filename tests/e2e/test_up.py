@@ -163,3 +163,25 @@ def test_up_names_a_taken_port(up_env: dict[str, str]) -> None:
         result = subprocess.run(coo("up"), env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 1
     assert f"port {taken}" in result.stderr and "COO_ORCHESTRATOR_PORT" in result.stderr
+
+
+def test_ctrl_c_while_starting_stops_at_once(up_env: dict[str, str]) -> None:
+    proc = subprocess.Popen(
+        coo("up", "--demo"), env=up_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    reader = Reader(proc)
+    try:
+        reader.wait_for(r"starting orchestrator, worker and sandbox", timeout_s=120)
+        descendants = psutil.Process(proc.pid).children(recursive=True)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.thread.join(timeout=10)
+    assert proc.stdout is not None
+    proc.stdout.close()
+    assert code == 130, "\n".join(reader.lines)
+    assert not any("COO is up." in line for line in reader.lines)
+    _, alive = psutil.wait_procs(descendants, timeout=10)
+    assert alive == []
