@@ -47,7 +47,9 @@ fmt: install
 typecheck: install
 	$(BIN)/mypy
 
+## Side-by-side benchmarks against Celery, DBOS and Temporal (QUICK=1 for the two-minute profile).
 bench: install
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	$(BIN)/python -m bench $(if $(QUICK),--quick,)
 
 up:

@@ -106,19 +106,28 @@ def run_up_and_interrupt(env: dict[str, str]) -> None:
         for service in ("serve orchestrator", "serve worker", "serve sandbox"):
             assert service in names
     finally:
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        try:
-            code = proc.wait(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    reader.thread.join(timeout=10)
-    assert proc.stdout is not None
-    proc.stdout.close()
+        code = interrupt(proc, reader)
     assert code == 0, "\n".join(reader.lines)
-    gone, alive = psutil.wait_procs(descendants, timeout=10)
+    assert_all_gone(descendants)
+
+
+def interrupt(proc: subprocess.Popen[str], reader: Reader) -> int:
+    """Press Ctrl-C (SIGINT) and wait for the exit code; close the output pipe."""
+    proc.send_signal(signal.SIGINT)
+    try:
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        reader.thread.join(timeout=10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    return code
+
+
+def assert_all_gone(processes: list[psutil.Process]) -> None:
+    _, alive = psutil.wait_procs(processes, timeout=10)
     assert alive == [], f"still running after Ctrl-C: {[p.cmdline() for p in alive]}"
-    assert len(gone) == len(descendants)
 
 
 def test_up_with_embedded_postgres_and_nats(up_env: dict[str, str]) -> None:
@@ -170,18 +179,12 @@ def test_ctrl_c_while_starting_stops_at_once(up_env: dict[str, str]) -> None:
         coo("up", "--demo"), env=up_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     reader = Reader(proc)
+    descendants: list[psutil.Process] = []
     try:
         reader.wait_for(r"starting orchestrator, worker and sandbox", timeout_s=120)
         descendants = psutil.Process(proc.pid).children(recursive=True)
-        proc.send_signal(signal.SIGINT)
-        code = proc.wait(timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    reader.thread.join(timeout=10)
-    assert proc.stdout is not None
-    proc.stdout.close()
+        code = interrupt(proc, reader)
     assert code == 130, "\n".join(reader.lines)
     assert not any("COO is up." in line for line in reader.lines)
-    _, alive = psutil.wait_procs(descendants, timeout=10)
-    assert alive == []
+    assert_all_gone(descendants)
