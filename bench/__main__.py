@@ -1,0 +1,130 @@
+"""``python -m bench [--quick]``: COO and its peers, the same workloads, one run, one machine.
+
+Writes ``bench/results/<timestamp>.json`` (after every workload, so an interrupted run still leaves
+its numbers), appends a table to ``bench/RESULTS.md``, draws charts, and prints COO/peer ratios."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import environment, report
+from bench.budget import Budget
+from bench.config import FULL, QUICK, Profile
+from bench.coo_run import log, run_coo
+from bench.infra import server_version, start_infra
+from bench.peers import PEERS
+from bench.peers.runner import run_peer
+from bench.procs import CHILDREN, install_cleanup
+from services.cli.embedded import nats_server_binary
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+RESULTS_MD = Path(__file__).resolve().parent / "RESULTS.md"
+
+
+class Run:
+    """The run's results, written to disk every time a number arrives."""
+
+    def __init__(self, profile: Profile, path: Path) -> None:
+        self.path = path
+        self.data: dict[str, Any] = {
+            "run": {
+                "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "profile": profile.name,
+                "workloads": profile.__dict__,
+                "machine": environment.machine(),
+                "python": environment.python(),
+                "packages": environment.packages(),
+            },
+            "coo": {},
+            "peers": {},
+        }
+
+    def save(self) -> None:
+        report.write_json(self.path, self.data)
+
+    def coo(self, key: str, value: Any) -> None:
+        self.data["coo"][key] = value
+        self.save()
+
+    def peer(self, name: str, value: Any) -> None:
+        self.data["peers"][name] = value
+        self.save()
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small workloads (about 2 minutes)")
+    parser.add_argument(
+        "--systems",
+        default="coo," + ",".join(PEERS),
+        help="comma-separated subset of: coo," + ",".join(PEERS) + " (default: all)",
+    )
+    parser.add_argument(
+        "--b4-rate",
+        type=float,
+        default=None,
+        help="B4 arrival rate for the peers when COO is not part of the run (default: 50%% of COO's B1 rate)",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    profile = QUICK if args.quick else FULL
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    unknown = set(systems) - {"coo", *PEERS}
+    if unknown:
+        sys.stderr.write(f"unknown systems: {', '.join(sorted(unknown))}\n")
+        return 2
+    install_cleanup()
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    run = Run(profile, RESULTS_DIR / f"{stamp}.json")
+    peers = [p for p in PEERS if p in systems]
+    budget = Budget(profile.total_budget_s, reserved_s=profile.peer_reserve_s * len(peers))
+    log(f"bench profile '{profile.name}', results -> {run.path}")
+    started = time.monotonic()
+    infra = None
+    try:
+        infra = start_infra()
+        run.data["run"]["infra"] = {
+            **infra.describe(),
+            "postgres_version": asyncio.run(server_version(infra.database_url)),
+            "nats_version": environment.command_version([nats_server_binary(), "--version"]),
+        }
+        run.save()
+        if "coo" in systems:
+            run_coo(infra, profile, budget, run.coo)
+        coo_rate = float((run.data["coo"].get("b1") or {}).get("items_per_s") or 0.0)
+        b4_rate = 0.5 * coo_rate if coo_rate > 0 else float(args.b4_rate or 0.0)
+        run.data["run"]["b4_rate_per_s"] = b4_rate
+        for name in peers:
+            budget.release(profile.peer_reserve_s)
+            log(f"{name}: starting ...")
+            try:
+                run.peer(name, run_peer(name, infra, profile, budget, b4_rate, RESULTS_DIR))
+            except Exception as exc:  # a peer that cannot run is recorded, not fatal
+                run.peer(name, {"skipped": True, "reason": f"{exc.__class__.__name__}: {exc}"[:1000]})
+    except KeyboardInterrupt:
+        log("interrupted: stopping everything started ...")
+        run.data["run"]["interrupted"] = True
+    finally:
+        CHILDREN.stop_all()
+        if infra is not None:
+            infra.stop()
+        run.data["run"]["duration_s"] = round(time.monotonic() - started, 1)
+        run.data["ratios"] = report.ratios(run.data)
+        run.save()
+    charts = report.charts(run.data, RESULTS_DIR / stamp)
+    report.append_markdown(RESULTS_MD, run.data, run.path, charts)
+    report.print_summary(run.data, run.path, charts)
+    return 130 if run.data["run"].get("interrupted") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""How big each workload is: the full profile and the ``--quick`` one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    b1_missions: int  # B1: 1-step missions, closed batch
+    b2_chains: int  # B2: 3-step chains
+    b3_fanouts: int  # B3: 100-step fan-outs
+    b4_duration_s: float  # B4: open-loop arrivals for this long
+    b4_max_missions: int  # ... and never more than this many
+    b5_missions: int  # B5: COO's B1 at each log level
+    b6_missions: int  # B6: the statement-logging run (1-step missions)
+    b7_duration_s: float  # B7: per target
+    b7_connections: int
+    batch_deadline_s: float  # every batch workload gives up after this long
+    latency_drain_s: float  # B4 waits this long after the last arrival for stragglers
+    total_budget_s: float  # the whole run; workloads that would start past it are skipped
+    peer_reserve_s: float  # expected time of one peer: kept back from COO's share of the budget
+    peer_timeout_s: float  # one peer's driver process, all its workloads, at most
+    b6_background_s: float = 3.0  # B6: idle window measured first (the engine's housekeeping)
+    warmup_missions: int = 20  # COO and each peer run this many 1-step items first, unmeasured
+    submit_concurrency: int = 16
+
+
+FULL = Profile(
+    name="full",
+    b1_missions=5000,
+    b2_chains=500,
+    b3_fanouts=10,
+    b4_duration_s=30.0,
+    b4_max_missions=3000,
+    b5_missions=1000,
+    b6_missions=100,
+    b7_duration_s=10.0,
+    b7_connections=32,
+    batch_deadline_s=330.0,
+    latency_drain_s=30.0,
+    total_budget_s=1140.0,
+    peer_reserve_s=160.0,
+    peer_timeout_s=420.0,
+)
+
+QUICK = Profile(
+    name="quick",
+    b1_missions=200,
+    b2_chains=40,
+    b3_fanouts=2,
+    b4_duration_s=4.0,
+    b4_max_missions=300,
+    b5_missions=60,
+    b6_missions=20,
+    b7_duration_s=2.0,
+    b7_connections=16,
+    batch_deadline_s=25.0,
+    latency_drain_s=8.0,
+    total_budget_s=115.0,
+    peer_reserve_s=15.0,
+    peer_timeout_s=40.0,
+    b6_background_s=2.0,
+    warmup_missions=10,
+)

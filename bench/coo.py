@@ -1,0 +1,256 @@
+"""COO as real processes: a fresh schema and bus prefix, migrations, and the three services spawned
+the way ``coo up`` spawns them (``python -m services.cli.main serve <service>``), on free ports."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import nats
+import psutil
+
+from bench.infra import Infra, connect
+from bench.procs import CHILDREN, Child, python_argv
+from services.cli.embedded import free_port
+from services.common.db.migrate import upgrade
+from services.common.settings import Settings
+
+SERVICES = ("orchestrator", "worker", "sandbox")
+REPO = Path(__file__).resolve().parents[1]
+
+# Raised so that admission never holds back a batch: the benchmark measures the engine, not the queue.
+MAX_ACTIVE_MISSIONS = 1_000_000
+
+
+@dataclass
+class CooStack:
+    infra: Infra
+    schema: str = field(default_factory=lambda: f"bench_{uuid.uuid4().hex[:10]}")
+    bus_prefix: str = field(default_factory=lambda: f"bench{uuid.uuid4().hex[:10]}")
+    api_key: str = field(default_factory=lambda: "coo_bench_" + secrets.token_urlsafe(24))
+    ports: dict[str, int] = field(default_factory=dict)
+    children: dict[str, Child] = field(default_factory=dict)
+    log_level: str = "INFO"
+    generation: int = 0
+
+    @property
+    def data_dir(self) -> Path:
+        return self.infra.work_dir / "coo"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['orchestrator']}"
+
+    def settings(self) -> Settings:
+        return Settings(
+            database_url=self.infra.database_url,
+            nats_url=self.infra.nats_url,
+            db_schema=self.schema,
+            bus_prefix=self.bus_prefix,
+            data_dir=self.data_dir,
+        )
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("COO_")}
+        env.update(
+            {
+                "COO_DATABASE_URL": self.infra.database_url,
+                "COO_NATS_URL": self.infra.nats_url,
+                "COO_DB_SCHEMA": self.schema,
+                "COO_BUS_PREFIX": self.bus_prefix,
+                "COO_API_KEYS": self.api_key,
+                "COO_DATA_DIR": str(self.data_dir),
+                "COO_MAX_ACTIVE_MISSIONS": str(MAX_ACTIVE_MISSIONS),
+                "COO_LOG_LEVEL": self.log_level,
+                "COO_ORCHESTRATOR_PORT": str(self.ports["orchestrator"]),
+                "COO_WORKER_PORT": str(self.ports["worker"]),
+                "COO_SANDBOX_PORT": str(self.ports["sandbox"]),
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        return env
+
+    def config(self) -> dict[str, Any]:
+        """What a reader needs to reproduce the COO side of the run (no secrets)."""
+        return {
+            "schema": self.schema,
+            "bus_prefix": self.bus_prefix,
+            "max_active_missions": MAX_ACTIVE_MISSIONS,
+            "log_level": self.log_level,
+            "other_settings": "defaults (db_pool_size 10, worker_concurrency 8, engine_tick_s 1.0)",
+            "processes": "one each of orchestrator, worker, sandbox (python -m services.cli.main serve ...)",
+        }
+
+    def migrate(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        upgrade(self.settings())
+
+    def log_path(self, service: str) -> Path:
+        return self.data_dir / "logs" / f"{service}.{self.generation}.log"
+
+    def start(self, log_level: str = "INFO", deadline_s: float = 90.0) -> None:
+        """Spawn the three services and wait until each answers ``/readyz``."""
+        self.log_level = log_level
+        self.generation += 1
+        self.ports = {service: free_port() for service in SERVICES}
+        env = self.env()
+        for service in SERVICES:
+            self.children[service] = CHILDREN.spawn(
+                f"coo-{service}",
+                python_argv("services.cli.main", "serve", service),
+                log=self.log_path(service),
+                env=env,
+                cwd=REPO,
+            )
+        self.wait_ready(deadline_s)
+
+    def wait_ready(self, deadline_s: float) -> None:
+        give_up = time.monotonic() + deadline_s
+        pending = set(SERVICES)
+        with httpx.Client(timeout=2.0) as client:
+            while pending:
+                for service in sorted(pending):
+                    child = self.children[service]
+                    if not child.alive():
+                        raise RuntimeError(f"COO {service} exited during start-up:\n{child.tail()}")
+                    with contextlib.suppress(httpx.HTTPError):
+                        if client.get(f"http://127.0.0.1:{self.ports[service]}/readyz").status_code == 200:
+                            pending.discard(service)
+                if pending:
+                    if time.monotonic() > give_up:
+                        raise RuntimeError(f"COO not ready after {deadline_s:g}s: {', '.join(sorted(pending))}")
+                    time.sleep(0.2)
+
+    def stop(self) -> None:
+        for service in ("worker", "orchestrator", "sandbox"):
+            child = self.children.pop(service, None)
+            if child is not None:
+                CHILDREN.stop(child)
+
+    def dead_service(self) -> str | None:
+        for service, child in self.children.items():
+            if not child.alive():
+                return service
+        return None
+
+    def rss_bytes(self) -> dict[str, int]:
+        """Resident memory of each service process (and any children it has)."""
+        out: dict[str, int] = {}
+        for service, child in self.children.items():
+            try:
+                proc = psutil.Process(child.pid)
+                total = proc.memory_info().rss
+                for sub in proc.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):
+                        total += sub.memory_info().rss
+                out[service] = total
+            except psutil.Error:
+                out[service] = 0
+        return out
+
+    def log_bytes(self) -> int:
+        total = 0
+        for service in SERVICES:
+            with contextlib.suppress(OSError):
+                total += self.log_path(service).stat().st_size
+        return total
+
+    async def drop_schema_and_streams(self) -> None:
+        """Remove what this run put in shared servers (a no-op loss for embedded ones)."""
+        conn = await connect(self.infra.database_url)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+        finally:
+            await conn.close()
+        nc = await nats.connect(self.infra.nats_url, connect_timeout=3, max_reconnect_attempts=1)
+        try:
+            js = nc.jetstream()
+            for name in ("COO_WORK", "COO_EVENTS"):
+                with contextlib.suppress(Exception):
+                    await js.delete_stream(f"{self.bus_prefix}_{name}")
+        finally:
+            await nc.close()
+
+    def cleanup(self) -> None:
+        self.stop()
+        if not (self.infra.embedded_postgres and self.infra.embedded_nats):
+            asyncio.run(self.drop_schema_and_streams())
+
+
+class CooClient:
+    """COO's REST API, the only way the harness submits work."""
+
+    def __init__(self, base_url: str, api_key: str, connections: int = 64) -> None:
+        limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+        self.http = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {api_key}"},
+            timeout=httpx.Timeout(30.0),
+            limits=limits,
+        )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def register_workflow(self, definition: dict[str, Any]) -> dict[str, Any]:
+        response = await self.http.post("/v1/workflows", json=definition)
+        if response.status_code != 201:
+            raise RuntimeError(f"POST /v1/workflows answered {response.status_code}: {response.text[:500]}")
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def submit(self, workflow: str, payload: dict[str, Any]) -> str:
+        response = await self.http.post("/v1/missions", json={"workflow": workflow, "input": payload})
+        if response.status_code != 202:
+            raise RuntimeError(f"POST /v1/missions answered {response.status_code}: {response.text[:300]}")
+        return str(response.json()["id"])
+
+    async def mission(self, mission_id: str) -> dict[str, Any]:
+        response = await self.http.get(f"/v1/missions/{mission_id}")
+        response.raise_for_status()
+        body: dict[str, Any] = response.json()
+        return body
+
+
+# The workflow shapes, all built from the `echo` agent (answers its input, calls no tool).
+FANOUT_WIDTH = 100
+
+
+def one_step(name: str) -> dict[str, Any]:
+    return {"name": name, "steps": [{"id": "echo", "agent": "echo", "input": {"value": "{{ input.value }}"}}]}
+
+
+def chain3(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "steps": [
+            {"id": "a", "agent": "echo", "input": {"value": "{{ input.value }}"}},
+            {"id": "b", "agent": "echo", "input": {"value": "{{ steps.a.output.echo.value }}"}, "depends_on": ["a"]},
+            {"id": "c", "agent": "echo", "input": {"value": "{{ steps.b.output.echo.value }}"}, "depends_on": ["b"]},
+        ],
+    }
+
+
+def fanout(name: str, width: int = FANOUT_WIDTH) -> dict[str, Any]:
+    """``width`` sibling steps with no dependencies: all dispatchable as soon as the mission starts."""
+    return {
+        "name": name,
+        "steps": [
+            {"id": f"s{i:03d}", "agent": "echo", "input": {"value": "{{ input.value }}", "i": i}} for i in range(width)
+        ],
+    }
+
+
+SHAPES = {
+    "one_step": "1 step: echo",
+    "chain3": "3 steps a -> b -> c (depends_on), each echoing the previous output",
+    "fanout": f"{FANOUT_WIDTH} sibling echo steps, no depends_on (all dispatchable at once; no join step)",
+}
