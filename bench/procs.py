@@ -105,6 +105,7 @@ def _on_term(signum: int, frame: FrameType | None) -> None:
 def install_cleanup() -> None:
     """SIGTERM behaves like Ctrl-C (unwinds through ``finally``); atexit stops what is left."""
     signal.signal(signal.SIGTERM, _on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
     atexit.register(CHILDREN.stop_all)
 
 

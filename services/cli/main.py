@@ -159,10 +159,23 @@ def _print_addresses(stack: Any, base: str, database_url: str, nats_url: str) ->
         f"  NATS       {nats_url}" + ("   (embedded)" if stack.nats else ""),
         f"  logs       {stack.data_dir / 'logs'}",
         "",
-        f"Try:  COO_API_KEY={stack.api_key} coo demo",
+        f"Try:  {_coo_command()} demo      (another mission; the CLI reads the dev key from {stack.data_dir})",
         "Press Ctrl-C to stop.",
     ]
     typer.echo("\n".join(lines))
+
+
+def _coo_command() -> str:
+    """How to call this CLI from the current directory (it may not be on PATH)."""
+    import shutil
+
+    script = Path(sys.executable).parent / "coo"
+    if shutil.which("coo") == str(script):
+        return "coo"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
 
 
 class _DemoFailed(Exception):
