@@ -159,10 +159,16 @@ def _print_addresses(stack: Any, base: str, database_url: str, nats_url: str) ->
         f"  NATS       {nats_url}" + ("   (embedded)" if stack.nats else ""),
         f"  logs       {stack.data_dir / 'logs'}",
         "",
-        f"Try:  {_coo_command()} demo      (another mission; the CLI reads the dev key from {stack.data_dir})",
+        f"Try:  {_demo_hint(stack.data_dir)}",
         "Press Ctrl-C to stop.",
     ]
     typer.echo("\n".join(lines))
+
+
+def _demo_hint(data_dir: Path) -> str:
+    """A command that runs another demo mission (the CLI finds the dev key in the data directory)."""
+    where = "" if data_dir == Path(".coo").resolve() else f"COO_DATA_DIR={data_dir} "
+    return f"{where}{_coo_command()} demo"
 
 
 def _coo_command() -> str:
