@@ -190,7 +190,12 @@ class AgentRunner:
     async def _loop(
         self, item: WorkItem, agent: AgentDefinition, ctx: ToolContext, calls: list[ToolCall]
     ) -> LoopOutcome:
-        tools = tuple(TOOLS[name] for name in agent.tools if name in TOOLS)
+        unknown = sorted(set(agent.tools) - set(TOOLS))
+        if unknown:
+            raise CooError(
+                ErrorType.VALIDATION, f"agent '{agent.name}' lists unknown tools {unknown}; available: {sorted(TOOLS)}"
+            )
+        tools = tuple(TOOLS[name] for name in agent.tools)
         messages: list[Message] = [
             Message(role="user", content=(TextBlock(text=orjson.dumps(item.input).decode()),)),
         ]
