@@ -170,3 +170,14 @@ async def test_an_attempt_with_no_outcome_times_out_and_is_retried(stack: Stack)
     assert [row["attempt"] for row in rows] == [1, 3]
     waits = await db_fetch(stack.settings, "SELECT data FROM timeline_events WHERE type = 'step.retry_wait'")
     assert len(waits) == 1 and '"TIMEOUT"' in waits[0]["data"]
+
+
+async def test_an_agent_with_an_unknown_tool_fails_its_step_with_validation(stack: Stack) -> None:
+    async with stack.client() as client:
+        put = await client.put("/v1/agents/echo", json={"model": "offline", "tools": ["teleport"]})
+    assert put.status_code == 200 and put.json()["version"] == 2
+    mission = await finished(stack, await submit(stack, {"name": "one", "steps": [{"id": "a", "agent": "echo"}]}, {}))
+    assert mission["status"] == "failed"
+    (step,) = mission["steps"]
+    assert step["attempt"] == 1 and step["error"]["type"] == "VALIDATION"
+    assert "unknown tools ['teleport']" in step["error"]["message"]
