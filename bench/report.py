@@ -249,6 +249,11 @@ def _coo_lines(data: dict[str, Any]) -> list[str]:
             f"{_fmt(b5['warning']['items_per_s'])} missions/s ({b5['warning']['log_bytes_per_mission']} "
             f"log bytes/mission); WARNING/INFO = {_fmt(b5['warning_over_info'])}.",
         ]
+        if not b5["info"]["log_bytes_per_mission"] and not b5["warning"]["log_bytes_per_mission"]:
+            out.append(
+                "COO wrote no log line per mission at either level, so this pair shows run-to-run noise, "
+                "not a logging cost."
+            )
     b6 = coo.get("b6")
     if isinstance(b6, dict) and not b6.get("skipped"):
         per = b6["pg_stat_database_per_step"]
