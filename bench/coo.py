@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import secrets
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +19,10 @@ import psutil
 from bench.infra import Infra, connect
 from bench.procs import CHILDREN, Child, python_argv
 from services.cli.embedded import free_port
+from services.cli.up import SERVICES, wait_until_ready
 from services.common.db.migrate import upgrade
 from services.common.settings import Settings
 
-SERVICES = ("orchestrator", "worker", "sandbox")
 REPO = Path(__file__).resolve().parents[1]
 
 # Raised so that admission never holds back a batch: the benchmark measures the engine, not the queue.
@@ -113,21 +112,12 @@ class CooStack:
         self.wait_ready(deadline_s)
 
     def wait_ready(self, deadline_s: float) -> None:
-        give_up = time.monotonic() + deadline_s
-        pending = set(SERVICES)
-        with httpx.Client(timeout=2.0) as client:
-            while pending:
-                for service in sorted(pending):
-                    child = self.children[service]
-                    if not child.alive():
-                        raise RuntimeError(f"COO {service} exited during start-up:\n{child.tail()}")
-                    with contextlib.suppress(httpx.HTTPError):
-                        if client.get(f"http://127.0.0.1:{self.ports[service]}/readyz").status_code == 200:
-                            pending.discard(service)
-                if pending:
-                    if time.monotonic() > give_up:
-                        raise RuntimeError(f"COO not ready after {deadline_s:g}s: {', '.join(sorted(pending))}")
-                    time.sleep(0.2)
+        def exited(service: str) -> str | None:
+            child = self.children[service]
+            return None if child.alive() else f"COO {service} exited during start-up:\n{child.tail()}"
+
+        urls = {service: f"http://127.0.0.1:{self.ports[service]}/readyz" for service in SERVICES}
+        wait_until_ready(urls, exited, deadline_s=deadline_s)
 
     def stop(self) -> None:
         for service in ("worker", "orchestrator", "sandbox"):

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,25 +103,14 @@ class Stack:
             log.close()
 
     def wait_ready(self, deadline_s: float = 90.0) -> None:
-        give_up = time.monotonic() + deadline_s
-        pending = set(SERVICES)
-        with httpx.Client(timeout=2.0) as client:
-            while pending:
-                for service in sorted(pending):
-                    proc = self.children[service]
-                    if proc.poll() is not None:
-                        raise RuntimeError(
-                            f"{service} exited with code {proc.returncode}; last log lines:\n{self.log_tail(service)}"
-                        )
-                    url = f"http://{self.settings.host}:{self.port_of(service)}/readyz"
-                    with contextlib.suppress(httpx.HTTPError):
-                        if client.get(url).status_code == 200:
-                            pending.discard(service)
-                self.check_interrupted()
-                if pending and time.monotonic() > give_up:
-                    raise RuntimeError(f"not ready after {deadline_s:g}s: {', '.join(sorted(pending))}")
-                if pending:
-                    time.sleep(0.2)
+        def exited(service: str) -> str | None:
+            proc = self.children[service]
+            if proc.poll() is None:
+                return None
+            return f"{service} exited with code {proc.returncode}; last log lines:\n{self.log_tail(service)}"
+
+        urls = {s: f"http://{self.settings.host}:{self.port_of(s)}/readyz" for s in SERVICES}
+        wait_until_ready(urls, exited, deadline_s=deadline_s, check_interrupted=self.check_interrupted)
 
     def log_tail(self, service: str, lines: int = 15) -> str:
         path = self.data_dir / "logs" / f"{service}.log"
@@ -151,6 +141,33 @@ class Stack:
             self.nats.stop()
         if self.postgres is not None:
             self.postgres.stop()
+
+
+def wait_until_ready(
+    urls: Mapping[str, str],
+    exited: Callable[[str], str | None],
+    *,
+    deadline_s: float,
+    check_interrupted: Callable[[], None] = lambda: None,
+) -> None:
+    """Poll each service's ``/readyz`` URL until all answer 200. ``exited(service)`` returns why a
+    service died (then this raises with it); ``check_interrupted`` may raise to stop waiting."""
+    give_up = time.monotonic() + deadline_s
+    pending = set(urls)
+    with httpx.Client(timeout=2.0) as client:
+        while pending:
+            for service in sorted(pending):
+                reason = exited(service)
+                if reason is not None:
+                    raise RuntimeError(reason)
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(urls[service]).status_code == 200:
+                        pending.discard(service)
+            check_interrupted()
+            if pending and time.monotonic() > give_up:
+                raise RuntimeError(f"not ready after {deadline_s:g}s: {', '.join(sorted(pending))}")
+            if pending:
+                time.sleep(0.2)
 
 
 def install_stop_signals() -> threading.Event:

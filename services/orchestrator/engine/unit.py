@@ -68,10 +68,6 @@ class UnitOfWork:
     ) -> None:
         self._outgoing.append(Outgoing(subject, payload, msg_id, headers))
 
-    @property
-    def events(self) -> list[TimelineEventRow]:
-        return self._events
-
     async def _publish(self) -> None:
         """Publish after commit. A lost publish is repaired by the engine loop (stale dispatch)."""
         for out in self._outgoing:
