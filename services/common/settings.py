@@ -60,6 +60,12 @@ class Settings(BaseSettings):
     dispatch_stale_s: float = Field(
         default=60.0, gt=0, description="A step left `dispatched` longer than this is published again."
     )
+    rate_limit_per_minute: int = Field(
+        default=100, ge=0, description="Requests per API key per minute, shared by all replicas (0: no limit)."
+    )
+    slack_webhook_url: SecretStr | None = Field(
+        default=None, description="Slack incoming-webhook URL for approvals, alerts and notifier agents."
+    )
 
     # --- worker ---------------------------------------------------------------------------
     worker_concurrency: int = Field(default=8, ge=1, le=1024, description="Work items one worker runs at once.")

@@ -256,3 +256,13 @@ class ApiKey(Base):
     scopes: Mapped[list[Any]] = mapped_column(default=list)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class RateLimitWindow(Base):
+    """Requests per API key per minute window, shared by every orchestrator replica."""
+
+    __tablename__ = "rate_limit_windows"
+
+    bucket: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
