@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -66,6 +67,16 @@ class Settings(BaseSettings):
     slack_webhook_url: SecretStr | None = Field(
         default=None, description="Slack incoming-webhook URL for approvals, alerts and notifier agents."
     )
+    alertmanager_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token Alertmanager sends to POST /webhooks/alertmanager; unset, the webhook answers 503.",
+    )
+    grafana_url: str = Field(
+        default="http://127.0.0.1:3000", description="Grafana's address, for the dashboard links in Slack alerts."
+    )
+    alert_retry_s: float = Field(
+        default=30.0, gt=0, description="How often alert notifications Slack did not take are posted again."
+    )
 
     # --- worker ---------------------------------------------------------------------------
     worker_concurrency: int = Field(default=8, ge=1, le=1024, description="Work items one worker runs at once.")
@@ -76,7 +87,19 @@ class Settings(BaseSettings):
     anthropic_api_key: SecretStr | None = Field(
         default=None,
         validation_alias=AliasChoices("ANTHROPIC_API_KEY", "COO_ANTHROPIC_API_KEY"),
-        description="Claude API key (read, not used yet: agents run on the offline model).",
+        description="Claude API key: set, agents run on Claude; unset, on the offline model.",
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, description="Base URL of the Anthropic API (default: the SDK's own, or ANTHROPIC_BASE_URL)."
+    )
+    llm_timeout_s: float = Field(default=120.0, gt=0, description="Deadline of one model call (then TIMEOUT).")
+    model_prices: Annotated[dict[str, dict[str, float]], NoDecode] = Field(
+        default_factory=dict,
+        description="JSON prices in USD per million tokens for models missing from the built-in table: "
+        '{"model": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}.',
+    )
+    pause_recheck_s: float = Field(
+        default=5.0, gt=0, description="How long a worker leaves the work item of a paused mission before looking again."
     )
 
     # --- sandbox --------------------------------------------------------------------------
@@ -109,6 +132,32 @@ class Settings(BaseSettings):
     def _split_keys(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("model_prices", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        if isinstance(value, str):
+            if not value.strip():
+                return {}
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"must be a JSON object: {exc.msg}") from exc
+        if isinstance(value, dict):
+            for model, prices in value.items():
+                if not isinstance(prices, dict):
+                    raise ValueError(f"prices of '{model}' must be an object")
+                missing = {"input", "output"} - set(prices)
+                unknown = set(prices) - {"input", "output", "cache_write", "cache_write_1h", "cache_read"}
+                if missing or unknown:
+                    raise ValueError(
+                        f"prices of '{model}': missing {sorted(missing)}, unknown {sorted(unknown)} "
+                        "(fields: input, output, cache_write, cache_write_1h, cache_read)"
+                    )
+                bad = [k for k, v in prices.items() if not isinstance(v, int | float) or v < 0]
+                if bad:
+                    raise ValueError(f"prices of '{model}': {sorted(bad)} must be numbers >= 0")
         return value
 
     @field_validator("bus_prefix")
