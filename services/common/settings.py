@@ -99,7 +99,7 @@ class Settings(BaseSettings):
         '{"model": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}.',
     )
     pause_recheck_s: float = Field(
-        default=5.0, gt=0, description="How long a worker leaves the work item of a paused mission before looking again."
+        default=5.0, gt=0, description="How long a worker leaves a paused mission's work item before looking again."
     )
 
     # --- sandbox --------------------------------------------------------------------------
