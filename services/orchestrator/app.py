@@ -26,7 +26,7 @@ from services.common.http import (
 from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.orchestrator.api import agents, missions, workflows
+from services.orchestrator.api import agents, alerts, missions, workflows
 from services.orchestrator.auth import KeyStore
 from services.orchestrator.engine.housekeeping import Housekeeper
 from services.orchestrator.engine.results import apply_result, apply_started
@@ -53,7 +53,8 @@ def create_app(settings: Settings) -> FastAPI:
             state = OrchestratorState(settings, engine, sessionmaker, bus, registry)
             await _start_engine(state, stack)
             log.info("orchestrator_started", port=settings.orchestrator_port, bus_prefix=settings.bus_prefix)
-            yield {"coo": state, "keys": KeyStore(settings, sessionmaker)}
+            alert_delivery = await alerts.start_alert_delivery(state, stack)
+            yield {"coo": state, "keys": KeyStore(settings, sessionmaker), "alerts": alert_delivery}
             log.info("orchestrator_stopping")
 
     app = FastAPI(
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(workflows.router)
     app.include_router(missions.router)
+    app.include_router(alerts.router)
     return app
 
 

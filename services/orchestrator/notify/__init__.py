@@ -1,0 +1,1 @@
+"""Outbound notifications: Slack messages for alerts and approvals."""

@@ -1,0 +1,1 @@
+"""Local servers that behave like third-party services, for tests."""
