@@ -46,6 +46,14 @@ class Undeliverable(Exception):
     """The message can never be handled (cannot be decoded, or refers to nothing): dead-letter it."""
 
 
+class Deferred(Exception):
+    """Not now (e.g. its mission is paused): leave the message in the stream, redeliver it after ``delay_s``."""
+
+    def __init__(self, reason: str, delay_s: float) -> None:
+        super().__init__(reason)
+        self.delay_s = delay_s
+
+
 DeadLetterSink = Callable[[Msg, str, int], Awaitable[None]]
 MessageHandler = Callable[[Msg], Awaitable[None]]
 
@@ -358,6 +366,9 @@ class ConsumerLoop:
                 return
             try:
                 await self.handler(msg)
+            except Deferred as exc:
+                await msg.nak(delay=exc.delay_s)
+                return
             except Undeliverable as exc:
                 await self.dead_letter(msg, str(exc), deliveries)
                 await msg.term()
