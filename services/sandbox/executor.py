@@ -6,30 +6,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import signal
+import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from services.common.errors import CooError, ErrorType
+from services.sandbox.isolation import HostSupport, Limits, child_setup
+from services.sandbox.workspaces import disk_usage
+
+__all__ = ["Capture", "Execution", "Limits", "execute", "resolve_inside"]
 
 BASE_ENV = {
     "PATH": "/usr/local/bin:/usr/bin:/bin",
     "LANG": "C.UTF-8",
     "LC_ALL": "C.UTF-8",
 }
-
-
-@dataclass(frozen=True)
-class Limits:
-    cpu_s: int = 60
-    memory_bytes: int = 1024 * 1024 * 1024
-    file_size_bytes: int = 256 * 1024 * 1024
-    processes: int = 256
-    open_files: int = 256
+WORKSPACE_POLL_S = 0.25
+MIB = 1024 * 1024
 
 
 @dataclass
@@ -60,6 +58,7 @@ class Execution:
     stderr: Capture
     duration_ms: int
     isolation: list[str]
+    stopped_by: str | None = None  # timeout | workspace_cap | file_size | cpu
 
 
 def resolve_inside(workspace: Path, relative: str) -> Path:
@@ -71,18 +70,46 @@ def resolve_inside(workspace: Path, relative: str) -> Path:
     return target
 
 
-def _limit_child(limits: Limits) -> None:
-    """Runs in the child between fork and exec: rlimits (the session is set by start_new_session)."""
-    for which, value in (
-        (resource.RLIMIT_CPU, limits.cpu_s),
-        (resource.RLIMIT_AS, limits.memory_bytes),
-        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
-        (resource.RLIMIT_NPROC, limits.processes),
-        (resource.RLIMIT_NOFILE, limits.open_files),
-        (resource.RLIMIT_CORE, 0),
-    ):
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(which, (value, value))
+def _make_workdir(root: Path, workdir: Path, uid: int | None) -> None:
+    """Create ``workdir`` (inside ``root``); directories made here belong to the command's user."""
+    root = root.resolve()
+    missing = []
+    directory = workdir
+    while directory != root and not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    workdir.mkdir(parents=True, exist_ok=True)
+    if uid is not None:
+        for made in missing:
+            os.chown(made, uid, uid, follow_symlinks=False)
+
+
+def _isolation_notes(
+    limits: Limits, *, network: bool, support: HostSupport | None, uid: int | None, workspace_cap: int | None
+) -> list[str]:
+    notes = [
+        "own session and process group; the whole process tree is killed when the command ends",
+        "environment: only PATH, LANG, LC_ALL, HOME, TMPDIR and the requested variables",
+        f"rlimits: cpu {limits.cpu_s}s, address space {limits.memory_bytes // MIB} MiB, "
+        f"file size {limits.file_size_bytes} bytes, processes {limits.processes}, open files {limits.open_files}",
+    ]
+    if uid is not None:
+        notes.append(f"user: unprivileged uid {uid}, owner of this workspace only")
+    elif os.geteuid() == 0:
+        reason = support.user_switch if support is not None else "user switching not requested"
+        notes.append(f"weaker: runs as root ({reason}): the process-count limit is not enforced by the kernel")
+    else:
+        notes.append("weaker: runs as the sandbox's own user")
+    if network:
+        notes.append("network: the host's network (the request allows it)")
+    elif support is not None and support.network_namespace is None:
+        notes.append("network: private network namespace (loopback only, nothing of the host reachable)")
+    else:
+        reason = support.network_namespace if support is not None else "network isolation not probed"
+        notes.append(f"weaker: network NOT isolated although the request asked for no network ({reason})")
+    if workspace_cap is not None:
+        notes.append(f"workspace: capped at {workspace_cap} bytes")
+    return notes
 
 
 async def _pump(stream: asyncio.StreamReader | None, capture: Capture) -> None:
@@ -105,6 +132,35 @@ def _kill_tree(pid: int) -> None:
             child.kill()
 
 
+async def _watch_workspace(workspace: Path, cap: int, over: asyncio.Event) -> None:
+    """Set ``over`` once the workspace holds more than ``cap`` bytes (polled; single files are
+    stopped at the cap by the kernel's file-size limit)."""
+    while True:
+        started = time.monotonic()
+        if await asyncio.to_thread(disk_usage, workspace) > cap:
+            over.set()
+            return
+        # a big tree is measured less often, so measuring never costs more than ~5% of a core
+        await asyncio.sleep(max(WORKSPACE_POLL_S, 20 * (time.monotonic() - started)))
+
+
+async def _until(event: asyncio.Event) -> None:
+    await event.wait()
+
+
+async def _until_finished(proc: asyncio.subprocess.Process, pumps: asyncio.Future[Any]) -> None:
+    await asyncio.shield(proc.wait())
+    await asyncio.shield(pumps)  # cancelling this waiter must not stop the reading
+
+
+def _stopped_by(returncode: int | None) -> str | None:
+    if returncode in (-signal.SIGXFSZ, 128 + signal.SIGXFSZ):
+        return "file_size"
+    if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return "cpu"
+    return None
+
+
 async def execute(
     argv: list[str],
     *,
@@ -116,21 +172,29 @@ async def execute(
     output_cap: int,
     limits: Limits | None = None,
     shell: bool = False,
+    network: bool = True,
+    support: HostSupport | None = None,
+    uid: int | None = None,
+    workspace_cap: int | None = None,
 ) -> Execution:
+    """Run ``argv`` in ``workspace``. With ``network=False`` the command gets a private network
+    namespace when ``support`` says the host allows it; the returned ``isolation`` says what was
+    really applied. ``uid`` runs it as that user; ``workspace_cap`` bounds the workspace's size."""
     limits = limits or Limits(cpu_s=max(1, int(timeout_s) + 1))
     workdir = resolve_inside(workspace, cwd)
-    workdir.mkdir(parents=True, exist_ok=True)
-    child_env = {**BASE_ENV, "HOME": str(workspace), "TMPDIR": str(workspace), **(env or {})}
-    isolation = [
-        "own session and process group",
-        "scrubbed environment",
-        "rlimits: cpu, memory, file size, processes",
-    ]
-    if os.geteuid() == 0:
-        isolation.append("weaker: runs as root, so the process-count limit is not enforced by the kernel")
-    program = ["/bin/sh", "-c", argv[0], "sh", *argv[1:]] if shell else argv
+    _make_workdir(workspace, workdir, uid)
     out, err = Capture(output_cap), Capture(output_cap)
     start = time.perf_counter()
+    if workspace_cap is not None:
+        room = workspace_cap - await asyncio.to_thread(disk_usage, workspace)
+        if room <= 0:
+            err.feed(f"[sandbox] the workspace is full (cap {workspace_cap} bytes)\n".encode())
+            return Execution("failed", None, out, err, 0, [], stopped_by="workspace_cap")
+        limits = replace(limits, file_size_bytes=min(limits.file_size_bytes, room))
+    isolation = _isolation_notes(limits, network=network, support=support, uid=uid, workspace_cap=workspace_cap)
+    private_network = not network and support is not None and support.network_namespace is None
+    child_env = {**BASE_ENV, "HOME": str(workspace), "TMPDIR": str(workspace), **(env or {})}
+    program = ["/bin/sh", "-c", argv[0], "sh", *argv[1:]] if shell else argv
     try:
         proc = await asyncio.create_subprocess_exec(
             *program,
@@ -140,7 +204,7 @@ async def execute(
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
-            preexec_fn=lambda: _limit_child(limits),
+            preexec_fn=child_setup(limits, private_network=private_network, uid=uid),
         )
     except FileNotFoundError:
         err.feed(f"command not found: {program[0]}\n".encode())
@@ -148,6 +212,9 @@ async def execute(
     except PermissionError as exc:
         err.feed(f"permission denied: {exc}\n".encode())
         return Execution("failed", 126, out, err, int((time.perf_counter() - start) * 1000), isolation)
+    except subprocess.SubprocessError as exc:
+        # the isolation promised could not be applied in the child: the command did not run
+        raise CooError(ErrorType.SANDBOX_FAILED, f"could not isolate the command ({exc})") from exc
 
     async def feed_stdin() -> None:
         if proc.stdin is None or stdin is None:
@@ -159,14 +226,27 @@ async def execute(
             proc.stdin.close()
 
     pumps = asyncio.gather(_pump(proc.stdout, out), _pump(proc.stderr, err), feed_stdin())
-    status = "succeeded"
+    over_cap = asyncio.Event()
+    watcher = asyncio.create_task(_watch_workspace(workspace, workspace_cap, over_cap)) if workspace_cap else None
+    stopped_by: str | None = None
     try:
         async with asyncio.timeout(timeout_s):
-            await proc.wait()
-            await pumps
+            cap_hit = asyncio.create_task(_until(over_cap))
+            done = asyncio.create_task(_until_finished(proc, pumps))
+            try:
+                await asyncio.wait((done, cap_hit), return_when=asyncio.FIRST_COMPLETED)
+                if done.done():
+                    await done
+                elif over_cap.is_set():
+                    stopped_by = "workspace_cap"
+            finally:
+                cap_hit.cancel()
+                done.cancel()
     except TimeoutError:
-        status = "timeout"
+        stopped_by = "timeout"
     finally:
+        if watcher is not None:
+            watcher.cancel()
         _kill_tree(proc.pid)  # whatever it left behind goes too
         try:
             async with asyncio.timeout(2):
@@ -180,8 +260,16 @@ async def execute(
             transport = getattr(proc, "_transport", None)
             if transport is not None:
                 transport.close()
-    if status != "timeout" and proc.returncode != 0:
-        status = "failed"
+    if stopped_by is None and workspace_cap is not None:
+        if await asyncio.to_thread(disk_usage, workspace) > workspace_cap:
+            stopped_by = "workspace_cap"
+    if stopped_by == "workspace_cap":
+        err.feed(f"\n[sandbox] stopped: the workspace grew past its cap of {workspace_cap} bytes\n".encode())
+    stopped_by = stopped_by or _stopped_by(proc.returncode)
+    if stopped_by == "timeout":
+        status, exit_code = "timeout", None
+    else:
+        status = "succeeded" if proc.returncode == 0 and stopped_by is None else "failed"
+        exit_code = proc.returncode
     duration_ms = int((time.perf_counter() - start) * 1000)
-    exit_code = proc.returncode if status != "timeout" else None
-    return Execution(status, exit_code, out, err, duration_ms, isolation)
+    return Execution(status, exit_code, out, err, duration_ms, isolation, stopped_by)
