@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import datetime
 from decimal import Decimal
@@ -9,7 +10,7 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.common.errors import ErrorType
 
@@ -141,7 +142,30 @@ class SandboxExecRequest(Contract):
     stdin: str | None = None
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
     network: bool = False
-    workspace_source: str | None = None
+    workspace_source: str | None = Field(
+        default=None, description="Directory copied (or git repository cloned) into a new attempt workspace."
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
+        return check_sandbox_env(env)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_RESERVED_ENV = ("COO_", "ANTHROPIC_", "OTEL_")
+
+
+def check_sandbox_env(env: dict[str, str]) -> dict[str, str]:
+    """Variables a command may be given: plain names, none of the services' own settings."""
+    for name, value in env.items():
+        if not _ENV_NAME.match(name):
+            raise ValueError(f"env name {name!r} is not a valid variable name")
+        if name.upper().startswith(_RESERVED_ENV):
+            raise ValueError(f"env name {name!r} is reserved for COO's own settings")
+        if "\x00" in value:
+            raise ValueError(f"env {name!r} holds a NUL character")
+    return env
 
 
 class SandboxExecResult(Contract):
@@ -158,3 +182,75 @@ class SandboxExecResult(Contract):
         default_factory=list, description="What isolation was applied, and where it is weaker than asked."
     )
     error: StepError | None = None
+    stopped_by: Literal["timeout", "workspace_cap", "file_size", "cpu"] | None = Field(
+        default=None, description="The limit that stopped the command, if one did."
+    )
+
+
+class VerificationCheck(BaseModel):
+    """A command that must exit 0 (the workflow's step ``checks``: tests, lint, a file that must exist)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=100)
+    argv: list[str] = Field(min_length=1)
+    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+
+
+class SandboxVerifyRequest(Contract):
+    """Run a step attempt's checks in its workspace (request/reply on ``coo.sandbox.exec``)."""
+
+    kind: Literal["sandbox_verify"] = "sandbox_verify"
+    mission_id: uuid.UUID | None = None
+    step_id: uuid.UUID
+    attempt: int = Field(default=1, ge=1)
+    checks: list[VerificationCheck] = Field(min_length=1, max_length=50)
+    env: dict[str, str] = Field(default_factory=dict)
+    network: bool = False
+    workspace_source: str | None = None
+    cleanup: bool = Field(default=True, description="Delete the attempt's workspace once the checks ran.")
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
+        return check_sandbox_env(env)
+
+    @field_validator("checks")
+    @classmethod
+    def _unique_names(cls, checks: list[VerificationCheck]) -> list[VerificationCheck]:
+        names = [c.name for c in checks]
+        if duplicate := next((n for n in names if names.count(n) > 1), None):
+            raise ValueError(f"check name {duplicate!r} is used twice")
+        return checks
+
+
+class CheckResult(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    passed: bool
+    exit_code: int | None
+    duration_ms: int
+    output_tail: str = Field(description="The end of the check's stdout then stderr.")
+    status: Literal["succeeded", "failed", "timeout", "error"]
+    run_id: uuid.UUID | None = None
+
+
+class VerificationReport(Contract):
+    """The outcome of a ``SandboxVerifyRequest``: passed only if every check passed."""
+
+    kind: Literal["sandbox_verification"] = "sandbox_verification"
+    passed: bool
+    checks: list[CheckResult] = Field(default_factory=list)
+    duration_ms: int = 0
+    error: StepError | None = None
+
+    def failure(self) -> StepError | None:
+        """``VERIFICATION_FAILED`` naming the checks that failed, or ``None`` when all passed."""
+        if self.passed:
+            return None
+        if self.error is not None:
+            return self.error
+        failed = [c for c in self.checks if not c.passed]
+        parts = [f"{c.name} ({'timed out' if c.status == 'timeout' else f'exit {c.exit_code}'})" for c in failed]
+        return StepError(type=ErrorType.VERIFICATION_FAILED, message="checks failed: " + ", ".join(parts))
