@@ -112,6 +112,13 @@ class Settings(BaseSettings):
     sandbox_workspace_ttl_s: float = Field(
         default=3600.0, gt=0, description="A step attempt's workspace untouched this long is deleted."
     )
+    sandbox_workspace_cap_bytes: int = Field(
+        default=1024 * 1024 * 1024, ge=1024 * 1024, description="Disk space one attempt workspace may use."
+    )
+    sandbox_source_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated directories workspace sources may come from (empty: sources refused).",
+    )
     output_cap_bytes: int = Field(default=1024 * 1024, ge=1024, description="Bytes kept per output stream.")
     reply_cap_bytes: int = Field(
         default=256 * 1024,
@@ -158,6 +165,13 @@ class Settings(BaseSettings):
                 bad = [k for k, v in prices.items() if not isinstance(v, int | float) or v < 0]
                 if bad:
                     raise ValueError(f"prices of '{model}': {sorted(bad)} must be numbers >= 0")
+        return value
+
+    @field_validator("sandbox_source_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("bus_prefix")
