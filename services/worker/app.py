@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -12,9 +13,11 @@ from fastapi import FastAPI
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
+from sqlalchemy import select
 
-from services.common.bus import ConsumerLoop, Undeliverable
+from services.common.bus import ConsumerLoop, Deferred, Undeliverable
 from services.common.contracts import StepStarted, WorkItem
+from services.common.db.models import Agent
 from services.common.deadletters import dead_letter_sink
 from services.common.http import (
     HttpMetrics,
@@ -27,31 +30,21 @@ from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.settings import Settings, instance_id
 from services.worker.agents import builtin  # noqa: F401  (registers the offline scripts)
-from services.worker.llm.base import ModelProvider
-from services.worker.llm.offline import OfflineProvider
+from services.worker.gate import admit_work
+from services.worker.llm.anthropic import AnthropicProvider
+from services.worker.llm.pricing import PriceTable
+from services.worker.llm.providers import model_warnings, select_provider
+from services.worker.metrics import WorkerMetrics
 from services.worker.runner import AgentRunner
 from services.worker.sandbox_client import SandboxClient
 
 log = get_logger(__name__)
 
 
-def select_provider(settings: Settings) -> ModelProvider:
-    if settings.anthropic_api_key is not None:
-        log.warning(
-            "anthropic_provider_unavailable",
-            detail="ANTHROPIC_API_KEY is set but this build runs agents on the offline model only",
-        )
-    else:
-        log.info(
-            "model_provider",
-            provider="offline",
-            detail="ANTHROPIC_API_KEY unset: agents run on the offline model",
-        )
-    return OfflineProvider()
-
-
 def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    prices = PriceTable(settings.model_prices)
     http_metrics = HttpMetrics(registry)
     holder: dict[str, object] = {}
     worker_id = instance_id()
@@ -68,13 +61,32 @@ def create_app(settings: Settings) -> FastAPI:
                 pool_size=max(settings.db_pool_size, settings.worker_concurrency + 2),
             )
             sessionmaker, bus = infra.sessionmaker, infra.bus
-            runner = AgentRunner(settings, sessionmaker, SandboxClient(bus), select_provider(settings), worker_id)
+            provider = select_provider(settings)
+            if isinstance(provider, AnthropicProvider):
+                stack.push_async_callback(provider.close)
+                async with sessionmaker() as session:
+                    models = (await session.execute(select(Agent.model).where(Agent.enabled))).scalars().all()
+                for warning in model_warnings(models, prices):
+                    log.warning("model_configuration", detail=warning)
+            runner = AgentRunner(
+                settings, sessionmaker, SandboxClient(bus), provider, worker_id, metrics=metrics, prices=prices
+            )
 
             async def handle_work(msg: Msg) -> None:
                 try:
                     item = WorkItem.model_validate_json(msg.data)
                 except ValidationError as exc:
                     raise Undeliverable(f"cannot decode work item: {exc.errors()[0]['msg']}") from exc
+                verdict = await admit_work(sessionmaker, item)
+                if verdict.action == "drop":
+                    log.info(
+                        "work_item_dropped", step_id=str(item.step_id), attempt=item.attempt, reason=verdict.reason
+                    )
+                    return
+                if verdict.action == "wait":
+                    metrics.work_deferred.inc()
+                    await defer(msg, item, verdict.reason)
+                    return
                 started = StepStarted(
                     mission_id=item.mission_id,
                     step_id=item.step_id,
@@ -85,6 +97,18 @@ def create_app(settings: Settings) -> FastAPI:
                 await bus.publish(bus.subjects.results, started.to_bytes(), msg_id=f"{item.msg_id}:started")
                 result = await runner.run(item)
                 await bus.publish(bus.subjects.results, result.to_bytes(), msg_id=result.msg_id)
+
+            async def defer(msg: Msg, item: WorkItem, reason: str) -> None:
+                """Leave the item in the queue for a while. Each nak counts as a delivery, so before
+                the count nears its limit the item is published afresh (and this copy acked)."""
+                deliveries = msg.metadata.num_delivered if msg.metadata else 1
+                if deliveries < settings.max_deliver - 1:
+                    raise Deferred(reason, settings.pause_recheck_s)
+                headers = {k: v for k, v in (msg.headers or {}).items() if k != "Nats-Msg-Id"}
+                await asyncio.sleep(settings.pause_recheck_s)
+                await bus.publish(
+                    msg.subject, msg.data, msg_id=f"{item.msg_id}:wait:{uuid.uuid4().hex[:12]}", headers=headers
+                )
 
             agents = settings.worker_agents.strip()
             filter_subject = bus.subjects.work_all if agents == ">" else bus.subjects.work(agents)

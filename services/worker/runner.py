@@ -6,13 +6,14 @@ import asyncio
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 import orjson
 from jsonschema import Draft202012Validator
+from prometheus_client import CollectorRegistry
 from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -24,7 +25,17 @@ from services.common.logging import get_logger
 from services.common.results import result_from_row
 from services.common.scrub import scrub, scrub_text
 from services.common.settings import Settings
-from services.worker.llm.base import ChatRequest, Message, ModelProvider, TextBlock, ToolResult, Usage
+from services.worker.llm.base import (
+    ChatRequest,
+    Message,
+    ModelProvider,
+    ModelResponse,
+    TextBlock,
+    ToolResult,
+    Usage,
+)
+from services.worker.llm.pricing import PriceTable
+from services.worker.metrics import WorkerMetrics
 from services.worker.sandbox_client import SandboxClient
 from services.worker.tools import TOOLS, ToolCall, ToolContext, call_tool
 
@@ -49,10 +60,12 @@ def cap(text: str, limit: int) -> tuple[str, bool]:
 
 
 @dataclass
-class LoopOutcome:
-    output: dict[str, Any]
-    usage: Usage
-    model: str
+class Spend:
+    """What the model calls of one attempt used, and cost (``None``: some call had no known price)."""
+
+    usage: Usage = field(default_factory=Usage)
+    cost_usd: Decimal | None = Decimal(0)
+    model: str | None = None
 
 
 class AgentRunner:
@@ -63,12 +76,17 @@ class AgentRunner:
         sandbox: SandboxClient,
         provider: ModelProvider,
         worker_id: str,
+        *,
+        metrics: WorkerMetrics | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.sandbox = sandbox
         self.provider = provider
         self.worker_id = worker_id
+        self.metrics = metrics or WorkerMetrics(CollectorRegistry())
+        self.prices = prices or PriceTable(settings.model_prices)
 
     async def _agent(self, name: str) -> AgentDefinition:
         async with self.sessionmaker() as session:
@@ -108,18 +126,27 @@ class AgentRunner:
         clock = time.perf_counter()
         ctx = ToolContext(mission_id=item.mission_id, step_id=item.step_id, attempt=item.attempt, sandbox=self.sandbox)
         calls: list[ToolCall] = []
-        usage = Usage()
+        spend = Spend()
         model = "unknown"
         output: dict[str, Any] | None = None
         error: StepError | None = None
+        verification: dict[str, Any] | None = None
         try:
             agent = await self._agent(item.agent)
             model = agent.model if self.provider.name != "offline" else "offline"
             async with asyncio.timeout(item.timeout_s):
-                outcome = await self._loop(item, agent, ctx, calls)
-            output, usage, model = outcome.output, outcome.usage, outcome.model
+                output = await self._loop(item, agent, ctx, calls, spend)
+                if item.checks:
+                    verification = await self._verify(item, ctx)
         except CooError as exc:
-            error = StepError(type=exc.error_type, message=exc.message, detail=exc.detail)
+            if isinstance(exc, VerificationFailed):
+                verification = exc.report
+            error = StepError(
+                type=exc.error_type,
+                message=exc.message,
+                detail=exc.detail,
+                retry_after_s=getattr(exc, "retry_after_s", None),
+            )
         except TimeoutError:
             error = StepError(type=ErrorType.TIMEOUT, message=f"step exceeded its timeout of {item.timeout_s:g}s")
         except Exception as exc:
@@ -128,8 +155,11 @@ class AgentRunner:
             error = StepError(type=ErrorType.AGENT_CRASH, message=f"{type(exc).__name__}: {exc}")
         if error is not None and error.type is not ErrorType.AGENT_CRASH:
             ctx.transcript_err.append(f"{error.type}: {error.message}")
+        model = spend.model or model
+        usage = spend.usage
 
         duration_ms = int((time.perf_counter() - clock) * 1000)
+        self.metrics.attempt(agent=item.agent, duration_s=duration_ms / 1000, error_type=error.type if error else None)
         stdout, out_cut = cap(scrub_text("\n".join(ctx.transcript_out)), self.settings.output_cap_bytes)
         stderr, err_cut = cap(scrub_text("\n".join(ctx.transcript_err)), self.settings.output_cap_bytes)
         row = {
@@ -149,12 +179,12 @@ class AgentRunner:
             "tokens_out": usage.output_tokens,
             "cache_read_tokens": usage.cache_read_tokens,
             "cache_write_tokens": usage.cache_write_tokens,
-            "cost_usd": Decimal(0) if self.provider.name == "offline" else None,
+            "cost_usd": spend.cost_usd,
             "model": model,
             "provider": self.provider.name,
             "duration_ms": duration_ms,
             "success": error is None,
-            "verification": None,
+            "verification": scrub(verification) if verification is not None else None,
             "trace_id": trace_id,
             "worker": self.worker_id,
             "started_at": started_at,
@@ -188,8 +218,8 @@ class AgentRunner:
         )
 
     async def _loop(
-        self, item: WorkItem, agent: AgentDefinition, ctx: ToolContext, calls: list[ToolCall]
-    ) -> LoopOutcome:
+        self, item: WorkItem, agent: AgentDefinition, ctx: ToolContext, calls: list[ToolCall], spend: Spend
+    ) -> dict[str, Any]:
         unknown = sorted(set(agent.tools) - set(TOOLS))
         if unknown:
             raise CooError(
@@ -199,10 +229,8 @@ class AgentRunner:
         messages: list[Message] = [
             Message(role="user", content=(TextBlock(text=orjson.dumps(item.input).decode()),)),
         ]
-        total = Usage()
-        model = agent.model
         for _turn in range(self.settings.max_agent_turns):
-            response = await self.provider.chat(
+            response = await self._chat(
                 ChatRequest(
                     agent=agent.name,
                     model=agent.model,
@@ -210,21 +238,15 @@ class AgentRunner:
                     messages=tuple(messages),
                     tools=tools,
                     timeout_s=item.timeout_s,
-                )
-            )
-            model = response.model
-            total = Usage(
-                total.input_tokens + response.usage.input_tokens,
-                total.output_tokens + response.usage.output_tokens,
-                total.cache_read_tokens + response.usage.cache_read_tokens,
-                total.cache_write_tokens + response.usage.cache_write_tokens,
+                ),
+                spend,
             )
             messages.append(Message(role="assistant", content=response.content))
             if not response.tool_uses:
                 ctx.transcript_out.append(response.text)
                 output = _parse_output(response.text)
                 _check_output(agent, output)
-                return LoopOutcome(output, total, model)
+                return output
             results: list[ToolResult] = []
             for use in response.tool_uses:
                 call = await call_tool(ctx, use.name, use.input)
@@ -234,6 +256,77 @@ class AgentRunner:
         raise CooError(
             ErrorType.AGENT_CRASH, f"agent did not finish within {self.settings.max_agent_turns} model turns"
         )
+
+    async def _chat(self, request: ChatRequest, spend: Spend) -> ModelResponse:
+        """One model call: measured, its tokens and cost added to ``spend``."""
+        provider = self.provider.name
+        label = request.model if provider != "offline" else "offline"
+        started = time.perf_counter()
+        try:
+            response = await self.provider.chat(request)
+        except CooError as exc:
+            self.metrics.model_call(
+                provider=provider,
+                model=label,
+                usage=None,
+                duration_s=time.perf_counter() - started,
+                error_type=str(exc.error_type),
+            )
+            raise
+        except TimeoutError:
+            self.metrics.model_call(
+                provider=provider,
+                model=label,
+                usage=None,
+                duration_s=time.perf_counter() - started,
+                error_type=str(ErrorType.TIMEOUT),
+            )
+            raise
+        model = response.model if provider != "offline" else "offline"
+        spend.model = model
+        spend.usage = spend.usage + response.usage
+        self.metrics.model_call(
+            provider=provider,
+            model=label,
+            usage=response.usage,
+            duration_s=time.perf_counter() - started,
+            error_type=None,
+        )
+        if provider == "offline":
+            return response
+        cost = self.prices.cost(model, response.usage)
+        if cost is None and self.prices.knows(request.model):
+            cost = self.prices.cost(request.model, response.usage)  # a dated snapshot of a priced alias
+        self.metrics.cost(model=model, agent=request.agent, usd=cost)
+        if cost is None:
+            log.warning(
+                "model_cost_unknown",
+                model=model,
+                agent=request.agent,
+                detail="no price for this model: its cost is stored as unknown; set COO_MODEL_PRICES to price it",
+            )
+            spend.cost_usd = None
+        elif spend.cost_usd is not None:
+            spend.cost_usd += cost
+        return response
+
+    async def _verify(self, item: WorkItem, ctx: ToolContext) -> dict[str, Any]:
+        """Run the step's checks in its sandbox workspace; a failed check fails the attempt."""
+        verify = getattr(self.sandbox, "verify", None)
+        if verify is None:
+            raise CooError(ErrorType.VALIDATION, "this worker's sandbox client cannot run verification checks")
+        report = await verify(item, headers=ctx.headers)
+        data: dict[str, Any] = report.model_dump(mode="json")
+        if not data.get("passed", False):
+            failed = [str(c.get("name", "?")) for c in data.get("checks", []) if not c.get("passed", False)]
+            raise VerificationFailed(f"verification failed: {', '.join(failed) or 'a check failed'}", data)
+        return data
+
+
+class VerificationFailed(CooError):
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(ErrorType.VERIFICATION_FAILED, message)
+        self.report = report
 
 
 def _parse_output(text: str) -> dict[str, Any]:

@@ -1,0 +1,51 @@
+"""Which model provider a worker uses, and what it says at start-up about the configured models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from anthropic._data import DEPRECATED_MODELS
+
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.worker.llm.anthropic import AnthropicProvider
+from services.worker.llm.base import ModelProvider
+from services.worker.llm.offline import OFFLINE_MODEL, OfflineProvider
+from services.worker.llm.pricing import PriceTable
+
+log = get_logger(__name__)
+
+
+def select_provider(settings: Settings) -> ModelProvider:
+    """``ANTHROPIC_API_KEY`` set → Claude; unset → the offline model. Said once, in the log."""
+    if settings.anthropic_api_key is not None and settings.anthropic_api_key.get_secret_value().strip():
+        log.info(
+            "model_provider",
+            provider="anthropic",
+            base_url=settings.anthropic_base_url or "SDK default",
+            timeout_s=settings.llm_timeout_s,
+        )
+        return AnthropicProvider(
+            settings.anthropic_api_key.get_secret_value().strip(),
+            base_url=settings.anthropic_base_url,
+            timeout_s=settings.llm_timeout_s,
+        )
+    log.info("model_provider", provider="offline", detail="ANTHROPIC_API_KEY unset: agents run on the offline model")
+    return OfflineProvider()
+
+
+def model_warnings(models: Iterable[str], prices: PriceTable) -> list[str]:
+    """What is wrong with the models agents are configured with: deprecated (the SDK's own list,
+    with its end-of-life date) or without a price (their cost will be stored as unknown)."""
+    warnings: list[str] = []
+    for model in sorted(set(models) - {OFFLINE_MODEL}):
+        if model in DEPRECATED_MODELS:
+            warnings.append(
+                f"model '{model}' is deprecated and reaches end-of-life on {DEPRECATED_MODELS[model]}: "
+                "move its agents to a newer model"
+            )
+        if not prices.knows(model):
+            warnings.append(
+                f"model '{model}' has no price: its calls will have an unknown cost; set COO_MODEL_PRICES to price it"
+            )
+    return warnings

@@ -1,0 +1,93 @@
+"""The worker's Prometheus metrics (DESIGN §8). Label values are bounded: agent and model names,
+statuses, error and token types — never ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from services.worker.llm.base import Usage
+
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+# OpenTelemetry GenAI semantic conventions: token usage buckets
+_TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
+
+
+@dataclass
+class WorkerMetrics:
+    registry: CollectorRegistry
+    agent_runs: Counter = field(init=False)
+    agent_duration: Histogram = field(init=False)
+    agent_errors: Counter = field(init=False)
+    llm_tokens: Counter = field(init=False)
+    llm_cost: Counter = field(init=False)
+    llm_cost_unknown: Counter = field(init=False)
+    genai_tokens: Histogram = field(init=False)
+    genai_duration: Histogram = field(init=False)
+    work_deferred: Counter = field(init=False)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.agent_runs = Counter("coo_agent_runs", "Agent attempts run, by outcome", ["agent", "status"], registry=r)
+        self.agent_duration = Histogram(
+            "coo_agent_duration_seconds", "One agent attempt", ["agent"], registry=r, buckets=_DURATION_BUCKETS
+        )
+        self.agent_errors = Counter(
+            "coo_agent_errors", "Failed agent attempts, by error type", ["agent", "error_type"], registry=r
+        )
+        self.llm_tokens = Counter(
+            "coo_llm_tokens", "Model tokens (input, output, cache_read, cache_write)", ["model", "type"], registry=r
+        )
+        self.llm_cost = Counter("coo_llm_cost_usd", "Model cost in USD", ["model", "agent"], registry=r)
+        self.llm_cost_unknown = Counter(
+            "coo_llm_cost_unknown", "Model calls whose cost is unknown (no price for the model)", ["model"], registry=r
+        )
+        self.genai_tokens = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per model call (OpenTelemetry GenAI)",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "gen_ai_token_type"],
+            registry=r,
+            buckets=_TOKEN_BUCKETS,
+        )
+        self.genai_duration = Histogram(
+            "gen_ai_client_operation_duration_seconds",
+            "Duration of one model call (OpenTelemetry GenAI)",
+            ["gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model", "error_type"],
+            registry=r,
+            buckets=_DURATION_BUCKETS,
+        )
+        self.work_deferred = Counter(
+            "coo_worker_deferred", "Work items left in the queue because their mission is paused", registry=r
+        )
+
+    def model_call(
+        self, *, provider: str, model: str, usage: Usage | None, duration_s: float, error_type: str | None
+    ) -> None:
+        labels = ("chat", provider, model)
+        self.genai_duration.labels(*labels, error_type or "").observe(duration_s)
+        if usage is None:
+            return
+        self.genai_tokens.labels(*labels, "input").observe(usage.input_tokens)
+        self.genai_tokens.labels(*labels, "output").observe(usage.output_tokens)
+        for kind, count in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cache_read", usage.cache_read_tokens),
+            ("cache_write", usage.cache_write_tokens),
+        ):
+            if count:
+                self.llm_tokens.labels(model, kind).inc(count)
+
+    def cost(self, *, model: str, agent: str, usd: Decimal | None) -> None:
+        if usd is None:
+            self.llm_cost_unknown.labels(model).inc()
+        else:
+            self.llm_cost.labels(model, agent).inc(float(usd))
+
+    def attempt(self, *, agent: str, duration_s: float, error_type: str | None) -> None:
+        self.agent_runs.labels(agent, "failed" if error_type else "succeeded").inc()
+        self.agent_duration.labels(agent).observe(duration_s)
+        if error_type:
+            self.agent_errors.labels(agent, error_type).inc()
