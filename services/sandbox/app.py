@@ -1,26 +1,38 @@
-"""The sandbox: answers ``coo.sandbox.exec`` (queue group ``sandbox``) and records every run."""
+"""The sandbox: answers ``coo.sandbox.exec`` (queue group ``sandbox``) and records every run.
+
+A message on the subject is a ``SandboxExecRequest`` (one command; the reply is a
+``SandboxExecResult``) or a ``SandboxVerifyRequest`` (an attempt's checks; the reply is a
+``VerificationReport``), told apart by ``kind``."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
+from typing import Any
 
+import orjson
 from fastapi import FastAPI
 from nats.aio.msg import Msg
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import SANDBOX_QUEUE_GROUP, Bus
-from services.common.contracts import SandboxExecRequest, SandboxExecResult, StepError
+from services.common.contracts import (
+    SandboxExecRequest,
+    SandboxExecResult,
+    SandboxVerifyRequest,
+    StepError,
+    VerificationCheck,
+    VerificationReport,
+)
 from services.common.db.models import SandboxRun
 from services.common.errors import CooError, ErrorType
 from services.common.http import (
@@ -35,12 +47,16 @@ from services.common.logging import get_logger
 from services.common.scrub import scrub_text
 from services.common.settings import Settings, instance_id
 from services.sandbox.executor import execute
+from services.sandbox.isolation import HostSupport, kill_user_processes, probe
 from services.sandbox.recovery import fail_stale_runs
+from services.sandbox.verify import run_checks
+from services.sandbox.workspaces import Workspace, Workspaces
 
 log = get_logger(__name__)
 
 
 MAX_QUEUE_WAIT_S = 10.0
+Reply = SandboxExecResult | VerificationReport
 
 
 def _error(error_type: ErrorType, message: str) -> SandboxExecResult:
@@ -52,13 +68,70 @@ def _clip(text: str, limit: int) -> tuple[str, bool]:
     return (text, False) if len(raw) <= limit else (raw[:limit].decode(errors="ignore"), True)
 
 
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(map(str, first["loc"]))
+    return f"bad sandbox request: {where}: {first['msg']}"
+
+
+@dataclass
+class SandboxMetrics:
+    registry: CollectorRegistry
+    executions: Counter = field(init=False)
+    duration: Histogram = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.executions = Counter(
+            "coo_sandbox_executions_total", "Commands the sandbox ran, by outcome", ["status"], registry=self.registry
+        )
+        self.duration = Histogram(
+            "coo_sandbox_duration_seconds",
+            "Wall-clock time of sandbox commands",
+            registry=self.registry,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+        )
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command to run in a workspace (from an exec request or a verification check)."""
+
+    argv: list[str]
+    timeout_s: float
+    mission_id: uuid.UUID | None = None
+    step_id: uuid.UUID | None = None
+    attempt: int = 1
+    shell: bool = False
+    cwd: str = "."
+    env: dict[str, str] = field(default_factory=dict)
+    stdin: str | None = None
+    network: bool = False
+
+
 class SandboxService:
-    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bus: Bus) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        bus: Bus,
+        *,
+        registry: CollectorRegistry | None = None,
+        support: HostSupport | None = None,
+    ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.bus = bus
         self.instance_id = instance_id()
         self.root = settings.workspaces_dir.resolve()
+        self.support = support or HostSupport.none("isolation not probed")
+        self.workspaces = Workspaces(
+            self.root,
+            cap_bytes=settings.sandbox_workspace_cap_bytes,
+            source_roots=settings.sandbox_source_roots,
+            ttl_s=settings.sandbox_workspace_ttl_s,
+            support=self.support,
+        )
+        self.metrics = SandboxMetrics(registry or CollectorRegistry())
         self._slots = asyncio.Semaphore(settings.sandbox_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -75,6 +148,7 @@ class SandboxService:
     async def _serve(self, msg: Msg, arrived: float) -> None:
         async with self._slots:
             waited = time.monotonic() - arrived
+            reply: Reply
             try:
                 if waited > MAX_QUEUE_WAIT_S:
                     # The worker is about to give up on this request: running it now would be for nobody.
@@ -86,17 +160,27 @@ class SandboxService:
                 reply = _error(ErrorType.SANDBOX_FAILED, f"{type(exc).__name__}: {exc}")
             if msg.reply:
                 try:
-                    await msg.respond(self._fit(reply))
+                    await msg.respond(self._fit(reply) if isinstance(reply, SandboxExecResult) else reply.to_bytes())
                 except Exception:
-                    log.exception("sandbox_reply_failed", run_id=str(reply.run_id))
+                    log.exception("sandbox_reply_failed")
 
-    async def _answer(self, data: bytes) -> SandboxExecResult:
+    async def _answer(self, data: bytes) -> Reply:
+        try:
+            kind = orjson.loads(data).get("kind")
+        except (orjson.JSONDecodeError, AttributeError):
+            return _error(ErrorType.VALIDATION, "bad sandbox request: not a JSON object")
+        if kind == "sandbox_verify":
+            try:
+                verify = SandboxVerifyRequest.model_validate_json(data)
+            except ValidationError as exc:
+                return VerificationReport(
+                    passed=False, error=StepError(type=ErrorType.VALIDATION, message=_validation_message(exc))
+                )
+            return await self.verify(verify)
         try:
             request = SandboxExecRequest.model_validate_json(data)
         except ValidationError as exc:
-            first = exc.errors()[0]
-            where = ".".join(map(str, first["loc"]))
-            return _error(ErrorType.VALIDATION, f"bad sandbox request: {where}: {first['msg']}")
+            return _error(ErrorType.VALIDATION, _validation_message(exc))
         return await self.run(request)
 
     def _fit(self, reply: SandboxExecResult) -> bytes:
@@ -119,51 +203,121 @@ class SandboxService:
         return data
 
     async def run(self, request: SandboxExecRequest) -> SandboxExecResult:
+        """One command in its attempt's workspace (made from ``workspace_source`` on first use)."""
+        try:
+            workspace = await self.workspaces.open(request.step_id, request.attempt, request.workspace_source)
+        except CooError as exc:
+            self.metrics.executions.labels(status="error").inc()
+            return SandboxExecResult(
+                run_id=None, status="error", error=StepError(type=exc.error_type, message=exc.message)
+            )
+        command = Command(
+            argv=request.argv,
+            timeout_s=request.timeout_s,
+            mission_id=request.mission_id,
+            step_id=request.step_id,
+            attempt=request.attempt,
+            shell=request.shell,
+            cwd=request.cwd,
+            env=request.env,
+            stdin=request.stdin,
+            network=request.network,
+        )
+        try:
+            result = await self.run_in(workspace, command)
+        finally:
+            if workspace.adhoc:
+                await self._release(workspace)
+        reply_out, out_clipped = _clip(result.stdout, self.settings.reply_cap_bytes)
+        reply_err, err_clipped = _clip(result.stderr, self.settings.reply_cap_bytes)
+        return result.model_copy(
+            update={
+                "stdout": reply_out,
+                "stderr": reply_err,
+                "stdout_truncated": result.stdout_truncated or out_clipped,
+                "stderr_truncated": result.stderr_truncated or err_clipped,
+            }
+        )
+
+    async def verify(self, request: SandboxVerifyRequest) -> VerificationReport:
+        """Run the attempt's checks in its workspace; then delete the workspace if asked."""
+        try:
+            workspace = await self.workspaces.open(request.step_id, request.attempt, request.workspace_source)
+        except CooError as exc:
+            return VerificationReport(passed=False, error=StepError(type=exc.error_type, message=exc.message))
+
+        async def run_check(check: VerificationCheck) -> SandboxExecResult:
+            command = Command(
+                argv=check.argv,
+                timeout_s=check.timeout_s,
+                mission_id=request.mission_id,
+                step_id=request.step_id,
+                attempt=request.attempt,
+                env=request.env,
+                network=request.network,
+            )
+            return await self.run_in(workspace, command)
+
+        try:
+            return await run_checks(request.checks, run_check)
+        finally:
+            if request.cleanup:
+                await self._release(workspace)
+
+    async def _release(self, workspace: Workspace) -> None:
+        """The workspace is done with: whatever its user still runs is killed, its files deleted."""
+        if workspace.uid is not None:
+            await asyncio.to_thread(kill_user_processes, workspace.uid)
+        await asyncio.to_thread(self.workspaces.remove, workspace)
+
+    async def run_in(self, workspace: Workspace, command: Command) -> SandboxExecResult:
+        """Run ``command`` in ``workspace``, recorded as a ``sandbox_runs`` row; output capped at
+        ``output_cap_bytes`` per stream, not yet clipped for the reply."""
         run_id = uuid.uuid4()
         async with self.sessionmaker() as session, session.begin():
             session.add(
                 SandboxRun(
                     id=run_id,
-                    mission_id=request.mission_id,
-                    step_id=request.step_id,
-                    attempt=request.attempt,
-                    argv=[scrub_text(a) for a in request.argv],
+                    mission_id=command.mission_id,
+                    step_id=command.step_id,
+                    attempt=command.attempt,
+                    argv=[scrub_text(a) for a in command.argv],
                     status="running",
                     instance_id=self.instance_id,
                 )
             )
-        workspace = self._workspace(request)
         heartbeat = asyncio.create_task(self._heartbeat(run_id))
+        started = time.perf_counter()
         try:
             execution = await execute(
-                request.argv,
-                workspace=workspace,
-                cwd=request.cwd,
-                env=request.env,
-                stdin=request.stdin,
-                timeout_s=request.timeout_s,
+                command.argv,
+                workspace=workspace.path,
+                cwd=command.cwd,
+                env=command.env,
+                stdin=command.stdin,
+                timeout_s=command.timeout_s,
                 output_cap=self.settings.output_cap_bytes,
-                shell=request.shell,
-            )
-        except CooError as exc:
-            await self._finish(run_id, status="error", error=scrub_text(exc.message))
-            return SandboxExecResult(
-                run_id=run_id, status="error", error=StepError(type=exc.error_type, message=exc.message)
+                shell=command.shell,
+                network=command.network,
+                support=self.support,
+                uid=workspace.uid,
+                workspace_cap=self.settings.sandbox_workspace_cap_bytes,
             )
         except Exception as exc:
-            log.exception("sandbox_exec_failed", run_id=str(run_id))
-            await self._finish(run_id, status="error", error=scrub_text(f"{type(exc).__name__}: {exc}"))
-            return SandboxExecResult(
-                run_id=run_id,
-                status="error",
-                error=StepError(type=ErrorType.SANDBOX_FAILED, message=f"{type(exc).__name__}: {exc}"),
+            error = (
+                StepError(type=exc.error_type, message=exc.message)
+                if isinstance(exc, CooError)
+                else StepError(type=ErrorType.SANDBOX_FAILED, message=f"{type(exc).__name__}: {exc}")
             )
+            if not isinstance(exc, CooError):
+                log.exception("sandbox_exec_failed", run_id=str(run_id))
+            await self._finish(run_id, status="error", error=scrub_text(error.message))
+            self._observe("error", started)
+            return SandboxExecResult(run_id=run_id, status="error", error=error)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-        if not request.network:
-            execution.isolation.append("weaker: network not isolated (no network namespace in this build)")
         stdout, stderr = scrub_text(execution.stdout.text()), scrub_text(execution.stderr.text())
         await self._finish(
             run_id,
@@ -173,45 +327,32 @@ class SandboxService:
             stderr=stderr,
             stdout_truncated=execution.stdout.truncated,
             stderr_truncated=execution.stderr.truncated,
+            error=f"stopped by the {execution.stopped_by} limit" if execution.stopped_by else None,
         )
-        self._cleanup(workspace)
-        reply_out, out_clipped = _clip(stdout, self.settings.reply_cap_bytes)
-        reply_err, err_clipped = _clip(stderr, self.settings.reply_cap_bytes)
+        self._observe(execution.status, started)
+        timed_out = execution.stopped_by == "timeout"
         return SandboxExecResult(
             run_id=run_id,
             status=execution.status,
             exit_code=execution.exit_code,
-            stdout=reply_out,
-            stderr=reply_err,
-            stdout_truncated=execution.stdout.truncated or out_clipped,
-            stderr_truncated=execution.stderr.truncated or err_clipped,
+            stdout=stdout,
+            stderr=stderr,
+            stdout_truncated=execution.stdout.truncated,
+            stderr_truncated=execution.stderr.truncated,
             duration_ms=execution.duration_ms,
             isolation=execution.isolation,
+            stopped_by=execution.stopped_by,
+            error=StepError(type=ErrorType.TIMEOUT, message=f"the command ran over its {command.timeout_s:g}s")
+            if timed_out
+            else None,
         )
 
-    def _workspace(self, request: SandboxExecRequest) -> Path:
-        name = f"{request.step_id}-{request.attempt}" if request.step_id else f"adhoc-{uuid.uuid4()}"
-        path = self.root / name
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def _cleanup(self, workspace: Path) -> None:
-        if workspace.name.startswith("adhoc-"):
-            shutil.rmtree(workspace, ignore_errors=True)
+    def _observe(self, status: str, started: float) -> None:
+        self.metrics.executions.labels(status=status).inc()
+        self.metrics.duration.observe(time.perf_counter() - started)
 
     def sweep_workspaces(self) -> int:
-        """Delete attempt workspaces nobody touched for ``sandbox_workspace_ttl_s`` (an attempt's
-        commands share its workspace, so it lives until the attempt is long over)."""
-        cutoff = time.time() - self.settings.sandbox_workspace_ttl_s
-        removed = 0
-        for path in self.root.iterdir():
-            try:
-                if path.is_dir() and not path.is_symlink() and path.stat().st_mtime < cutoff:
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed += 1
-            except FileNotFoundError:
-                continue
-        return removed
+        return self.workspaces.sweep()
 
     async def sweep_forever(self) -> None:
         """Periodically: delete old workspaces, and fail runs whose sandbox stopped heart-beating."""
@@ -239,7 +380,7 @@ class SandboxService:
             except Exception as exc:
                 log.warning("sandbox_heartbeat_failed", run_id=str(run_id), error=str(exc))
 
-    async def _finish(self, run_id: uuid.UUID, **values: object) -> None:
+    async def _finish(self, run_id: uuid.UUID, **values: Any) -> None:
         async with self.sessionmaker() as session, session.begin():
             await session.execute(
                 update(SandboxRun)
@@ -261,14 +402,21 @@ def create_app(settings: Settings) -> FastAPI:
             failed = await fail_stale_runs(sessionmaker, stale_after_s=settings.sandbox_stale_after_s)
             if failed:
                 log.warning("stale_sandbox_runs_failed", count=failed)
-            service = SandboxService(settings, sessionmaker, bus)
-            service.root.mkdir(parents=True, exist_ok=True)
+            support = await asyncio.to_thread(probe)
+            service = SandboxService(settings, sessionmaker, bus, registry=registry, support=support)
+            await asyncio.to_thread(service.workspaces.prepare_root)
             stack.push_async_callback(service.drain)
             sweeper = asyncio.create_task(service.sweep_forever(), name="workspace-sweeper")
             stack.callback(sweeper.cancel)
             sub = await bus.nc.subscribe(bus.subjects.sandbox_exec, queue=SANDBOX_QUEUE_GROUP, cb=service.on_message)
             stack.push_async_callback(sub.drain)  # stop taking requests; those received still finish
-            log.info("sandbox_started", subject=bus.subjects.sandbox_exec, workspaces=str(service.root))
+            log.info(
+                "sandbox_started",
+                subject=bus.subjects.sandbox_exec,
+                workspaces=str(service.root),
+                network_namespace=support.network_namespace or "available",
+                user_switch=support.user_switch or "available",
+            )
             yield
 
     app = FastAPI(title="COO sandbox", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
