@@ -92,6 +92,7 @@ def make_settings(infra: Infra, data_dir: Path, **overrides: Any) -> Settings:
         "sandbox_stale_after_s": 3.0,
         "ack_wait_s": 10.0,
         "db_pool_size": 5,
+        "rate_limit_per_minute": 0,  # tests that exercise the limit turn it on
         "orchestrator_port": free_port(),
         "worker_port": free_port(),
         "sandbox_port": free_port(),

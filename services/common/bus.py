@@ -296,6 +296,9 @@ class ConsumerLoop:
         self._slots = asyncio.Semaphore(self.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._sub: JetStreamContext.PullSubscription | None = None
+        # Deliveries that were deferrals, by stream sequence: they do not count towards giving up.
+        # (Kept per process: with several replicas a message deferred on each is given more room, never less.)
+        self._deferrals: dict[int, int] = {}
 
     async def open(self) -> None:
         """Create (or check) the durable consumer; a start-up error names what is wrong."""
@@ -357,7 +360,8 @@ class ConsumerLoop:
 
     async def _handle(self, msg: Msg) -> None:
         heartbeat = asyncio.create_task(self._keep_alive(msg))
-        deliveries = msg.metadata.num_delivered if msg.metadata else 1
+        seq = msg.metadata.sequence.stream if msg.metadata else 0
+        deliveries = (msg.metadata.num_delivered if msg.metadata else 1) - self._deferrals.get(seq, 0)
         give_up = self.give_up or self.dead_letter
         try:
             if deliveries > self.max_deliver:  # its handler kept dying (crash, ack timeout): stop trying
@@ -367,6 +371,9 @@ class ConsumerLoop:
             try:
                 await self.handler(msg)
             except Deferred as exc:
+                if len(self._deferrals) > 100_000:
+                    self._deferrals.clear()
+                self._deferrals[seq] = self._deferrals.get(seq, 0) + 1
                 await msg.nak(delay=exc.delay_s)
                 return
             except Undeliverable as exc:
@@ -383,6 +390,7 @@ class ConsumerLoop:
                 else:
                     await msg.nak(delay=self._backoff(deliveries))
                 return
+            self._deferrals.pop(seq, None)
             await msg.ack()
         except asyncio.CancelledError:
             raise

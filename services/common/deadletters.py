@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
+from typing import Any
+
+import orjson
 from nats.aio.msg import Msg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -13,20 +17,45 @@ from services.common.scrub import scrub_text
 
 log = get_logger(__name__)
 
+REPLAY_OF_HEADER = "Coo-Replay-Of"
+
+
+def _uuid(value: Any) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value)) if value else None
+    except ValueError:
+        return None
+
+
+def _ids(payload: bytes) -> tuple[uuid.UUID | None, uuid.UUID | None]:
+    """The mission and step a message speaks of, when it is readable JSON that names them."""
+    try:
+        body = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(body, dict):
+        return None, None
+    return _uuid(body.get("mission_id")), _uuid(body.get("step_id"))
+
 
 def dead_letter_sink(sessionmaker: async_sessionmaker[AsyncSession]) -> DeadLetterSink:
     """Store a message a consumer gave up on in ``dead_letters`` (subject, payload, headers, error)."""
 
     async def store(msg: Msg, error: str, deliveries: int) -> None:
+        headers = dict(msg.headers or {})
+        mission_id, step_id = _ids(msg.data)
         async with sessionmaker() as session, session.begin():
             session.add(
                 DeadLetter(
                     subject=msg.subject,
                     payload=msg.data,
-                    headers=dict(msg.headers or {}),
+                    headers=headers,
                     error=scrub_text(error),
                     error_type=ErrorType.VALIDATION if "decode" in error else ErrorType.INTERNAL,
                     attempts=deliveries,
+                    mission_id=mission_id,
+                    step_id=step_id,
+                    replay_of=_uuid(headers.get(REPLAY_OF_HEADER)),
                 )
             )
         log.warning("dead_lettered", subject=msg.subject, error=error, deliveries=deliveries)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -13,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter, ValidationError
 
 from services.common.bus import ConsumerLoop, Undeliverable
-from services.common.contracts import ResultMessage, StepError, StepStarted, WorkResult
+from services.common.contracts import Control, ResultMessage, StepError, StepStarted, WorkResult
 from services.common.deadletters import dead_letter_sink
 from services.common.errors import ErrorType
 from services.common.http import (
@@ -26,10 +27,14 @@ from services.common.http import (
 from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.orchestrator.api import agents, alerts, missions, workflows
+from services.orchestrator.api import agents, alerts, control, dlq, events, missions, workflows
 from services.orchestrator.auth import KeyStore
+from services.orchestrator.engine.control import apply_control
 from services.orchestrator.engine.housekeeping import Housekeeper
+from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.results import apply_result, apply_started
+from services.orchestrator.notify.slack import SlackNotifier
+from services.orchestrator.ratelimit import RateLimiter
 from services.orchestrator.seed import seed_agents
 from services.orchestrator.state import OrchestratorState
 
@@ -41,6 +46,7 @@ _results: TypeAdapter[StepStarted | WorkResult] = TypeAdapter(ResultMessage)  # 
 def create_app(settings: Settings) -> FastAPI:
     registry = CollectorRegistry()
     http_metrics = HttpMetrics(registry)
+    metrics = EngineMetrics(registry)
     holder: dict[str, object] = {}
 
     @asynccontextmanager
@@ -50,7 +56,15 @@ def create_app(settings: Settings) -> FastAPI:
             engine, sessionmaker, bus = infra.engine, infra.sessionmaker, infra.bus
             await seed_agents(sessionmaker, settings.examples_dir / "agents")
 
-            state = OrchestratorState(settings, engine, sessionmaker, bus, registry)
+            state = OrchestratorState(
+                settings,
+                engine,
+                sessionmaker,
+                bus,
+                registry,
+                metrics,
+                RateLimiter(engine, settings.rate_limit_per_minute),
+            )
             await _start_engine(state, stack)
             log.info("orchestrator_started", port=settings.orchestrator_port, bus_prefix=settings.bus_prefix)
             alert_delivery = await alerts.start_alert_delivery(state, stack)
@@ -70,6 +84,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(agents.router)
     app.include_router(workflows.router)
     app.include_router(missions.router)
+    app.include_router(events.router)
+    app.include_router(control.router)
+    app.include_router(dlq.router)
     app.include_router(alerts.router)
     return app
 
@@ -123,15 +140,49 @@ async def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None
         name="results",
     )
     await results.open()
-    housekeeper = Housekeeper(settings, state.sessionmaker, state.bus)
+
+    async def handle_control(msg: Msg) -> None:
+        try:
+            command = Control.model_validate_json(msg.data)
+        except ValidationError as exc:
+            raise Undeliverable(f"cannot decode control message: {exc.errors()[0]['msg']}") from exc
+        control_id = (msg.headers or {}).get("Nats-Msg-Id", "").removeprefix("control:") or uuid.uuid4().hex
+        async with state.unit() as uow:
+            outcome = await apply_control(uow, settings, command, control_id)
+        log.info(
+            "control_handled",
+            mission_id=str(command.mission_id),
+            action=command.action,
+            applied=outcome.applied,
+            message=outcome.message,
+        )
+
+    # Its own durable consumer: CONTROL is never stuck behind a backlog of results.
+    controls = ConsumerLoop(
+        bus=state.bus,
+        stream=state.bus.subjects.events_stream,
+        durable="orchestrator-control",
+        filter_subject=state.bus.subjects.control_all,
+        handler=handle_control,
+        dead_letter=store_dead_letter,
+        concurrency=4,
+        ack_wait_s=settings.ack_wait_s,
+        max_deliver=settings.max_deliver,
+        name="control",
+    )
+    await controls.open()
+    slack = await stack.enter_async_context(SlackNotifier(settings.slack_webhook_url))
+    housekeeper = Housekeeper(settings, state.sessionmaker, state.bus, state.metrics, state.rate_limiter, slack)
     tasks = [
         asyncio.create_task(results.run(), name="results-consumer"),
+        asyncio.create_task(controls.run(), name="control-consumer"),
         asyncio.create_task(housekeeper.run(), name="housekeeping"),
     ]
 
     async def stop() -> None:
         await _cancel(tasks)
         await results.drain()
+        await controls.drain()
 
     stack.push_async_callback(stop)
 

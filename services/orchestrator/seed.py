@@ -28,8 +28,8 @@ def load_agent_files(directory: Path) -> list[dict[str, Any]]:
         unknown = set(data) - _FIELDS - {"name"}
         if unknown:
             raise ValueError(f"{path}: unknown fields {sorted(unknown)}")
-        if data.get("approval_policy", "auto") != "auto":
-            raise ValueError(f"{path}: approval_policy '{data['approval_policy']}' is not supported yet")
+        if data.get("approval_policy", "auto") not in ("auto", "approval_required"):
+            raise ValueError(f"{path}: approval_policy must be 'auto' or 'approval_required'")
         agents.append(data)
     return agents
 

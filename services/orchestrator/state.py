@@ -9,7 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.common.bus import Bus
 from services.common.settings import Settings
+from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.unit import UnitOfWork
+from services.orchestrator.ratelimit import RateLimiter
 
 
 @dataclass
@@ -19,6 +21,8 @@ class OrchestratorState:
     sessionmaker: async_sessionmaker[AsyncSession]
     bus: Bus
     registry: CollectorRegistry
+    metrics: EngineMetrics
+    rate_limiter: RateLimiter
 
     def unit(self, trace_id: str | None = None) -> UnitOfWork:
-        return UnitOfWork(self.sessionmaker, self.bus, trace_id=trace_id)
+        return UnitOfWork(self.sessionmaker, self.bus, trace_id=trace_id, metrics=self.metrics)

@@ -31,9 +31,13 @@ class FakeUnit:
     def __init__(self, trace_id: str | None = None) -> None:
         self.trace_id = trace_id
         self.events: list[TimelineEventRow] = []
+        self.observations: list[Any] = []
 
     def add_event(self, row: TimelineEventRow) -> None:
         self.events.append(row)
+
+    def after_commit(self, observe: Any) -> None:
+        self.observations.append(observe)
 
 
 def new_step(status: StepStatus | str = S.PENDING, attempt: int = 0) -> Step:
@@ -63,7 +67,7 @@ def test_terminal_missions_move_only_by_replay() -> None:
 
 def test_terminal_steps_move_only_by_replay() -> None:
     outgoing = {status: set(STEP_MOVES[status]) for status in STEP_TERMINAL}
-    assert outgoing == {S.SUCCEEDED: set(), S.SKIPPED: set(), S.CANCELLED: set(), S.FAILED: {S.DISPATCHED}}
+    assert outgoing == {S.SUCCEEDED: set(), S.SKIPPED: set(), S.CANCELLED: {S.PENDING}, S.FAILED: {S.DISPATCHED}}
 
 
 def test_every_non_terminal_state_can_be_cancelled() -> None:

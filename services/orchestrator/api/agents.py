@@ -78,10 +78,6 @@ async def get_agent(name: str, state: StateDep, _: CallerDep) -> AgentOut:
 async def put_agent(name: str, spec: AgentSpec, state: StateDep, _: CallerDep) -> AgentOut:
     if not re.match(NAME_PATTERN, name):
         raise ApiError(422, "validation", f"name: must match {NAME_PATTERN}", field="name")
-    if spec.approval_policy == "approval_required":
-        raise ApiError(
-            422, "validation", "approval_policy: 'approval_required' is not supported yet", field="approval_policy"
-        )
     if spec.output_schema is not None:
         _check_schema(spec.output_schema)
     for _attempt in range(3):

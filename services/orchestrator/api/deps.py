@@ -32,6 +32,18 @@ async def get_caller(
     caller = await keys.authenticate(credentials.credentials)
     if caller is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", headers=challenge)
+    state = get_state(request)
+    if state.rate_limiter.enabled:
+        decision = await state.rate_limiter.hit(caller.name)
+        if not decision.allowed:
+            state.metrics.rate_limited.inc()
+            raise ApiError(
+                429,
+                "rate_limited",
+                f"API key '{caller.name}' is over its limit of {decision.limit} requests per minute; "
+                f"retry in {decision.retry_after_s}s",
+                headers={"Retry-After": str(decision.retry_after_s), "RateLimit-Limit": str(decision.limit)},
+            )
     return caller
 
 

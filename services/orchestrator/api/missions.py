@@ -174,9 +174,6 @@ def _mission_out(mission: Mission, position: int | None, steps: list[Step] | Non
     responses={409: {"description": "The idempotency key was used for a different request"}},
 )
 async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep) -> MissionAccepted:
-    for budget in ("budget_usd", "budget_tokens"):
-        if getattr(body, budget) is not None:
-            raise ApiError(422, "validation", f"{budget}: budgets are not enforced yet", field=budget)
     if body.idempotency_key is not None:
         replay = await _replay(state, caller.name, body)
         if replay is not None:

@@ -104,8 +104,6 @@ def parse_definition(raw: Mapping[str, Any], *, known_agents: set[str] | None = 
 
     index: dict[str, int] = {}
     for i, step in enumerate(definition.steps):
-        if step.checks:
-            raise DefinitionError("verification checks are not supported yet", f"/steps/{i}/checks")
         if step.id in index:
             raise DefinitionError(f"duplicate step id '{step.id}'", f"/steps/{i}/id")
         index[step.id] = i

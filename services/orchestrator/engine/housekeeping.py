@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import func, select, tuple_
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import Bus
@@ -17,22 +17,52 @@ from services.common.logging import get_logger
 from services.common.results import result_from_row
 from services.common.settings import Settings
 from services.orchestrator.engine.admission import admit
+from services.orchestrator.engine.approvals import announce_pending
+from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.results import apply_result
 from services.orchestrator.engine.scheduler import advance, definition_for, lock_mission, publish_work_item
 from services.orchestrator.engine.transitions import MissionStatus, StepStatus, record
 from services.orchestrator.engine.unit import UnitOfWork
+from services.orchestrator.notify.slack import SlackNotifier
+from services.orchestrator.ratelimit import RateLimiter
 
 log = get_logger(__name__)
 
+_GAUGES = text(
+    """
+    SELECT
+      (SELECT count(*) FROM missions WHERE status = 'running') AS active,
+      (SELECT count(*) FROM missions WHERE status = 'queued') AS queued,
+      COALESCE((SELECT extract(epoch FROM now() - min(created_at)) FROM missions WHERE status = 'queued'), 0)::float8
+        AS queued_age,
+      (SELECT count(*) FROM dead_letters WHERE replayed_at IS NULL) AS dead_letters,
+      (SELECT count(*) FROM approvals WHERE status = 'pending') AS approvals,
+      COALESCE((SELECT extract(epoch FROM now() - min(created_at)) FROM approvals WHERE status = 'pending'), 0)::float8
+        AS approval_age
+    """
+)
+
 
 class Housekeeper:
-    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], bus: Bus) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        bus: Bus,
+        metrics: EngineMetrics | None = None,
+        rate_limiter: RateLimiter | None = None,
+        slack: SlackNotifier | None = None,
+    ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.bus = bus
+        self.metrics = metrics
+        self.rate_limiter = rate_limiter
+        self.slack = slack
+        self._ticks = 0
 
     def unit(self) -> UnitOfWork:
-        return UnitOfWork(self.sessionmaker, self.bus)
+        return UnitOfWork(self.sessionmaker, self.bus, metrics=self.metrics)
 
     async def run(self) -> None:
         while True:
@@ -50,6 +80,25 @@ class Housekeeper:
         await self.dispatch_due_retries()
         await self.republish_stale_dispatches()
         await self.settle_overdue_attempts()
+        if self.slack is not None:
+            await announce_pending(self.sessionmaker, self.slack, self.settings.api_url)
+        await self.refresh_gauges()
+        self._ticks += 1
+        if self.rate_limiter is not None and self._ticks % 60 == 1:
+            await self.rate_limiter.prune()
+
+    async def refresh_gauges(self) -> None:
+        """Queue depth, active missions, dead letters and pending approvals, read from Postgres."""
+        if self.metrics is None:
+            return
+        async with self.sessionmaker() as session:
+            row = (await session.execute(_GAUGES)).one()
+        self.metrics.workflows_active.set(row.active)
+        self.metrics.queue_depth.set(row.queued)
+        self.metrics.queue_oldest_age.set(row.queued_age)
+        self.metrics.dlq_messages.set(row.dead_letters)
+        self.metrics.approvals_pending.set(row.approvals)
+        self.metrics.approval_oldest_age.set(row.approval_age)
 
     async def _mission_ids(self, *conditions: object) -> list[uuid.UUID]:
         async with self.sessionmaker() as session:

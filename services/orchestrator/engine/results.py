@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+
+from sqlalchemy import select
 
 from services.common.contracts import StepStarted, WorkResult
-from services.common.db.models import DeadLetter
+from services.common.db.models import DeadLetter, Mission, Step
 from services.common.errors import ErrorType
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.orchestrator.engine import budgets
 from services.orchestrator.engine.admission import admit
 from services.orchestrator.engine.retry import backoff_s
 from services.orchestrator.engine.scheduler import (
@@ -24,6 +26,7 @@ from services.orchestrator.engine.transitions import (
     MISSION_TERMINAL,
     StepStatus,
     move_step,
+    record,
 )
 from services.orchestrator.engine.unit import UnitOfWork
 
@@ -61,8 +64,7 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
         )
         return
 
-    mission.spent_tokens += result.tokens_in + result.tokens_out + result.cache_read_tokens + result.cache_write_tokens
-    mission.spent_usd = (mission.spent_usd or Decimal(0)) + (result.cost_usd or Decimal(0))
+    budgets.account(uow, mission, result)
 
     if result.success:
         step.output = result.output or {}
@@ -85,6 +87,8 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
             policy = definition.step(step.key).retry
             delay = backoff_s(policy, step.attempt, retry_after_s=error.retry_after_s if error else None)
             step.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
+            agent = step.agent
+            uow.after_commit(lambda metrics: metrics.retries.labels(agent=agent).inc())
             move_step(
                 uow,
                 step,
@@ -95,20 +99,34 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
             )
         else:
             move_step(uow, step, StepStatus.FAILED, error_type=error_type, message=message)
-            definition = await definition_for(session, mission.workflow_id)
-            item = work_item(mission, step, definition)
-            session.add(
-                DeadLetter(
-                    subject=uow.bus.subjects.work(step.agent),
-                    payload=item.to_bytes(),
-                    error=message,
-                    error_type=error_type,
-                    attempts=step.attempt,
-                    mission_id=mission.id,
-                    step_id=step.id,
-                )
-            )
+            await dead_letter_step(uow, mission, step, message, error_type)
 
     await advance(uow, mission, steps)
     if mission.status in MISSION_TERMINAL:
         await admit(uow, settings)
+
+
+async def dead_letter_step(uow: UnitOfWork, mission: Mission, step: Step, message: str, error_type: ErrorType) -> None:
+    """Keep the WorkItem of a step that failed for good, linked to the dead letter it was replayed from."""
+    session = uow.session
+    definition = await definition_for(session, mission.workflow_id)
+    item = work_item(mission, step, definition)
+    replayed = await session.scalar(
+        select(DeadLetter.id)
+        .where(DeadLetter.step_id == step.id, DeadLetter.replayed_at.is_not(None))
+        .order_by(DeadLetter.replayed_at.desc())
+        .limit(1)
+    )
+    session.add(
+        DeadLetter(
+            subject=uow.bus.subjects.work(step.agent),
+            payload=item.to_bytes(),
+            error=message,
+            error_type=error_type,
+            attempts=step.attempt,
+            mission_id=mission.id,
+            step_id=step.id,
+            replay_of=replayed,
+        )
+    )
+    record(uow, mission.id, "dlq.added", step_key=step.key, attempt=step.attempt, error_type=error_type)

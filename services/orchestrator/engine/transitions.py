@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from services.common.db.models import Mission, Step, TimelineEventRow
+from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.unit import UnitOfWork
 
 
@@ -54,7 +55,7 @@ STEP_MOVES: dict[StepStatus, frozenset[StepStatus]] = {
     S.FAILED: frozenset({S.DISPATCHED}),  # replay from the dead-letter queue: a new attempt
     S.SUCCEEDED: frozenset(),
     S.SKIPPED: frozenset(),
-    S.CANCELLED: frozenset(),
+    S.CANCELLED: frozenset({S.PENDING}),  # revived when its failed mission is replayed from the dead-letter queue
 }
 
 MISSION_TERMINAL = frozenset({M.SUCCEEDED, M.FAILED, M.CANCELLED})
@@ -89,6 +90,14 @@ def move_mission(
         mission.pause_reason = None
     if target in MISSION_TERMINAL:
         mission.finished_at = now
+        workflow, status = mission.workflow_name, str(target)
+        took = max(0.0, (now - mission.created_at).total_seconds()) if mission.created_at else 0.0
+
+        def observe(metrics: EngineMetrics) -> None:
+            metrics.workflow_runs.labels(workflow=workflow, status=status).inc()
+            metrics.workflow_duration.labels(workflow=workflow).observe(took)
+
+        uow.after_commit(observe)
     elif current in MISSION_TERMINAL:
         mission.finished_at = None
     record(uow, mission.id, event or f"mission.{target}", previous=str(current), **data)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
@@ -12,6 +13,7 @@ from services.common.contracts import TimelineEvent
 from services.common.db.models import TimelineEventRow
 from services.common.logging import get_logger
 from services.common.scrub import scrub
+from services.orchestrator.engine.metrics import EngineMetrics
 
 log = get_logger(__name__)
 
@@ -31,9 +33,11 @@ class UnitOfWork:
     sessionmaker: async_sessionmaker[AsyncSession]
     bus: Bus
     trace_id: str | None = None
+    metrics: EngineMetrics | None = None
     session: AsyncSession = field(init=False)
     _events: list[TimelineEventRow] = field(default_factory=list, init=False)
     _outgoing: list[Outgoing] = field(default_factory=list, init=False)
+    _observations: list[Callable[[EngineMetrics], None]] = field(default_factory=list, init=False)
 
     async def __aenter__(self) -> UnitOfWork:
         self.session = self.sessionmaker()
@@ -53,10 +57,24 @@ class UnitOfWork:
             await self.session.commit()
         finally:
             await self.session.close()
+        self._observe()
         await self._publish()
 
     def add_event(self, event: TimelineEventRow) -> None:
         self._events.append(event)
+
+    def after_commit(self, observe: Callable[[EngineMetrics], None]) -> None:
+        """Record a metric observation once (and only if) the transaction commits."""
+        self._observations.append(observe)
+
+    def _observe(self) -> None:
+        if self.metrics is None:
+            return
+        for observe in self._observations:
+            try:
+                observe(self.metrics)
+            except Exception:
+                log.exception("metric_observation_failed")
 
     def publish_after_commit(
         self,

@@ -1,4 +1,4 @@
-"""per-key rate limit windows
+"""per-key rate limit windows; when an approval request was posted
 
 Revision ID: 0002
 Revises: 0001
@@ -24,7 +24,9 @@ def upgrade() -> None:
         sa.Column("count", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("bucket", "window_start", name=op.f("pk_rate_limit_windows")),
     )
+    op.add_column("approvals", sa.Column("notified_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    op.drop_column("approvals", "notified_at")
     op.drop_table("rate_limit_windows")

@@ -1,0 +1,149 @@
+"""``/v1/dlq``: dead letters (messages that could not be handled, steps that exhausted their
+attempts) and their replay."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Query
+from pydantic import BaseModel
+from sqlalchemy import and_, or_, select
+
+from services.common.db.models import DeadLetter, Step
+from services.common.http import ApiError
+from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.engine import dlq
+from services.orchestrator.engine.control import ControlRefused
+
+router = APIRouter(prefix="/v1/dlq", tags=["dead letters"])
+
+
+class DeadLetterOut(BaseModel):
+    id: uuid.UUID
+    subject: str
+    error: str
+    error_type: str
+    attempts: int
+    mission_id: uuid.UUID | None
+    step_id: uuid.UUID | None
+    step_key: str | None
+    payload: Any | None
+    payload_base64: str | None
+    headers: dict[str, Any]
+    first_failed_at: datetime
+    replayed_at: datetime | None
+    replay_of: uuid.UUID | None
+
+
+class DeadLetterPage(BaseModel):
+    items: list[DeadLetterOut]
+    next_cursor: str | None
+
+
+class ReplayAnswer(BaseModel):
+    dead_letter_id: uuid.UUID
+    mission_id: uuid.UUID | None
+    step_key: str | None
+    attempt: int | None
+    subject: str
+
+
+def _out(letter: DeadLetter, step_key: str | None) -> DeadLetterOut:
+    try:
+        payload, raw = orjson.loads(letter.payload), None
+    except orjson.JSONDecodeError:
+        payload, raw = None, base64.b64encode(letter.payload).decode()
+    return DeadLetterOut(
+        id=letter.id,
+        subject=letter.subject,
+        error=letter.error,
+        error_type=letter.error_type,
+        attempts=letter.attempts,
+        mission_id=letter.mission_id,
+        step_id=letter.step_id,
+        step_key=step_key,
+        payload=payload,
+        payload_base64=raw,
+        headers=letter.headers or {},
+        first_failed_at=letter.first_failed_at,
+        replayed_at=letter.replayed_at,
+        replay_of=letter.replay_of,
+    )
+
+
+def _cursor(letter: DeadLetter) -> str:
+    raw = orjson.dumps([letter.created_at.isoformat(), str(letter.id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        created, ident = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(created), uuid.UUID(ident)
+    except Exception as exc:
+        raise ApiError(
+            422, "validation", "query.cursor: not a cursor returned by this API", field="query.cursor"
+        ) from exc
+
+
+@router.get("", summary="Dead letters, newest first (cursor paging)")
+async def list_dead_letters(
+    state: StateDep,
+    _: CallerDep,
+    mission_id: uuid.UUID | None = None,
+    replayed: bool | None = Query(default=None, description="true: replayed only; false: not replayed yet"),
+    limit: int = Query(default=50, ge=1, le=500),
+    cursor: str | None = None,
+) -> DeadLetterPage:
+    query = (
+        select(DeadLetter, Step.key)
+        .outerjoin(Step, Step.id == DeadLetter.step_id)
+        .order_by(DeadLetter.created_at.desc(), DeadLetter.id.desc())
+        .limit(limit + 1)
+    )
+    if mission_id is not None:
+        query = query.where(DeadLetter.mission_id == mission_id)
+    if replayed is not None:
+        query = query.where(DeadLetter.replayed_at.is_not(None) if replayed else DeadLetter.replayed_at.is_(None))
+    if cursor is not None:
+        created, ident = _parse_cursor(cursor)
+        query = query.where(
+            or_(DeadLetter.created_at < created, and_(DeadLetter.created_at == created, DeadLetter.id < ident))
+        )
+    async with state.sessionmaker() as session:
+        rows = (await session.execute(query)).all()
+    page = rows[:limit]
+    return DeadLetterPage(
+        items=[_out(letter, key) for letter, key in page],
+        next_cursor=_cursor(page[-1][0]) if len(rows) > limit else None,
+    )
+
+
+@router.post(
+    "/{dead_letter_id}/replay",
+    status_code=202,
+    summary="Replay a dead letter: a new attempt of its step, or its message published again",
+    responses={
+        404: {"description": "No such dead letter"},
+        409: {"description": "Already replayed, or not replayable now"},
+    },
+)
+async def replay_dead_letter(dead_letter_id: uuid.UUID, state: StateDep, caller: CallerDep) -> ReplayAnswer:
+    try:
+        async with state.unit() as uow:
+            done = await dlq.replay(uow, dead_letter_id, caller.name)
+    except ControlRefused as exc:
+        raise ApiError(
+            exc.status, "not_found" if exc.status == 404 else "conflict", exc.message, field=exc.field
+        ) from exc
+    return ReplayAnswer(
+        dead_letter_id=done.dead_letter_id,
+        mission_id=done.mission_id,
+        step_key=done.step_key,
+        attempt=done.attempt,
+        subject=done.subject,
+    )

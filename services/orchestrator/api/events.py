@@ -1,0 +1,120 @@
+"""``GET /v1/missions/{id}/events``: the timeline live, as Server-Sent Events.
+
+Each event's SSE id is its timeline id, so a client that reconnects with ``Last-Event-ID`` gets
+exactly what it missed. Live events come from the ``coo.timeline.<mission>`` fan-out; the table is
+read after each fan-out signal and every few seconds, so nothing is skipped or reordered. The stream ends
+with an ``end`` event once the mission is final.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from nats.aio.msg import Msg
+from sqlalchemy import select
+
+from services.common.db.models import Mission, TimelineEventRow
+from services.common.http import ApiError
+from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.engine.transitions import MISSION_TERMINAL
+from services.orchestrator.state import OrchestratorState
+
+router = APIRouter(prefix="/v1/missions", tags=["missions"])
+
+RESYNC_S = 3.0
+
+
+def _event(row: dict[str, Any]) -> ServerSentEvent:
+    return ServerSentEvent(id=str(row["id"]), event=str(row["type"]), data=row)
+
+
+def _row_dict(row: TimelineEventRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "mission_id": str(row.mission_id),
+        "ts": row.ts.isoformat(),
+        "type": row.type,
+        "step_key": row.step_key,
+        "data": row.data,
+        "trace_id": row.trace_id,
+    }
+
+
+async def _stored(state: OrchestratorState, mission_id: uuid.UUID, after: int) -> tuple[list[dict[str, Any]], str]:
+    async with state.sessionmaker() as session:
+        rows = await session.execute(
+            select(TimelineEventRow)
+            .where(TimelineEventRow.mission_id == mission_id, TimelineEventRow.id > after)
+            .order_by(TimelineEventRow.id)
+            .limit(5000)
+        )
+        events = [_row_dict(r) for r in rows.scalars()]
+        status = await session.scalar(select(Mission.status).where(Mission.id == mission_id))
+    return events, str(status)
+
+
+async def _start_after(
+    mission_id: uuid.UUID,
+    state: StateDep,
+    _: CallerDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    after: int = Query(default=0, ge=0, description="Start after this timeline id (Last-Event-ID wins)"),
+) -> int:
+    """Checked before the stream starts, so that a bad request still gets a plain error answer."""
+    start = after
+    if last_event_id:
+        try:
+            start = int(last_event_id)
+        except ValueError as exc:
+            raise ApiError(
+                422, "validation", "Last-Event-ID: not an event id of this stream", field="Last-Event-ID"
+            ) from exc
+    async with state.sessionmaker() as session:
+        if await session.get(Mission, mission_id) is None:
+            raise ApiError(404, "not_found", f"mission {mission_id} not found", field="id")
+    return start
+
+
+@router.get(
+    "/{mission_id}/events",
+    response_class=EventSourceResponse,
+    summary="The mission's timeline live (SSE; Last-Event-ID resumes; ends with an 'end' event)",
+)
+async def mission_events(
+    mission_id: uuid.UUID, state: StateDep, start: Annotated[int, Depends(_start_after)]
+) -> AsyncIterator[ServerSentEvent]:
+    async for event in _stream(state, mission_id, start):
+        yield event
+
+
+async def _stream(state: OrchestratorState, mission_id: uuid.UUID, start: int) -> AsyncIterator[ServerSentEvent]:
+    """Read the table after every fan-out signal (or every ``RESYNC_S``): the fan-out says *when*
+    to look, the table says *what* happened, in order, with nothing skipped."""
+    wake = asyncio.Event()
+
+    async def on_event(_: Msg) -> None:
+        wake.set()
+
+    sub = await state.bus.nc.subscribe(state.bus.subjects.timeline(mission_id), cb=on_event)
+    last = start
+    try:
+        while True:
+            wake.clear()
+            events, status = await _stored(state, mission_id, last)
+            for event in events:
+                last = event["id"]
+                yield _event(event)
+            if status in MISSION_TERMINAL:
+                yield ServerSentEvent(event="end", data={"mission_id": str(mission_id), "status": status})
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RESYNC_S):
+                    await wake.wait()
+    finally:
+        await sub.unsubscribe()

@@ -1,0 +1,191 @@
+"""CONTROL: pause, resume, cancel, approve and reject, as sent on ``coo.control.<mission>``.
+
+``check_control`` says whether a command is legal for the mission as it is (the API answers 409
+when not); ``apply_control`` re-checks it under the mission's row lock and carries it out, with a
+``control.applied`` or ``control.refused`` timeline event naming the command's id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import select
+
+from services.common.contracts import Control, ControlAction
+from services.common.db.models import Approval, Mission, Step
+from services.common.errors import ErrorType
+from services.common.logging import get_logger
+from services.common.settings import Settings
+from services.orchestrator.engine import budgets
+from services.orchestrator.engine.admission import admit
+from services.orchestrator.engine.scheduler import (
+    advance,
+    definition_for,
+    dispatch,
+    error_dict,
+    load_steps,
+    lock_mission,
+)
+from services.orchestrator.engine.transitions import (
+    MISSION_TERMINAL,
+    STEP_TERMINAL,
+    MissionStatus,
+    StepStatus,
+    move_mission,
+    move_step,
+    record,
+)
+from services.orchestrator.engine.unit import UnitOfWork
+
+log = get_logger(__name__)
+
+
+class ControlRefused(Exception):
+    """A command that the mission's current state does not allow (409), or that names a missing step (404)."""
+
+    def __init__(self, message: str, *, status: int = 409, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+        self.field = field
+
+
+@dataclass(frozen=True)
+class ControlOutcome:
+    control_id: str
+    applied: bool
+    status: str
+    message: str | None = None
+
+
+def check_control(mission: Mission, steps: Sequence[Step], control: Control) -> Step | None:
+    """Raise ``ControlRefused`` unless ``control`` is legal now; return the step it names, if any."""
+    status = MissionStatus(mission.status)
+    action = control.action
+    if action is ControlAction.PAUSE:
+        if status is not MissionStatus.RUNNING:
+            raise ControlRefused(f"mission {mission.id} is {status}: only a running mission can be paused")
+        return None
+    if action is ControlAction.RESUME:
+        if status is not MissionStatus.PAUSED:
+            raise ControlRefused(f"mission {mission.id} is {status}: only a paused mission can be resumed")
+        if mission.pause_reason == budgets.BUDGET_EXCEEDED:
+            shortfall = budgets.shortfall(mission, control.add_budget_usd, control.add_budget_tokens)
+            if shortfall:
+                raise ControlRefused(
+                    f"mission {mission.id} is still over budget after this resume: {shortfall}; "
+                    "add more with add_budget_usd / add_budget_tokens",
+                    field="add_budget_usd",
+                )
+        return None
+    if action is ControlAction.CANCEL:
+        if status in MISSION_TERMINAL:
+            raise ControlRefused(f"mission {mission.id} is already {status}")
+        return None
+    # approve / reject a step
+    if not control.step_key:
+        raise ControlRefused(f"{action} needs a step key", status=422, field="step_key")
+    step = next((s for s in steps if s.key == control.step_key), None)
+    if step is None:
+        raise ControlRefused(
+            f"step '{control.step_key}' not found in mission {mission.id}", status=404, field="step_key"
+        )
+    if step.status != StepStatus.AWAITING_APPROVAL:
+        raise ControlRefused(f"step '{step.key}' is {step.status}, not awaiting approval")
+    if action is ControlAction.APPROVE and status is not MissionStatus.RUNNING:
+        raise ControlRefused(f"mission {mission.id} is {status}: resume it before approving a step")
+    return step
+
+
+async def apply_control(uow: UnitOfWork, settings: Settings, control: Control, control_id: str) -> ControlOutcome:
+    session = uow.session
+    mission = await lock_mission(session, control.mission_id)
+    if mission is None:
+        log.warning("control_for_unknown_mission", mission_id=str(control.mission_id), action=control.action)
+        return ControlOutcome(control_id, False, "unknown", f"mission {control.mission_id} not found")
+    steps = await load_steps(session, mission.id)
+    try:
+        step = check_control(mission, steps, control)
+    except ControlRefused as exc:
+        record(uow, mission.id, "control.refused", control_id=control_id, action=control.action, message=exc.message)
+        return ControlOutcome(control_id, False, mission.status, exc.message)
+
+    actor = control.actor
+    action = control.action
+    if action is ControlAction.PAUSE:
+        move_mission(uow, mission, MissionStatus.PAUSED, reason="manual", actor=actor, control_id=control_id)
+        mission.pause_reason = "manual"
+    elif action is ControlAction.RESUME:
+        budgets.add_budget(mission, control.add_budget_usd, control.add_budget_tokens)
+        move_mission(
+            uow,
+            mission,
+            MissionStatus.RUNNING,
+            actor=actor,
+            control_id=control_id,
+            add_budget_usd=str(control.add_budget_usd) if control.add_budget_usd is not None else None,
+            add_budget_tokens=control.add_budget_tokens,
+        )
+        await advance(uow, mission, steps)
+    elif action is ControlAction.CANCEL:
+        await _cancel(uow, mission, steps, actor=actor, reason=control.reason, control_id=control_id)
+        await admit(uow, settings)
+    else:
+        assert step is not None
+        await _decide(uow, mission, steps, step, control, control_id)
+        if mission.status in MISSION_TERMINAL:
+            await admit(uow, settings)
+    record(uow, mission.id, "control.applied", control_id=control_id, action=action, step_key=control.step_key)
+    return ControlOutcome(control_id, True, mission.status)
+
+
+async def _cancel(
+    uow: UnitOfWork, mission: Mission, steps: Sequence[Step], *, actor: str | None, reason: str | None, control_id: str
+) -> None:
+    for step in steps:
+        if step.status not in STEP_TERMINAL:
+            move_step(uow, step, StepStatus.CANCELLED, reason="mission cancelled")
+    pending = await uow.session.execute(
+        select(Approval).where(Approval.mission_id == mission.id, Approval.status == "pending")
+    )
+    now = datetime.now(UTC)
+    for approval in pending.scalars():
+        approval.status = "expired"
+        approval.reason = "mission cancelled"
+        approval.decided_at = now
+    mission.error = {"type": "CANCELLED", "message": reason or "cancelled by an operator", "actor": actor}
+    move_mission(uow, mission, MissionStatus.CANCELLED, actor=actor, reason=reason, control_id=control_id)
+
+
+async def _decide(
+    uow: UnitOfWork, mission: Mission, steps: list[Step], step: Step, control: Control, control_id: str
+) -> None:
+    approval = (
+        await uow.session.execute(
+            select(Approval)
+            .where(Approval.step_id == step.id, Approval.status == "pending")
+            .order_by(Approval.created_at.desc())
+            .limit(1)
+        )
+    ).scalar_one_or_none()
+    now = datetime.now(UTC)
+    approved = control.action is ControlAction.APPROVE
+    if approval is not None:
+        approval.status = "approved" if approved else "rejected"
+        approval.decided_by = control.actor
+        approval.reason = control.reason
+        approval.decided_at = now
+        waited = max(0.0, (now - approval.created_at).total_seconds()) if approval.created_at else 0.0
+        uow.after_commit(lambda metrics: metrics.approval_wait.observe(waited))
+    verdict = "approval.approved" if approved else "approval.rejected"
+    record(uow, mission.id, verdict, step_key=step.key, actor=control.actor, reason=control.reason)
+    if approved:
+        definition = await definition_for(uow.session, mission.workflow_id)
+        dispatch(uow, mission, step, definition)
+        return
+    message = f"rejected by {control.actor or 'an operator'}" + (f": {control.reason}" if control.reason else "")
+    step.error = error_dict(ErrorType.REJECTED, message)
+    move_step(uow, step, StepStatus.FAILED, error_type=ErrorType.REJECTED, message=message, control_id=control_id)
+    await advance(uow, mission, steps)

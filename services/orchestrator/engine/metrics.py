@@ -1,0 +1,64 @@
+"""The engine's Prometheus metrics (DESIGN §8), registered on the orchestrator's registry.
+
+Counters and histograms are observed after the transaction that caused them commits; the gauges
+(active missions, queue depth, dead letters) are read from Postgres by the housekeeping loop, so
+every replica reports the same, global value (aggregate them with ``max``).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+_WAIT_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
+
+
+class EngineMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.workflow_runs = Counter(
+            "coo_workflow_runs",
+            "Missions that reached a final status, by workflow and status.",
+            ["workflow", "status"],
+            registry=registry,
+        )
+        self.workflow_duration = Histogram(
+            "coo_workflow_duration_seconds",
+            "Time from submission to a final status, by workflow.",
+            ["workflow"],
+            buckets=_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.workflows_active = Gauge("coo_workflows_active", "Missions running now (all replicas).", registry=registry)
+        self.queue_depth = Gauge("coo_queue_depth", "Missions waiting for admission (all replicas).", registry=registry)
+        self.queue_oldest_age = Gauge(
+            "coo_queue_oldest_age_seconds", "Age of the oldest queued mission (0 when none).", registry=registry
+        )
+        self.dlq_messages = Gauge(
+            "coo_dlq_messages", "Dead letters not replayed yet (all replicas).", registry=registry
+        )
+        self.approvals_pending = Gauge(
+            "coo_approvals_pending", "Steps waiting for a human decision (all replicas).", registry=registry
+        )
+        self.approval_oldest_age = Gauge(
+            "coo_approval_oldest_age_seconds",
+            "How long the oldest pending approval has waited (0 when none).",
+            registry=registry,
+        )
+        self.approval_wait = Histogram(
+            "coo_approval_wait_seconds",
+            "Time a step waited for its approval decision.",
+            buckets=_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "coo_agent_retries", "Step attempts scheduled for a retry, by agent.", ["agent"], registry=registry
+        )
+        self.budget_exceeded = Counter(
+            "coo_budget_exceeded",
+            "Missions paused because they spent their budget, by workflow.",
+            ["workflow"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "coo_rate_limited_requests", "API requests refused by the per-key rate limit.", registry=registry
+        )
