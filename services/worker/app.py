@@ -37,6 +37,7 @@ from services.worker.llm.providers import model_warnings, select_provider
 from services.worker.metrics import WorkerMetrics
 from services.worker.runner import AgentRunner
 from services.worker.sandbox_client import SandboxClient
+from services.worker.slack import SlackPoster
 
 log = get_logger(__name__)
 
@@ -68,8 +69,19 @@ def create_app(settings: Settings) -> FastAPI:
                     models = (await session.execute(select(Agent.model).where(Agent.enabled))).scalars().all()
                 for warning in model_warnings(models, prices):
                     log.warning("model_configuration", detail=warning)
+            slack = None
+            if settings.slack_webhook_url is not None:
+                slack = SlackPoster(settings.slack_webhook_url.get_secret_value())
+                stack.push_async_callback(slack.close)
             runner = AgentRunner(
-                settings, sessionmaker, SandboxClient(bus), provider, worker_id, metrics=metrics, prices=prices
+                settings,
+                sessionmaker,
+                SandboxClient(bus),
+                provider,
+                worker_id,
+                metrics=metrics,
+                prices=prices,
+                slack=slack,
             )
 
             async def handle_work(msg: Msg) -> None:

@@ -37,6 +37,7 @@ from services.worker.llm.base import (
 from services.worker.llm.pricing import PriceTable
 from services.worker.metrics import WorkerMetrics
 from services.worker.sandbox_client import SandboxClient
+from services.worker.slack import SlackPoster
 from services.worker.tools import TOOLS, ToolCall, ToolContext, call_tool
 
 log = get_logger(__name__)
@@ -79,7 +80,9 @@ class AgentRunner:
         *,
         metrics: WorkerMetrics | None = None,
         prices: PriceTable | None = None,
+        slack: SlackPoster | None = None,
     ) -> None:
+        self.slack = slack
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.sandbox = sandbox
@@ -124,7 +127,15 @@ class AgentRunner:
 
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
-        ctx = ToolContext(mission_id=item.mission_id, step_id=item.step_id, attempt=item.attempt, sandbox=self.sandbox)
+        repo = item.input.get("repo")
+        ctx = ToolContext(
+            mission_id=item.mission_id,
+            step_id=item.step_id,
+            attempt=item.attempt,
+            sandbox=self.sandbox,
+            slack=self.slack,
+            workspace_source=repo if isinstance(repo, str) and repo else None,
+        )
         calls: list[ToolCall] = []
         spend = Spend()
         model = "unknown"

@@ -13,6 +13,7 @@ from services.common.contracts import SandboxExecRequest, SandboxExecResult
 from services.common.errors import CooError
 from services.worker.llm.base import ToolSpec
 from services.worker.sandbox_client import SandboxClient
+from services.worker.slack import SlackError, SlackPoster
 
 TOOL_OUTPUT_LIMIT = 32 * 1024  # characters of each stream handed back to the model
 
@@ -32,7 +33,20 @@ RUN_COMMAND = ToolSpec(
     input_schema=RunCommandInput.model_json_schema(),
 )
 
-TOOLS: dict[str, ToolSpec] = {RUN_COMMAND.name: RUN_COMMAND}
+
+class PostSlackInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=3000, description="The message (Slack mrkdwn).")
+
+
+POST_SLACK = ToolSpec(
+    name="post_slack",
+    description="Post a message to the team's Slack channel (the configured incoming webhook).",
+    input_schema=PostSlackInput.model_json_schema(),
+)
+
+TOOLS: dict[str, ToolSpec] = {RUN_COMMAND.name: RUN_COMMAND, POST_SLACK.name: POST_SLACK}
 
 
 @dataclass
@@ -69,6 +83,8 @@ class ToolContext:
     step_id: uuid.UUID
     attempt: int
     sandbox: SandboxClient
+    slack: SlackPoster | None = None
+    workspace_source: str | None = None  # a directory copied into the attempt's workspace on first use
     headers: dict[str, str] = field(default_factory=dict)
     transcript_out: list[str] = field(default_factory=list)
     transcript_err: list[str] = field(default_factory=list)
@@ -96,10 +112,12 @@ async def call_tool(ctx: ToolContext, name: str, raw_input: dict[str, Any]) -> T
     if name not in TOOLS:
         call.status, call.output = "error", f"unknown tool '{name}'; available: {sorted(TOOLS)}"
         return call
+    if name == POST_SLACK.name:
+        return await _post_slack(ctx, call, raw_input, start)
     try:
         args = RunCommandInput.model_validate(raw_input)
     except ValidationError as exc:
-        call.status, call.output = "error", f"invalid input for {name}: {exc.errors()[0]['msg']}"
+        call.status, call.output = "error", f"invalid input for {name}: {_first_error(exc)}"
         return call
     request = SandboxExecRequest(
         mission_id=ctx.mission_id,
@@ -110,6 +128,7 @@ async def call_tool(ctx: ToolContext, name: str, raw_input: dict[str, Any]) -> T
         cwd=args.cwd,
         timeout_s=args.timeout_s,
         network=False,
+        workspace_source=ctx.workspace_source,
     )
     try:
         result = await ctx.sandbox.execute(request, headers=ctx.headers)
@@ -124,4 +143,32 @@ async def call_tool(ctx: ToolContext, name: str, raw_input: dict[str, Any]) -> T
     ctx.transcript_out.append(f"$ {' '.join(args.argv)}\n{result.stdout}")
     if result.stderr:
         ctx.transcript_err.append(f"$ {' '.join(args.argv)}\n{result.stderr}")
+    return call
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first['msg']}" if where else str(first["msg"])
+
+
+async def _post_slack(ctx: ToolContext, call: ToolCall, raw_input: dict[str, Any], start: float) -> ToolCall:
+    """Post to Slack from the worker (the one tool that needs the network). Slack being down is a
+    tool error the agent sees, not a failed attempt."""
+    try:
+        args = PostSlackInput.model_validate(raw_input)
+    except ValidationError as exc:
+        call.status, call.output = "error", f"invalid input for post_slack: {_first_error(exc)}"
+        return call
+    if ctx.slack is None:
+        call.status, call.output = "error", "Slack is not configured: set COO_SLACK_WEBHOOK_URL on the worker"
+        return call
+    try:
+        answer = await ctx.slack.post(args.text)
+    except SlackError as exc:
+        call.status, call.output = "error", str(exc)
+    else:
+        call.output = f"posted to Slack ({answer})"
+        ctx.transcript_out.append(f"[slack] {args.text}")
+    call.duration_ms = int((time.perf_counter() - start) * 1000)
     return call

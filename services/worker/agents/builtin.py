@@ -28,3 +28,7 @@ def line_counter(request: ChatRequest) -> ModelResponse:
 def echo(request: ChatRequest) -> ModelResponse:
     """Answers with its input, without tools: the cheapest possible step (benchmarks, smoke tests)."""
     return final({"echo": first_user_json(request)})
+
+
+# The repository agents (security-scanner, code-reviewer, compliance-checker, patcher, notifier).
+from services.worker.agents import repo  # noqa: E402, F401

@@ -1,0 +1,269 @@
+"""Offline scripts of the repository agents: real commands in the sandbox (the repository is copied
+into the step's workspace from ``input.repo``), deterministic conclusions from what they print."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from typing import Any
+
+from services.common.scrub import scrub_text
+from services.worker.llm.base import ChatRequest, ModelResponse, ToolResult, ToolUse
+from services.worker.llm.offline import OFFLINE_MODEL, final, first_user_json, script, tool_results
+
+_EXCLUDES = ["--exclude-dir=.git", "--exclude-dir=node_modules", "--exclude-dir=.venv"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    severity: str  # high | medium | low
+    pattern: str  # POSIX ERE for grep -E
+    ignore_case: bool = False
+    secret: bool = True  # a value to take out of the code (the patcher replaces it)
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("aws-access-key-id", "high", r"(AKIA|ASIA)[0-9A-Z]{16}"),
+    Rule("anthropic-api-key", "high", r"sk-ant-[A-Za-z0-9_-]{8,}"),
+    Rule("private-key", "high", r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    Rule("slack-webhook", "high", r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+"),
+    Rule("hardcoded-password", "medium", r"(password|passwd|pwd)[[:space:]]*[=:][[:space:]]*[\"'][^\"']+[\"']", True),
+    Rule("hardcoded-token", "medium", r"(secret|token|api_?key)[[:space:]]*[=:][[:space:]]*[\"'][^\"']{8,}[\"']", True),
+    Rule("eval-call", "medium", r"(^|[^A-Za-z0-9_.])eval\(", secret=False),
+    Rule("shell-true", "medium", r"shell[[:space:]]*=[[:space:]]*True", secret=False),
+    Rule("tls-verify-disabled", "low", r"verify[[:space:]]*=[[:space:]]*False", secret=False),
+)
+RULES_BY_NAME = {rule.name: rule for rule in RULES}
+_GREP_LINE = re.compile(r"^(?:\./)?(?P<file>[^:\n]+):(?P<line>\d+):(?P<text>.*)$")
+_EXIT = re.compile(r"^exit_code: (-?\d+)", re.MULTILINE)
+
+
+def parse_tool_output(result: ToolResult) -> tuple[int | None, str]:
+    """(exit code, stdout) of a ``run_command`` result as the tool formats it."""
+    match = _EXIT.search(result.content)
+    stdout = result.content.split("stdout:\n", 1)[-1] if "stdout:\n" in result.content else ""
+    stdout = stdout.split("\nstderr:\n", 1)[0]
+    return (int(match.group(1)) if match else None), stdout.removesuffix(" [truncated]")
+
+
+def _uses(request: ChatRequest, calls: list[tuple[str, str, dict[str, Any]]]) -> ModelResponse:
+    """Several tool calls in one turn; ids carry a key so the next turn knows which is which."""
+    turn = sum(1 for m in request.messages if m.role == "assistant")
+    return ModelResponse(
+        content=tuple(ToolUse(id=f"toolu_off_{turn}_{key}", name=name, input=args) for key, name, args in calls),
+        stop_reason="tool_use",
+        model=OFFLINE_MODEL,
+    )
+
+
+def _by_key(request: ChatRequest) -> dict[str, ToolResult]:
+    return {r.tool_use_id.split("_", 3)[-1]: r for r in tool_results(request)}
+
+
+def _repo_missing(request: ChatRequest) -> ModelResponse | None:
+    if not isinstance(first_user_json(request).get("repo"), str):
+        return final({"error": "input.repo (the repository directory) is required"})
+    return None
+
+
+# --- security-scanner -------------------------------------------------------------------------
+@script("security-scanner")
+def security_scanner(request: ChatRequest) -> ModelResponse:
+    """One ``grep -rnIE`` per rule over the repository, then the findings and their counts."""
+    if (missing := _repo_missing(request)) is not None:
+        return missing
+    results = _by_key(request)
+    if not results:
+        return _uses(
+            request,
+            [
+                (
+                    rule.name,
+                    "run_command",
+                    {"argv": ["grep", "-rnIE" + ("i" if rule.ignore_case else ""), *_EXCLUDES, rule.pattern, "."]},
+                )
+                for rule in RULES
+            ],
+        )
+    findings: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for rule in RULES:
+        result = results.get(rule.name)
+        if result is None:
+            continue
+        code, stdout = parse_tool_output(result)
+        if code not in (0, 1):  # grep: 0 found, 1 nothing found, else trouble
+            errors.append(f"{rule.name}: {result.content[:300]}")
+            continue
+        for raw in stdout.splitlines():
+            match = _GREP_LINE.match(raw)
+            if match:
+                findings.append(
+                    {
+                        "file": match["file"],
+                        "line": int(match["line"]),
+                        "rule": rule.name,
+                        "severity": rule.severity,
+                        "snippet": scrub_text(match["text"].strip())[:200],
+                    }
+                )
+    findings.sort(key=lambda f: ({"high": 0, "medium": 1, "low": 2}[f["severity"]], f["file"], f["line"], f["rule"]))
+    summary = {
+        "total": len(findings),
+        **{s: sum(f["severity"] == s for f in findings) for s in ("high", "medium", "low")},
+    }
+    output: dict[str, Any] = {"summary": summary, "findings": findings}
+    if errors:
+        output["errors"] = errors
+    return final(output)
+
+
+# --- code-reviewer ----------------------------------------------------------------------------
+_REVIEW_CHECKS = {
+    "todo": (["grep", "-rnIE", *_EXCLUDES, r"\b(TODO|FIXME|XXX)\b", "."], "unfinished work left in the code"),
+    "bare-except": (
+        ["grep", "-rnIE", *_EXCLUDES, "--include=*.py", r"except[[:space:]]*:", "."],
+        "bare except hides errors",
+    ),
+    "print-debugging": (
+        ["grep", "-rnIE", *_EXCLUDES, "--include=*.py", r"^[[:space:]]*print\(", "."],
+        "print() instead of logging",
+    ),
+}
+
+
+@script("code-reviewer")
+def code_reviewer(request: ChatRequest) -> ModelResponse:
+    if (missing := _repo_missing(request)) is not None:
+        return missing
+    results = _by_key(request)
+    if not results:
+        return _uses(request, [(kind, "run_command", {"argv": argv}) for kind, (argv, _) in _REVIEW_CHECKS.items()])
+    comments: list[dict[str, Any]] = []
+    for kind, (_, message) in _REVIEW_CHECKS.items():
+        if (result := results.get(kind)) is None:
+            continue
+        _, stdout = parse_tool_output(result)
+        for raw in stdout.splitlines():
+            if match := _GREP_LINE.match(raw):
+                comments.append({"file": match["file"], "line": int(match["line"]), "kind": kind, "message": message})
+    security = first_user_json(request).get("findings_total")
+    verdict = "changes_requested" if comments or (isinstance(security, int) and security > 0) else "approved"
+    return final({"summary": {"comments": len(comments), "verdict": verdict}, "comments": comments})
+
+
+# --- compliance-checker -----------------------------------------------------------------------
+_REQUIRED_FILES = {"license": "LICENSE", "readme": "README.md", "gitignore": ".gitignore"}
+
+
+@script("compliance-checker")
+def compliance_checker(request: ChatRequest) -> ModelResponse:
+    if (missing := _repo_missing(request)) is not None:
+        return missing
+    results = _by_key(request)
+    if not results:
+        return _uses(request, [("listing", "run_command", {"argv": ["ls", "-A", "."]})])
+    _, stdout = parse_tool_output(results["listing"])
+    present = {name.strip() for name in stdout.splitlines()}
+    checks = []
+    for key, filename in _REQUIRED_FILES.items():
+        found = any(p == filename or p.startswith(filename + ".") or p.upper() == filename.upper() for p in present)
+        checks.append(
+            {"name": f"{key}-present", "passed": found, "detail": f"{filename} {'found' if found else 'missing'}"}
+        )
+    secrets = first_user_json(request).get("secrets_found", 0)
+    no_secrets = isinstance(secrets, int) and secrets == 0
+    checks.append(
+        {"name": "no-secrets", "passed": no_secrets, "detail": f"{secrets} finding(s) from the security scan"}
+    )
+    return final({"passed": all(c["passed"] for c in checks), "checks": checks})
+
+
+# --- patcher ----------------------------------------------------------------------------------
+def _replacement(rule: Rule) -> str:
+    env = {"aws-access-key-id": "AWS_ACCESS_KEY_ID", "anthropic-api-key": "ANTHROPIC_API_KEY"}.get(rule.name, "SECRET")
+    return f"<set from environment: {env}>"
+
+
+def patch_script(findings: list[dict[str, Any]]) -> tuple[str, list[str]]:
+    """A POSIX shell script that replaces each secret on its line (in the workspace copy) and prints
+    a unified diff per changed file."""
+    edits: dict[str, list[str]] = {}
+    for finding in findings:
+        rule = RULES_BY_NAME.get(str(finding.get("rule")))
+        file, line = finding.get("file"), finding.get("line")
+        if rule is None or not rule.secret or not isinstance(file, str) or not isinstance(line, int):
+            continue
+        if file.startswith("/") or ".." in file.split("/"):
+            continue
+        if rule.name in ("hardcoded-password", "hardcoded-token"):
+            key = rule.pattern.split("[[:space:]]*[=:]")[0]
+            value = "[\"'][^\"']+[\"']"
+            sed = f'{line}s/({key}[[:space:]]*[=:][[:space:]]*){value}/\\1"{_replacement(rule)}"/I'
+        else:
+            sed = f"{line}s#{rule.pattern}#{_replacement(rule)}#g"
+        edits.setdefault(file, []).append(sed)
+    lines = ["set -e"]
+    for file, seds in sorted(edits.items()):
+        q = shlex.quote(file)
+        args = " ".join(f"-e {shlex.quote(s)}" for s in seds)
+        lines.append(f"cp {q} {q}.coo-orig")
+        lines.append(f"sed -i -E {args} {q}")
+        lines.append(f"diff -u --label a/{q} --label b/{q} {q}.coo-orig {q} || true")
+        lines.append(f"rm -f {q}.coo-orig")
+    return "\n".join(lines) + "\n", sorted(edits)
+
+
+@script("patcher")
+def patcher(request: ChatRequest) -> ModelResponse:
+    if (missing := _repo_missing(request)) is not None:
+        return missing
+    raw = first_user_json(request).get("findings", [])
+    findings = [f for f in raw if isinstance(f, dict)] if isinstance(raw, list) else []
+    results = _by_key(request)
+    body, files = patch_script(findings)
+    if not files:
+        return final({"patch": "", "files_changed": 0, "files": [], "replaced": 0})
+    if not results:
+        return _uses(request, [("patch", "run_command", {"argv": ["sh", "-c", body]})])
+    code, stdout = parse_tool_output(results["patch"])
+    if code != 0:
+        return final({"error": "the patch did not apply", "tool_output": results["patch"].content[:2000]})
+    replaced = sum(
+        1 for f in findings if RULES_BY_NAME.get(str(f.get("rule"))) and RULES_BY_NAME[str(f["rule"])].secret
+    )
+    return final({"patch": stdout, "files_changed": len(files), "files": files, "replaced": replaced})
+
+
+# --- notifier ---------------------------------------------------------------------------------
+def summary_text(data: dict[str, Any]) -> str:
+    summary = data.get("summary") if isinstance(data.get("summary"), dict) else {}
+    assert isinstance(summary, dict)
+    parts = [f"*Repository health* for `{data.get('repo', '?')}`"]
+    if summary:
+        parts.append(
+            f"security findings: {summary.get('total', 0)} "
+            f"({summary.get('high', 0)} high, {summary.get('medium', 0)} medium, {summary.get('low', 0)} low)"
+        )
+    for key, label in (("review_comments", "review comments"), ("patch_files", "files patched")):
+        if key in data:
+            parts.append(f"{label}: {data[key]}")
+    if "compliance_passed" in data:
+        parts.append("compliance: " + ("passed" if data["compliance_passed"] else "failed"))
+    return "\n".join(parts)
+
+
+@script("notifier")
+def notifier(request: ChatRequest) -> ModelResponse:
+    data = first_user_json(request)
+    message = str(data["text"]) if isinstance(data.get("text"), str) else summary_text(data)
+    results = _by_key(request)
+    if not results:
+        return _uses(request, [("slack", "post_slack", {"text": message})])
+    result = results["slack"]
+    output: dict[str, Any] = {"posted": not result.is_error, "message": message}
+    if result.is_error:
+        output["error"] = result.content
+    return final(output)
