@@ -49,10 +49,22 @@ def prometheus_rule(rule_file: Path) -> dict[str, Any]:
     }
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (PromQL expressions) as literal blocks, as they are written in alerts/."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
+
+
 def render(rule_files: tuple[Path, ...] = RULE_FILES) -> str:
     documents = [prometheus_rule(path) for path in rule_files]
-    body = "---\n".join(yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000) for doc in documents)
-    return HEADER + body
+    dump = [yaml.dump(doc, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=1000) for doc in documents]
+    return HEADER + "---\n".join(dump)
 
 
 def main(argv: list[str]) -> int:

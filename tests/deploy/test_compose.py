@@ -14,7 +14,7 @@ import yaml
 from tests.deploy.conftest import DEPLOY, ROOT, MissingVariable, assert_real_command, filled_env, load_compose
 
 COO_SERVICES = {"orchestrator": 8000, "worker": 8001, "sandbox": 8002}
-ONE_SHOT = {"migrate", "probe-tools"}
+ONE_SHOT = {"migrate", "init-volumes"}
 # What the observability stack needs mounted (observability/ owns the files; these are their paths).
 OBSERVABILITY_MOUNTS = {
     "otel-collector": ["observability/otel-collector.yaml"],
