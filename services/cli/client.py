@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+from httpx_sse import SSEError, connect_sse
 
 from services.common.settings import Settings
 
 TERMINAL = {"succeeded", "failed", "cancelled"}
+RATE_LIMIT_PATIENCE_S = 60.0
 
 
 class ApiFailure(RuntimeError):
@@ -40,10 +43,7 @@ class CooClient:
         self.http.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ApiFailure(f"cannot reach the COO API at {self.http.base_url}: {exc}") from exc
+        response = self._send(method, path, **kwargs)
         if response.status_code >= 400:
             try:
                 error = response.json()["error"]
@@ -52,6 +52,25 @@ class CooClient:
                 message = response.text[:500]
             raise ApiFailure(f"{method} {path} → {response.status_code}: {message}")
         return response.json() if response.content else None
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; a 429 is retried after its ``Retry-After`` (a few times, within a minute)."""
+        waited = 0.0
+        while True:
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                raise ApiFailure(f"cannot reach the COO API at {self.http.base_url}: {exc}") from exc
+            if response.status_code != 429:
+                return response
+            try:
+                delay = float(response.headers.get("Retry-After", "1"))
+            except ValueError:
+                delay = 1.0
+            if waited + delay > RATE_LIMIT_PATIENCE_S:
+                return response
+            time.sleep(delay)
+            waited += delay
 
     def register_workflow(self, path: Path) -> Any:
         content_type = "application/json" if path.suffix == ".json" else "application/yaml"
@@ -92,3 +111,50 @@ class CooClient:
                 raise ApiFailure(f"mission {mission_id} still '{mission['status']}' after {timeout_s:g}s")
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
+
+    def control(self, mission_id: str, action: str, body: dict[str, Any] | None = None) -> Any:
+        return self._call("POST", f"/v1/missions/{mission_id}/{action}", json=body or {})
+
+    def decide(self, mission_id: str, step: str, verdict: str, reason: str | None) -> Any:
+        return self._call("POST", f"/v1/missions/{mission_id}/steps/{step}/{verdict}", json={"reason": reason})
+
+    def dead_letters(self, *, mission_id: str | None, replayed: bool | None, limit: int) -> Any:
+        params: dict[str, Any] = {"limit": limit}
+        if mission_id:
+            params["mission_id"] = mission_id
+        if replayed is not None:
+            params["replayed"] = str(replayed).lower()
+        return self._call("GET", "/v1/dlq", params=params)
+
+    def replay(self, dead_letter_id: str) -> Any:
+        return self._call("POST", f"/v1/dlq/{dead_letter_id}/replay")
+
+    def follow(self, mission_id: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
+        """The mission's timeline live (SSE), resuming with Last-Event-ID when the stream drops,
+        until the mission is final."""
+        last = after
+        delay = 0.5
+        while True:
+            headers = {"Last-Event-ID": str(last)} if last else {}
+            try:
+                with connect_sse(
+                    self.http, "GET", f"/v1/missions/{mission_id}/events", headers=headers, timeout=None
+                ) as source:
+                    if source.response.status_code >= 400:
+                        source.response.read()
+                        message = source.response.text[:500]
+                        with contextlib.suppress(Exception):
+                            message = source.response.json()["error"]["message"]
+                        raise ApiFailure(
+                            f"GET /v1/missions/{mission_id}/events → {source.response.status_code}: {message}"
+                        )
+                    for event in source.iter_sse():
+                        if event.event == "end":
+                            return
+                        if event.id:
+                            last = int(event.id)
+                        yield event.json()
+                        delay = 0.5
+            except (httpx.TransportError, SSEError):
+                time.sleep(delay)  # the API went away: reconnect and resume where we were
+                delay = min(delay * 2, 10.0)

@@ -10,6 +10,7 @@ from typing import Annotated, Any
 
 import typer
 
+from services.cli import steer
 from services.common.settings import Settings, get_settings
 
 app = typer.Typer(
@@ -22,6 +23,7 @@ db_app = typer.Typer(help="Database administration.", no_args_is_help=True)
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+steer.install(app)
 
 SERVICE_NAMES = ("orchestrator", "worker", "sandbox")
 DEMO_WORKFLOW = "hello"

@@ -33,6 +33,17 @@ def load_agent_files(directory: Path) -> list[dict[str, Any]]:
         agents.append(data)
     return agents
 
+# Every row of one multi-row INSERT must name the same columns.
+_DEFAULTS: dict[str, object] = {
+    "version": 1,
+    "description": "",
+    "system_prompt": "",
+    "tools": [],
+    "approval_policy": "auto",
+    "output_schema": None,
+    "enabled": True,
+}
+
 
 async def seed_agents(sessionmaker: async_sessionmaker[AsyncSession], directory: Path) -> int:
     agents = load_agent_files(directory)
@@ -41,7 +52,7 @@ async def seed_agents(sessionmaker: async_sessionmaker[AsyncSession], directory:
     async with sessionmaker() as session, session.begin():
         result = await session.execute(
             insert(Agent)
-            .values([{"version": 1, "tools": [], **a} for a in agents])
+            .values([{**_DEFAULTS, **a} for a in agents])
             .on_conflict_do_nothing(index_elements=["name"])
             .returning(Agent.name)
         )
