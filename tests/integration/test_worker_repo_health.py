@@ -1,0 +1,144 @@
+"""repo-health on the offline model through the real services: the scanner finds the planted
+secrets in a copy of the sample repository, review and compliance run in parallel, and the patch
+step is reached. Also: a paused mission's work item waits in the queue."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from services.common.db.migrate import upgrade_async
+from services.worker.app import create_app as worker_app
+from tests.conftest import (
+    Infra,
+    RunningApp,
+    Stack,
+    db_fetch,
+    delete_streams,
+    drop_schema,
+    make_settings,
+    start_stack,
+    stop_stack,
+    wait_for,
+)
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture
+async def repo_stack(infra: Infra, tmp_path: Path) -> AsyncIterator[tuple[Stack, Path]]:
+    repos = tmp_path / "repos"
+    shutil.copytree(EXAMPLES / "repos" / "sample-app", repos / "sample-app")
+    settings = make_settings(infra, tmp_path / "data", sandbox_source_roots=str(repos), pause_recheck_s=0.5)
+    await upgrade_async(settings)
+    stack = await start_stack(settings)
+    try:
+        yield stack, repos / "sample-app"
+    finally:
+        await stop_stack(stack)
+        await drop_schema(infra.database_url, settings.db_schema)
+        await delete_streams(infra.nats_url, settings.bus_prefix)
+
+
+async def step_of(stack: Stack, mission_id: str, key: str) -> dict[str, Any]:
+    async with stack.client() as client:
+        mission = (await client.get(f"/v1/missions/{mission_id}")).json()
+    return next(s for s in mission["steps"] if s["key"] == key)
+
+
+async def test_repo_health_scans_reviews_checks_and_reaches_the_patch_step(repo_stack: tuple[Stack, Path]) -> None:
+    stack, repo = repo_stack
+    async with stack.client() as client:
+        created = await client.post(
+            "/v1/workflows",
+            content=(EXAMPLES / "workflows" / "repo-health.yaml").read_bytes(),
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert created.status_code == 201, created.text
+        accepted = await client.post("/v1/missions", json={"workflow": "repo-health", "input": {"repo": str(repo)}})
+        assert accepted.status_code == 202, accepted.text
+    mission_id = accepted.json()["id"]
+
+    async def patch_reached() -> dict[str, Any] | None:
+        step = await step_of(stack, mission_id, "patch")
+        return step if step["status"] not in ("pending", "ready") else None
+
+    patch = await wait_for(patch_reached, timeout_s=90, what="the patch step to be reached")
+    assert patch["status"] in ("awaiting_approval", "dispatched", "running", "succeeded"), patch
+
+    scan = await step_of(stack, mission_id, "scan")
+    assert scan["status"] == "succeeded"
+    rules = {(f["file"], f["rule"]) for f in scan["output"]["findings"]}
+    assert {
+        ("app/config.py", "aws-access-key-id"),
+        ("app/config.py", "anthropic-api-key"),
+        ("app/config.py", "hardcoded-password"),
+    } <= rules
+    assert scan["output"]["summary"]["high"] >= 2
+
+    review, compliance = await step_of(stack, mission_id, "review"), await step_of(stack, mission_id, "compliance")
+    assert review["status"] == compliance["status"] == "succeeded"
+    assert review["input"]["findings_total"] == scan["output"]["summary"]["total"]  # a number, not a string
+    assert compliance["output"]["passed"] is False
+
+    # Every attempt's full result is readable, and no secret reached a stored row.
+    async with stack.client() as client:
+        (result,) = (await client.get(f"/v1/missions/{mission_id}/steps/scan/results")).json()
+    assert result["provider"] == "offline" and result["success"] is True
+    assert all(call["name"] == "run_command" and call["status"] in ("ok", "error") for call in result["tool_calls"])
+    rows = await db_fetch(
+        stack.settings, "SELECT stdout, output::text AS output, tool_calls::text AS calls FROM agent_results"
+    )
+    stored = " ".join(f"{r['stdout']} {r['output']} {r['calls']}" for r in rows)
+    assert "AKIAQ7EXAMPLEFAKE123" not in stored and "hunter2" not in stored and "sk-ant-api03" not in stored
+    # The original repository is untouched: agents worked on copies.
+    assert "AKIAQ7EXAMPLEFAKE123" in (repo / "app" / "config.py").read_text()
+
+
+async def test_a_paused_missions_work_waits_in_the_queue_and_runs_after_resume(
+    repo_stack: tuple[Stack, Path],
+) -> None:
+    stack, _ = repo_stack
+    await stack.worker.stop()  # the work item waits in the stream while the mission gets paused
+    async with stack.client() as client:
+        created = await client.post("/v1/workflows", json={"name": "one", "steps": [{"id": "a", "agent": "echo"}]})
+        assert created.status_code == 201
+        accepted = await client.post("/v1/missions", json={"workflow": "one", "input": {}})
+    mission_id = accepted.json()["id"]
+    # Pause the mission between dispatch and run, as an operator (or a budget) would.
+
+    async def dispatched() -> bool:
+        return (await step_of(stack, mission_id, "a"))["status"] == "dispatched"
+
+    await wait_for(dispatched, timeout_s=30, what="the step to be dispatched")
+    await db_fetch(
+        stack.settings, "UPDATE missions SET status = 'paused', pause_reason = 'manual' WHERE id = $1", mission_id
+    )
+    worker = RunningApp(worker_app(stack.settings), stack.settings.worker_port)
+    await worker.start()
+    stack.worker = worker
+
+    async def deferred() -> bool:
+        async with httpx.AsyncClient() as client:
+            body = (await client.get(f"{worker.url}/metrics")).text
+        return any(
+            line.startswith("coo_worker_deferred_total ") and float(line.split()[1]) >= 1 for line in body.splitlines()
+        )
+
+    await wait_for(deferred, timeout_s=30, what="the worker to defer the paused mission's work item")
+    assert await db_fetch(stack.settings, "SELECT id FROM agent_results") == []
+
+    await db_fetch(
+        stack.settings, "UPDATE missions SET status = 'running', pause_reason = NULL WHERE id = $1", mission_id
+    )
+
+    async def ran() -> bool:
+        return (await step_of(stack, mission_id, "a"))["status"] == "succeeded"
+
+    await wait_for(ran, timeout_s=30, what="the step to run after resume")
+    assert len(await db_fetch(stack.settings, "SELECT id FROM agent_results")) == 1
