@@ -85,7 +85,15 @@ class Workspaces:
         self.root.mkdir(parents=True, exist_ok=True)
         if not self.switch_user:
             return
-        for directory in (self.root, *self.root.resolve().parents):
+        os.chmod(self.root, 0o711)  # a command may reach its own workspace, not list the others
+        self.keep_reachable()
+
+    def keep_reachable(self) -> None:
+        """Give the root's parents back the search bit if something took it away since (checked
+        before every workspace use: a few ``stat`` calls)."""
+        if not self.switch_user:
+            return
+        for directory in self.root.resolve().parents:
             mode = directory.stat().st_mode
             if not mode & stat.S_IXOTH:
                 os.chmod(directory, stat.S_IMODE(mode) | stat.S_IXOTH)
@@ -111,6 +119,7 @@ class Workspaces:
     async def open(self, step_id: uuid.UUID | None, attempt: int, source: str | None) -> Workspace:
         """The attempt's workspace, made on first use (safe against a concurrent first use)."""
         source_dir = self.source_path(source) if source is not None else None
+        self.keep_reachable()
         if step_id is None:
             name, adhoc = f"adhoc-{uuid.uuid4()}", True
         else:
