@@ -574,7 +574,7 @@ SLO = 'slo=~"$slo"'
 def slos() -> Any:
     def burn(window: str) -> Q:
         return Q(
-            f"slo:sli_error:ratio_rate{window}{{{SLO}}} / on (slo) group_left (1 - slo:objective:ratio{{{SLO}}})",
+            f"slo:sli_error:ratio_rate{window}{{{SLO}}} / on (slo) (1 - slo:objective:ratio{{{SLO}}})",
             "{{slo}}",
         )
 
