@@ -1,45 +1,125 @@
-"""The worker's side of ``coo.sandbox.exec``: request/reply with typed failures."""
+"""The worker's side of ``coo.sandbox.exec``: request/reply with typed failures.
+
+- ``SANDBOX_UNAVAILABLE``: no sandbox is listening, or none answered in time (retryable).
+- ``SANDBOX_FAILED``: the sandbox could not run the command (workspace, isolation, its own error).
+- ``TIMEOUT``: only with ``execute(..., raise_on_timeout=True)``; by default a command that ran
+  over its wall clock comes back as a result with ``status="timeout"`` for the agent to see.
+- ``VALIDATION``: the request was refused (bad cwd, workspace source, environment, checks).
+"""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, NoReturn
+
 import nats.errors
+from pydantic import ValidationError
 
 from services.common.bus import Bus
-from services.common.contracts import SandboxExecRequest, SandboxExecResult
+from services.common.contracts import (
+    SandboxExecRequest,
+    SandboxExecResult,
+    SandboxVerifyRequest,
+    StepError,
+    VerificationCheck,
+    VerificationReport,
+)
 from services.common.errors import CooError, ErrorType
 
 # Time the sandbox needs beyond the command's own wall clock (workspace, bookkeeping, reply).
 _MARGIN_S = 15.0
 
 
+def _raise(error: StepError | None, fallback: str) -> NoReturn:
+    raise CooError(
+        error.type if error else ErrorType.SANDBOX_FAILED,
+        error.message if error else fallback,
+        detail=error.detail if error else None,
+    )
+
+
 class SandboxClient:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
-    async def execute(self, request: SandboxExecRequest, *, headers: dict[str, str] | None = None) -> SandboxExecResult:
+    async def _request(self, data: bytes, *, timeout_s: float, headers: dict[str, str] | None) -> bytes:
         subject = self.bus.subjects.sandbox_exec
         try:
-            reply = await self.bus.nc.request(
-                subject, request.to_bytes(), timeout=request.timeout_s + _MARGIN_S, headers=headers
-            )
+            reply = await self.bus.nc.request(subject, data, timeout=timeout_s, headers=headers)
         except nats.errors.NoRespondersError as exc:
             raise CooError(ErrorType.SANDBOX_UNAVAILABLE, f"no sandbox is serving {subject}") from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
             raise CooError(
-                ErrorType.SANDBOX_UNAVAILABLE,
-                f"the sandbox did not answer within {request.timeout_s + _MARGIN_S:.0f}s",
+                ErrorType.SANDBOX_UNAVAILABLE, f"the sandbox did not answer within {timeout_s:.0f}s"
             ) from exc
         except nats.errors.ConnectionClosedError as exc:
             raise CooError(ErrorType.SANDBOX_UNAVAILABLE, "NATS connection closed") from exc
+        return bytes(reply.data)
+
+    async def execute(
+        self,
+        request: SandboxExecRequest,
+        *,
+        headers: dict[str, str] | None = None,
+        raise_on_timeout: bool = False,
+    ) -> SandboxExecResult:
+        data = await self._request(request.to_bytes(), timeout_s=request.timeout_s + _MARGIN_S, headers=headers)
         try:
-            result = SandboxExecResult.model_validate_json(reply.data)
+            result = SandboxExecResult.model_validate_json(data)
         except ValueError as exc:
             raise CooError(ErrorType.SANDBOX_FAILED, f"unreadable sandbox reply: {exc}") from exc
         if result.status == "error":
-            error = result.error
-            raise CooError(
-                error.type if error else ErrorType.SANDBOX_FAILED,
-                error.message if error else "the sandbox failed to run the command",
-                detail=error.detail if error else None,
-            )
+            _raise(result.error, "the sandbox failed to run the command")
+        if result.status == "timeout" and raise_on_timeout:
+            _raise(result.error or StepError(type=ErrorType.TIMEOUT, message="the command timed out"), "")
         return result
+
+    async def verify(
+        self,
+        *,
+        step_id: uuid.UUID,
+        attempt: int,
+        checks: Sequence[Mapping[str, Any] | VerificationCheck],
+        mission_id: uuid.UUID | None = None,
+        workspace_source: str | None = None,
+        env: Mapping[str, str] | None = None,
+        network: bool = False,
+        cleanup: bool = True,
+        headers: dict[str, str] | None = None,
+    ) -> VerificationReport:
+        """Run ``checks`` (``WorkItem.checks``: ``{name, argv, timeout_s}`` each) in the attempt's
+        workspace and return the report. A failed check is not an exception: look at
+        ``report.passed`` / ``report.failure()`` (a ``VERIFICATION_FAILED`` StepError). Raises
+        ``CooError`` when the checks could not be run at all (see the module docstring)."""
+        try:
+            request = SandboxVerifyRequest.model_validate(
+                {
+                    "mission_id": mission_id,
+                    "step_id": step_id,
+                    "attempt": attempt,
+                    "checks": [c.model_dump() if isinstance(c, VerificationCheck) else dict(c) for c in checks],
+                    "env": dict(env or {}),
+                    "network": network,
+                    "workspace_source": workspace_source,
+                    "cleanup": cleanup,
+                }
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "checks"
+            raise CooError(ErrorType.VALIDATION, f"bad verification checks: {where}: {first['msg']}") from exc
+        timeout_s = sum(c.timeout_s for c in request.checks) + _MARGIN_S
+        data = await self._request(request.to_bytes(), timeout_s=timeout_s, headers=headers)
+        try:
+            report = VerificationReport.model_validate_json(data)
+        except ValueError:
+            # a sandbox that could not read the request answers with an error result
+            try:
+                result = SandboxExecResult.model_validate_json(data)
+            except ValueError as exc:
+                raise CooError(ErrorType.SANDBOX_FAILED, f"unreadable sandbox reply: {exc}") from exc
+            _raise(result.error, "the sandbox failed to run the checks")
+        if report.error is not None:
+            _raise(report.error, "the sandbox failed to run the checks")
+        return report
