@@ -323,14 +323,18 @@ class AgentRunner:
 
     async def _verify(self, item: WorkItem, ctx: ToolContext) -> dict[str, Any]:
         """Run the step's checks in its sandbox workspace; a failed check fails the attempt."""
-        verify = getattr(self.sandbox, "verify", None)
-        if verify is None:
-            raise CooError(ErrorType.VALIDATION, "this worker's sandbox client cannot run verification checks")
-        report = await verify(item, headers=ctx.headers)
+        report = await self.sandbox.verify(
+            step_id=item.step_id,
+            attempt=item.attempt,
+            checks=item.checks,
+            mission_id=item.mission_id,
+            workspace_source=ctx.workspace_source,
+            headers=ctx.headers,
+        )
         data: dict[str, Any] = report.model_dump(mode="json")
-        if not data.get("passed", False):
-            failed = [str(c.get("name", "?")) for c in data.get("checks", []) if not c.get("passed", False)]
-            raise VerificationFailed(f"verification failed: {', '.join(failed) or 'a check failed'}", data)
+        failure = report.failure()
+        if failure is not None:
+            raise VerificationFailed(failure.message, data)
         return data
 
 

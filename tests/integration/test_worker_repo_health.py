@@ -1,6 +1,7 @@
 """repo-health on the offline model through the real services: the scanner finds the planted
 secrets in a copy of the sample repository, review and compliance run in parallel, and the patch
-step is reached. Also: a paused mission's work item waits in the queue."""
+step is reached. Also: a paused mission's work item waits in the queue, and step verification
+checks run in the attempt's workspace (their report stored; a failed check → VERIFICATION_FAILED)."""
 
 from __future__ import annotations
 
@@ -142,3 +143,46 @@ async def test_a_paused_missions_work_waits_in_the_queue_and_runs_after_resume(
 
     await wait_for(ran, timeout_s=30, what="the step to run after resume")
     assert len(await db_fetch(stack.settings, "SELECT id FROM agent_results")) == 1
+
+
+async def run_checked(stack: Stack, repo: str, checks: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+    workflow = {"name": "checked", "steps": [{"id": "a", "agent": "echo", "input": {"repo": repo}, "checks": checks}]}
+    async with stack.client() as client:
+        assert (await client.post("/v1/workflows", json=workflow)).status_code == 201
+        accepted = await client.post("/v1/missions", json={"workflow": "checked", "input": {}})
+        assert accepted.status_code == 202, accepted.text
+        mission_id = accepted.json()["id"]
+
+        async def finished() -> dict[str, Any] | None:
+            body = (await client.get(f"/v1/missions/{mission_id}")).json()
+            return body if body["status"] in ("succeeded", "failed") else None
+
+        mission = await wait_for(finished, timeout_s=60, what="the mission to finish")
+        (result,) = (await client.get(f"/v1/missions/{mission_id}/steps/a/results")).json()
+    return mission, result
+
+
+async def test_passing_checks_store_their_report(repo_stack: tuple[Stack, Any]) -> None:
+    stack, repo = repo_stack
+    mission, result = await run_checked(stack, str(repo), [{"name": "readme", "argv": ["test", "-f", "README.md"]}])
+    assert mission["status"] == "succeeded", mission
+    assert result["verification"]["passed"] is True
+    assert [(c["name"], c["passed"], c["exit_code"]) for c in result["verification"]["checks"]] == [("readme", True, 0)]
+
+
+async def test_a_failed_check_fails_the_step_with_verification_failed(repo_stack: tuple[Stack, Any]) -> None:
+    stack, repo = repo_stack
+    checks = [
+        {"name": "readme", "argv": ["test", "-f", "README.md"]},
+        {"name": "license", "argv": ["test", "-f", "LICENSE"]},
+    ]
+    mission, result = await run_checked(stack, str(repo), checks)
+    assert mission["status"] == "failed", mission
+    (step,) = mission["steps"]
+    assert (step["status"], step["attempt"], step["error"]["type"]) == ("failed", 1, "VERIFICATION_FAILED")
+    assert "license" in step["error"]["message"]
+    assert result["success"] is False and result["error"]["type"] == "VERIFICATION_FAILED"
+    assert [(c["name"], c["passed"]) for c in result["verification"]["checks"]] == [
+        ("readme", True),
+        ("license", False),
+    ]
