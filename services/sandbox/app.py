@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 from fastapi import FastAPI
 from nats.aio.msg import Msg
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -48,6 +48,7 @@ from services.common.scrub import scrub_text
 from services.common.settings import Settings, instance_id
 from services.sandbox.executor import execute
 from services.sandbox.isolation import HostSupport, kill_user_processes, probe
+from services.sandbox.metrics import SandboxMetrics
 from services.sandbox.recovery import fail_stale_runs
 from services.sandbox.verify import run_checks
 from services.sandbox.workspaces import Workspace, Workspaces
@@ -72,24 +73,6 @@ def _validation_message(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(map(str, first["loc"]))
     return f"bad sandbox request: {where}: {first['msg']}"
-
-
-@dataclass
-class SandboxMetrics:
-    registry: CollectorRegistry
-    executions: Counter = field(init=False)
-    duration: Histogram = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.executions = Counter(
-            "coo_sandbox_executions_total", "Commands the sandbox ran, by outcome", ["status"], registry=self.registry
-        )
-        self.duration = Histogram(
-            "coo_sandbox_duration_seconds",
-            "Wall-clock time of sandbox commands",
-            registry=self.registry,
-            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
-        )
 
 
 @dataclass(frozen=True)

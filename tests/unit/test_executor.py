@@ -16,6 +16,8 @@ import pytest
 
 from services.common.errors import CooError, ErrorType
 from services.sandbox.executor import execute
+from services.sandbox.isolation import HostSupport, new_uid, probe
+from services.sandbox.workspaces import chown_tree
 
 MIB = 1024 * 1024
 
@@ -222,3 +224,85 @@ async def test_timeout_is_enforced_even_when_a_child_leaves_the_process_group(tm
     result = await task
     assert result.status == "timeout"
     assert task in done, "execute overran its wall clock"
+
+
+# --- isolation --------------------------------------------------------------------------------
+
+NO_SUPPORT = HostSupport.none("not on this host (test)")
+
+
+async def test_network_off_without_a_namespace_says_so_instead_of_pretending(tmp_path: Path) -> None:
+    result = await execute(
+        ["true"], workspace=tmp_path, timeout_s=10, output_cap=MIB, network=False, support=NO_SUPPORT
+    )
+    assert result.status == "succeeded"
+    weaker = [note for note in result.isolation if note.startswith("weaker: network NOT isolated")]
+    assert weaker and "not on this host (test)" in weaker[0]
+
+
+@pytest.fixture(scope="module")
+def host_support() -> HostSupport:
+    support = probe()
+    if support.network_namespace is not None or support.user_switch is not None:
+        pytest.skip(f"this host cannot isolate commands: {support}")
+    return support
+
+
+def interfaces(text: str) -> list[str]:
+    return sorted(line.split(":")[0].strip() for line in text.splitlines()[2:])
+
+
+async def test_network_off_runs_in_a_private_namespace_with_loopback_only(
+    tmp_path: Path, host_support: HostSupport
+) -> None:
+    result = await execute(
+        ["cat", "/proc/net/dev"], workspace=tmp_path, timeout_s=10, output_cap=MIB, network=False, support=host_support
+    )
+    assert interfaces(result.stdout.text()) == ["lo"]
+    assert "network: private network namespace (loopback only, nothing of the host reachable)" in result.isolation
+    with_network = await execute(
+        ["cat", "/proc/net/dev"], workspace=tmp_path, timeout_s=10, output_cap=MIB, network=True, support=host_support
+    )
+    assert with_network.stdout.text() != result.stdout.text()  # the host's interfaces and counters
+
+
+async def test_a_command_runs_as_its_workspace_user(tmp_path: Path, host_support: HostSupport) -> None:
+    uid = new_uid()
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    chown_tree(workspace, uid)
+    os.chmod(tmp_path, 0o755)
+    result = await execute(
+        ["sh", "-c", "id -u; id -G; touch made"],
+        workspace=workspace,
+        cwd="new/dir",
+        timeout_s=10,
+        output_cap=MIB,
+        support=host_support,
+        uid=uid,
+    )
+    assert result.status == "succeeded", result.stderr.text()
+    assert result.stdout.text().split() == [str(uid), str(uid)]  # no supplementary groups
+    assert (workspace / "new" / "dir" / "made").stat().st_uid == uid
+    assert (workspace / "new").stat().st_uid == uid  # the cwd it asked for was made for it
+
+
+async def test_a_write_past_the_file_size_limit_is_stopped(tmp_path: Path) -> None:
+    result = await execute(
+        ["head -c 3000000 /dev/zero > big"],
+        workspace=tmp_path,
+        timeout_s=10,
+        output_cap=MIB,
+        shell=True,
+        workspace_cap=2 * MIB,
+    )
+    assert result.status == "failed" and result.stopped_by == "file_size"
+    assert (tmp_path / "big").stat().st_size <= 2 * MIB
+
+
+async def test_a_full_workspace_refuses_the_next_command(tmp_path: Path) -> None:
+    (tmp_path / "filler").write_bytes(os.urandom(2 * MIB))
+    result = await execute(["touch", "x"], workspace=tmp_path, timeout_s=10, output_cap=MIB, workspace_cap=MIB)
+    assert result.status == "failed" and result.stopped_by == "workspace_cap"
+    assert "the workspace is full" in result.stderr.text()
+    assert not (tmp_path / "x").exists()
