@@ -49,6 +49,12 @@ def quantile(q: float, metric: str, by: str = "", selector: str = "") -> str:
     return f"histogram_quantile({q:g}, sum by ({labels}) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
 
 
+def ratio(part: str, whole: str, by: str) -> str:
+    """``part / whole`` summed by ``by``; 0 rather than no data when ``part`` has no series yet."""
+    total = f"sum by ({by}) ({whole})"
+    return f"(sum by ({by}) ({part}) or {total} * 0) / {total}"
+
+
 def _target(q: Q, ref: str) -> prometheus.Dataquery:
     target = prometheus.Dataquery().expr(q.expr).ref_id(ref).datasource(PROMETHEUS).range()
     if q.legend:
@@ -260,8 +266,11 @@ def agent_performance() -> Any:
                         "Error ratio",
                         [
                             Q(
-                                f'sum by (agent) (rate(coo_agent_runs_total{{{AG},status="failed"}}[{RATE}]))'
-                                f" / sum by (agent) (rate(coo_agent_runs_total{{{AG}}}[{RATE}]))",
+                                ratio(
+                                    f'rate(coo_agent_runs_total{{{AG},status="failed"}}[{RATE}])',
+                                    f"rate(coo_agent_runs_total{{{AG}}}[{RATE}])",
+                                    "agent",
+                                ),
                                 "{{agent}}",
                             )
                         ],
@@ -436,8 +445,11 @@ def system_health() -> Any:
                         "5xx ratio, by service",
                         [
                             Q(
-                                f'sum by (service) (rate(coo_http_requests_total{{{SV},status=~"5.."}}[{RATE}]))'
-                                f" / sum by (service) (rate(coo_http_requests_total{{{SV}}}[{RATE}]))",
+                                ratio(
+                                    f'rate(coo_http_requests_total{{{SV},status=~"5.."}}[{RATE}])',
+                                    f"rate(coo_http_requests_total{{{SV}}}[{RATE}])",
+                                    "service",
+                                ),
                                 "{{service}}",
                             )
                         ],
