@@ -316,7 +316,8 @@ async def test_alert_pushed_to_alertmanager_reaches_slack_firing_then_resolved(l
     firing = next(m for m in live.slack.messages if m["text"].startswith("[FIRING:1] MissionFailureRatioHigh"))
     assert firing["attachments"][0]["color"] == "#E01E5A"
     section = firing["attachments"][0]["blocks"][1]["text"]["text"]
-    assert "Missions of hello are failing" in section and "docs/runbooks.md#missionfailureratiohigh" in section
+    assert "Missions of hello are failing" in section
+    assert "Runbook: `docs/runbooks.md#missionfailureratiohigh`" in section
     assert "/d/coo-workflows" in section
 
     # Resolve it: the same alert, ended now.

@@ -206,6 +206,10 @@ def alert_message(
     return f"{title}: {summaries}"[:MAX_SECTION_TEXT], blocks, colour
 
 
+def _absolute(url: str) -> bool:
+    return url.startswith(("http://", "https://"))
+
+
 def _alert_section(row: AlertRow, *, grafana_url: str, source: str) -> dict[str, Any]:
     name = _label(row, "alertname", "alert")
     severity = _label(row, "severity", "warning")
@@ -218,9 +222,10 @@ def _alert_section(row: AlertRow, *, grafana_url: str, source: str) -> dict[str,
     scope = ", ".join(f"{k}={row.labels[k]}" for k in keys if (row.labels or {}).get(k))
     links = []
     if runbook := _annotation(row, "runbook_url"):
-        links.append(f"<{runbook}|Runbook>")
+        # Slack links only absolute URLs; a repository path (docs/runbooks.md#…) is shown as text.
+        links.append(f"<{runbook}|Runbook>" if _absolute(runbook) else f"Runbook: `{runbook}`")
     if dashboard := _annotation(row, "dashboard"):
-        url = dashboard if dashboard.startswith(("http://", "https://")) else f"{grafana_url}/d/{dashboard}"
+        url = dashboard if _absolute(dashboard) else f"{grafana_url}/d/{dashboard}"
         links.append(f"<{url}|Dashboard>")
     if source:
         links.append(f"<{source}|Source>")
