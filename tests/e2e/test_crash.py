@@ -3,20 +3,11 @@ runs nothing twice to completion once it is back."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import pytest
 
-from services.common.db.migrate import upgrade
-from services.common.settings import Settings
-from tests.conftest import API_KEY, Infra, db_fetch, delete_streams, drop_schema, make_settings, wait_for
+from tests.conftest import API_KEY, db_fetch, wait_for
+from tests.e2e.processes import Services
 
 pytestmark = pytest.mark.e2e
 
@@ -28,77 +19,6 @@ WORKFLOW = {
         {"id": "second", "agent": "line-counter", "depends_on": ["first"], "input": {"text": "{{ input.text }}"}},
     ],
 }
-
-
-class Services:
-    def __init__(self, settings: Settings, logs: Path) -> None:
-        self.settings = settings
-        self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.env = {
-            **{k: v for k, v in os.environ.items() if not k.startswith("COO_")},
-            "COO_DATABASE_URL": settings.database_url or "",
-            "COO_NATS_URL": settings.nats_url or "",
-            "COO_DB_SCHEMA": settings.db_schema,
-            "COO_BUS_PREFIX": settings.bus_prefix,
-            "COO_API_KEYS": API_KEY,
-            "COO_DATA_DIR": str(settings.data_dir),
-            "COO_ORCHESTRATOR_PORT": str(settings.orchestrator_port),
-            "COO_WORKER_PORT": str(settings.worker_port),
-            "COO_SANDBOX_PORT": str(settings.sandbox_port),
-            "COO_ACK_WAIT_S": "3",
-            "COO_ENGINE_TICK_S": "0.2",
-            "COO_DISPATCH_STALE_S": "5",
-            "COO_WORKER_CONCURRENCY": "4",
-        }
-
-    def start(self, service: str) -> None:
-        log = (self.logs / f"{service}.log").open("ab")
-        self.procs[service] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "serve", service],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-
-    def kill(self, service: str) -> None:
-        proc = self.procs[service]
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-
-    def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-
-    async def ready(self, service: str) -> bool:
-        port = getattr(self.settings, f"{service}_port")
-        try:
-            async with httpx.AsyncClient(timeout=2) as client:
-                return (await client.get(f"http://127.0.0.1:{port}/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
-@pytest.fixture
-def services(infra: Infra, tmp_path: Path) -> Iterator[Services]:
-    settings = make_settings(infra, tmp_path)
-    upgrade(settings)
-    running = Services(settings, tmp_path)
-    try:
-        yield running
-    finally:
-        running.stop_all()
-        asyncio.run(drop_schema(infra.database_url, settings.db_schema))
-        asyncio.run(delete_streams(infra.nats_url, settings.bus_prefix))
 
 
 async def test_a_worker_killed_mid_flight_loses_nothing(services: Services) -> None:
