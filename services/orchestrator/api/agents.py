@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Any, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field
@@ -16,9 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from services.common.db.models import Agent
 from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.state import OrchestratorState
 
-router = APIRouter(prefix="/v1/agents", tags=["agents"])
+router = APIRouter(prefix="/v1/agents", tags=["agents"], dependencies=[Depends(storable_params)])
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,99}$"
 
@@ -76,6 +77,7 @@ async def get_agent(name: str, state: StateDep, _: CallerDep) -> AgentOut:
 
 @router.put("/{name}", summary="Create or update an agent (the version grows on each change)")
 async def put_agent(name: str, spec: AgentSpec, state: StateDep, _: CallerDep) -> AgentOut:
+    require_storable(spec.model_dump(mode="json"), "body")
     if not re.match(NAME_PATTERN, name):
         raise ApiError(422, "validation", f"name: must match {NAME_PATTERN}", field="name")
     if spec.output_schema is not None:

@@ -12,7 +12,7 @@ import uuid
 from decimal import Decimal
 
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
@@ -21,11 +21,12 @@ from services.common.contracts import Control, ControlAction
 from services.common.db.models import Mission, TimelineEventRow
 from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.engine.control import ControlRefused, check_control
 from services.orchestrator.engine.scheduler import load_steps
 from services.orchestrator.state import OrchestratorState
 
-router = APIRouter(prefix="/v1/missions", tags=["control"])
+router = APIRouter(prefix="/v1/missions", tags=["control"], dependencies=[Depends(storable_params)])
 
 OUTCOME_WAIT_S = 10.0
 _OUTCOMES = ("control.applied", "control.refused")
@@ -35,7 +36,7 @@ class ResumeBody(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     add_budget_usd: Decimal | None = Field(default=None, gt=0, max_digits=18, decimal_places=8)
-    add_budget_tokens: int | None = Field(default=None, gt=0)
+    add_budget_tokens: int | None = Field(default=None, gt=0, le=2**62)
 
 
 class ReasonBody(BaseModel):
@@ -122,6 +123,7 @@ async def reject(
 
 
 async def send_control(state: OrchestratorState, control: Control) -> JSONResponse:
+    require_storable(control.reason, "reason")
     async with state.sessionmaker() as session:
         mission = await session.get(Mission, control.mission_id)
         if mission is None:

@@ -9,17 +9,18 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
 from sqlalchemy import and_, or_, select
 
 from services.common.db.models import DeadLetter, Step
 from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.storable import storable_params
 from services.orchestrator.engine import dlq
 from services.orchestrator.engine.control import ControlRefused
 
-router = APIRouter(prefix="/v1/dlq", tags=["dead letters"])
+router = APIRouter(prefix="/v1/dlq", tags=["dead letters"], dependencies=[Depends(storable_params)])
 
 
 class DeadLetterOut(BaseModel):

@@ -22,10 +22,11 @@ from sqlalchemy import select
 from services.common.db.models import Mission, TimelineEventRow
 from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.storable import storable_params
 from services.orchestrator.engine.transitions import MISSION_TERMINAL
 from services.orchestrator.state import OrchestratorState
 
-router = APIRouter(prefix="/v1/missions", tags=["missions"])
+router = APIRouter(prefix="/v1/missions", tags=["missions"], dependencies=[Depends(storable_params)])
 
 RESYNC_S = 3.0
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Depends, Query
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import and_, or_, select
@@ -18,24 +18,25 @@ from sqlalchemy.exc import IntegrityError
 from services.common.db.models import AgentResult, Mission, Step, TimelineEventRow
 from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.api.workflows import find_workflow
 from services.orchestrator.engine.admission import queue_position
 from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.scheduler import definition_for
 from services.orchestrator.state import OrchestratorState
 
-router = APIRouter(prefix="/v1/missions", tags=["missions"])
+router = APIRouter(prefix="/v1/missions", tags=["missions"], dependencies=[Depends(storable_params)])
 
 
 class MissionCreate(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     workflow: str = Field(min_length=1, max_length=100)
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=2_147_483_647)
     input: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first when missions queue.")
     budget_usd: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=8)
-    budget_tokens: int | None = Field(default=None, ge=0)
+    budget_tokens: int | None = Field(default=None, ge=0, le=2**62)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 
 
@@ -174,6 +175,7 @@ def _mission_out(mission: Mission, position: int | None, steps: list[Step] | Non
     responses={409: {"description": "The idempotency key was used for a different request"}},
 )
 async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep) -> MissionAccepted:
+    require_storable(body.model_dump(mode="json"), "body")
     if body.idempotency_key is not None:
         replay = await _replay(state, caller.name, body)
         if replay is not None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import orjson
 import yaml
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
@@ -16,9 +16,10 @@ from sqlalchemy.exc import IntegrityError
 from services.common.db.models import Agent, Workflow
 from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.engine.dag import DefinitionError, WorkflowDefinition, parse_definition
 
-router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
+router = APIRouter(prefix="/v1/workflows", tags=["workflows"], dependencies=[Depends(storable_params)])
 
 MAX_BODY_BYTES = 1024 * 1024
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -89,6 +90,7 @@ _BODY_DOC: dict[str, Any] = {
 )
 async def register_workflow(request: Request, state: StateDep, _: CallerDep) -> WorkflowOut:
     raw = await read_definition_body(request)
+    require_storable(raw, "body")
     async with state.sessionmaker() as session:
         known = set((await session.execute(select(Agent.name).where(Agent.enabled.is_(True)))).scalars())
     try:
@@ -125,7 +127,9 @@ async def list_workflows(state: StateDep, _: CallerDep) -> list[WorkflowOut]:
 
 
 @router.get("/{name}", summary="Read a workflow (latest version, or ?version=N)")
-async def get_workflow(name: str, state: StateDep, _: CallerDep, version: int | None = None) -> WorkflowOut:
+async def get_workflow(
+    name: str, state: StateDep, _: CallerDep, version: int | None = Query(default=None, ge=1, le=2_147_483_647)
+) -> WorkflowOut:
     async with state.sessionmaker() as session:
         row = await find_workflow(session, name, version)
         return WorkflowOut.of(row)

@@ -1,0 +1,45 @@
+"""Input that Postgres cannot store (NUL characters, unpaired UTF-16 surrogates) is refused with
+a 422 naming where it was, before anything is written."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from services.common.http import ApiError
+
+
+def _bad(text: str) -> str | None:
+    if "\x00" in text:
+        return "contains a NUL character (\\u0000), which cannot be stored"
+    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+        return "contains an unpaired UTF-16 surrogate, which is not valid Unicode"
+    return None
+
+
+def require_storable(value: Any, field: str) -> None:
+    """Walk a JSON value; raise 422 at the first string (or key) that cannot be stored."""
+    stack: list[tuple[Any, str]] = [(value, field)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            problem = _bad(item)
+            if problem:
+                raise ApiError(422, "validation", f"{where}: {problem}", field=where)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                problem = _bad(str(key))
+                if problem:
+                    raise ApiError(422, "validation", f"{where}: a key {problem}", field=where)
+                stack.append((child, f"{where}.{key}"))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+
+
+async def storable_params(request: Request) -> None:
+    """Router dependency: path and query parameters must be storable too."""
+    for name, value in request.path_params.items():
+        require_storable(value, f"path.{name}")
+    for name, value in request.query_params.multi_items():
+        require_storable(value, f"query.{name}")
