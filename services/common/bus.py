@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
 import nats
@@ -25,6 +26,7 @@ from nats.js.api import (
 
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.common.telemetry import SpanKind, extract_context, inject_headers, tracer
 
 log = get_logger(__name__)
 
@@ -40,6 +42,51 @@ SANDBOX_QUEUE_GROUP = "sandbox"
 
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
+
+
+_ID_TOKEN = re.compile(r"(?<=\.)[0-9a-fA-F]{8}(?:-?[0-9a-fA-F]{4}){3}-?[0-9a-fA-F]{12}(?=\.|$)")
+
+
+def span_subject(subject: str) -> str:
+    """A subject as a span names it: ids replaced by ``*`` so that span names stay few."""
+    return _ID_TOKEN.sub("*", subject)
+
+
+@contextlib.contextmanager
+def send_span(subject: str, headers: dict[str, str] | None, operation: str = "send") -> Iterator[dict[str, str]]:
+    """A producer span ``send <subject>`` (child of the context in ``headers`` if they carry one,
+    else of the current span); yields ``headers`` carrying the span's own W3C context."""
+    parent = extract_context(headers) if headers and "traceparent" in headers else None
+    with tracer().start_as_current_span(
+        f"{operation} {span_subject(subject)}",
+        context=parent,
+        kind=SpanKind.PRODUCER,
+        attributes={
+            "messaging.system": "nats",
+            "messaging.operation.type": operation,
+            "messaging.destination.name": subject,
+        },
+    ):
+        yield inject_headers({k: v for k, v in (headers or {}).items() if k not in ("traceparent", "tracestate")})
+
+
+@contextlib.contextmanager
+def process_span(msg: Msg, consumer: str | None = None) -> Iterator[None]:
+    """A consumer span ``process <subject>`` in the trace the message's headers carry."""
+    attributes: dict[str, str | int] = {
+        "messaging.system": "nats",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": msg.subject,
+    }
+    if consumer:
+        attributes["messaging.consumer.group.name"] = consumer
+    with tracer().start_as_current_span(
+        f"process {span_subject(msg.subject)}",
+        context=extract_context(msg.headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attributes,
+    ):
+        yield
 
 
 class Undeliverable(Exception):
@@ -226,11 +273,23 @@ class Bus:
         msg_id: str | None = None,
         headers: dict[str, str] | None = None,
     ) -> None:
-        """Publish to JetStream and wait for the stream's ack (dedupe by ``Nats-Msg-Id``)."""
-        hdrs = dict(headers or {})
-        if msg_id is not None:
-            hdrs["Nats-Msg-Id"] = msg_id
-        await self.js.publish(subject, payload, headers=hdrs or None)
+        """Publish to JetStream and wait for the stream's ack (dedupe by ``Nats-Msg-Id``), in a
+        ``send <subject>`` span whose W3C context travels in the headers."""
+        with send_span(subject, headers) as hdrs:
+            if msg_id is not None:
+                hdrs["Nats-Msg-Id"] = msg_id
+            await self.js.publish(subject, payload, headers=hdrs)
+
+    async def publish_core(self, subject: str, payload: bytes) -> None:
+        """Fire-and-forget core NATS publish (timeline fan-out), carrying the current W3C context."""
+        await self.nc.publish(subject, payload, headers=inject_headers() or None)
+
+    async def request(
+        self, subject: str, payload: bytes, *, timeout_s: float, headers: dict[str, str] | None = None
+    ) -> Msg:
+        """Core NATS request/reply in a ``send <subject>`` span; its context travels in the headers."""
+        with send_span(subject, headers) as hdrs:
+            return await self.nc.request(subject, payload, timeout=timeout_s, headers=hdrs)
 
     async def ensure_consumer(
         self,
@@ -369,7 +428,8 @@ class ConsumerLoop:
                 await msg.term()
                 return
             try:
-                await self.handler(msg)
+                with process_span(msg, self.durable):
+                    await self.handler(msg)
             except Deferred as exc:
                 if len(self._deferrals) > 100_000:
                     self._deferrals.clear()

@@ -8,9 +8,12 @@ from typing import Any
 
 import orjson
 import structlog
+from opentelemetry import trace
+from opentelemetry._logs import SeverityNumber
 from structlog.types import EventDict, WrappedLogger
 
 from services.common.scrub import scrub
+from services.common.telemetry import otlp_logger
 
 
 def _scrub_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
@@ -18,14 +21,48 @@ def _scrub_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
 
 
 def _add_trace_context(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    try:
-        from opentelemetry import trace
-    except ImportError:  # telemetry is optional at this layer
-        return event_dict
+    """Every line names its trace and span (``null`` outside any span), for logs → trace links."""
     ctx = trace.get_current_span().get_span_context()
     if ctx.is_valid:
         event_dict.setdefault("trace_id", format(ctx.trace_id, "032x"))
         event_dict.setdefault("span_id", format(ctx.span_id, "016x"))
+    else:
+        event_dict.setdefault("trace_id", None)
+        event_dict.setdefault("span_id", None)
+    return event_dict
+
+
+_SEVERITY = {
+    "debug": SeverityNumber.DEBUG,
+    "info": SeverityNumber.INFO,
+    "warning": SeverityNumber.WARN,
+    "warn": SeverityNumber.WARN,
+    "error": SeverityNumber.ERROR,
+    "exception": SeverityNumber.ERROR,
+    "critical": SeverityNumber.FATAL,
+}
+_NOT_ATTRIBUTES = frozenset({"event", "level", "timestamp", "_record", "_from_structlog"})
+
+
+def _attribute(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    return _dumps(value)
+
+
+def _send_otlp(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """Also send the (scrubbed) line as an OTLP log record, when logs are exported."""
+    logger = otlp_logger()
+    record = event_dict.get("_record")
+    if logger is None or (record is not None and record.name.startswith("opentelemetry")):
+        return event_dict  # the exporters' own complaints stay on stdout: sending them could loop
+    level = str(event_dict.get("level", "info")).lower()
+    logger.emit(
+        severity_number=_SEVERITY.get(level, SeverityNumber.INFO),
+        severity_text=level.upper(),
+        body=str(event_dict.get("event", "")),
+        attributes={k: _attribute(v) for k, v in event_dict.items() if k not in _NOT_ATTRIBUTES and v is not None},
+    )
     return event_dict
 
 
@@ -52,6 +89,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
         processors=[
             *shared,
             _scrub_event,
+            _send_otlp,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
@@ -62,8 +100,9 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=shared,
         processors=[
-            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             _scrub_event,
+            _send_otlp,
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.JSONRenderer(serializer=_dumps),
         ],
     )

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import structlog
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
@@ -27,6 +28,7 @@ from services.common.http import (
 from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.common.telemetry import Telemetry, instrument_app, instrument_engine
 from services.orchestrator.api import agents, alerts, control, dlq, events, missions, workflows
 from services.orchestrator.auth import KeyStore
 from services.orchestrator.engine.control import apply_control
@@ -52,8 +54,10 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(Telemetry("orchestrator", registry))
             infra = await open_infra(stack, settings, client_name="coo-orchestrator", resources=holder)
             engine, sessionmaker, bus = infra.engine, infra.sessionmaker, infra.bus
+            instrument_engine(engine)
             await seed_agents(sessionmaker, settings.examples_dir / "agents")
 
             state = OrchestratorState(
@@ -79,6 +83,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     install_error_handlers(app)
     install_http_metrics(app, http_metrics, "orchestrator")
+    instrument_app(app)
 
     install_health_routes(app, checks=infra_checks(holder), registry=registry)
     app.include_router(agents.router)
@@ -104,11 +109,14 @@ async def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None
 
     async def handle_result(msg: Msg) -> None:
         message = decode(msg)
-        async with state.unit() as uow:
-            if isinstance(message, StepStarted):
-                await apply_started(uow, message)
-            else:
-                await apply_result(uow, settings, message)
+        with structlog.contextvars.bound_contextvars(
+            mission_id=str(message.mission_id), step_id=str(message.step_id), attempt=message.attempt
+        ):
+            async with state.unit() as uow:
+                if isinstance(message, StepStarted):
+                    await apply_started(uow, message)
+                else:
+                    await apply_result(uow, settings, message)
 
     async def give_up(msg: Msg, error: str, deliveries: int) -> None:
         """A result that cannot be applied: keep it, and fail its attempt so the mission moves on."""

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import structlog
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
@@ -24,7 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from services.common.bus import SANDBOX_QUEUE_GROUP, Bus
+from services.common.bus import SANDBOX_QUEUE_GROUP, Bus, process_span
 from services.common.contracts import (
     SandboxExecRequest,
     SandboxExecResult,
@@ -46,6 +47,7 @@ from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.scrub import scrub_text
 from services.common.settings import Settings, instance_id
+from services.common.telemetry import StatusCode, Telemetry, exemplar, instrument_app, instrument_engine, tracer
 from services.sandbox.executor import execute
 from services.sandbox.isolation import HostSupport, kill_user_processes, probe
 from services.sandbox.metrics import SandboxMetrics
@@ -129,6 +131,10 @@ class SandboxService:
             await asyncio.wait(self._tasks, timeout=10)
 
     async def _serve(self, msg: Msg, arrived: float) -> None:
+        with process_span(msg, SANDBOX_QUEUE_GROUP):
+            await self._serve_in_span(msg, arrived)
+
+    async def _serve_in_span(self, msg: Msg, arrived: float) -> None:
         async with self._slots:
             waited = time.monotonic() - arrived
             reply: Reply
@@ -190,7 +196,7 @@ class SandboxService:
         try:
             workspace = await self.workspaces.open(request.step_id, request.attempt, request.workspace_source)
         except CooError as exc:
-            self.metrics.executions.labels(status="error").inc()
+            self.metrics.executions.labels(status="error").inc(exemplar=exemplar())
             return SandboxExecResult(
                 run_id=None, status="error", error=StepError(type=exc.error_type, message=exc.message)
             )
@@ -257,6 +263,28 @@ class SandboxService:
         """Run ``command`` in ``workspace``, recorded as a ``sandbox_runs`` row; output capped at
         ``output_cap_bytes`` per stream, not yet clipped for the reply."""
         run_id = uuid.uuid4()
+        attributes: dict[str, str | int] = {
+            "coo.mission_id": str(command.mission_id) if command.mission_id else "",
+            "coo.step_id": str(command.step_id) if command.step_id else "",
+            "coo.attempt": command.attempt,
+            "coo.sandbox.run_id": str(run_id),
+            "process.executable.name": scrub_text(command.argv[0]) if command.argv else "",
+        }
+        with (
+            tracer().start_as_current_span("sandbox.exec", attributes=attributes) as span,
+            structlog.contextvars.bound_contextvars(
+                mission_id=attributes["coo.mission_id"] or None, step_id=attributes["coo.step_id"] or None
+            ),
+        ):
+            result = await self._run_recorded(workspace, command, run_id)
+            span.set_attribute("coo.sandbox.status", result.status)
+            if result.exit_code is not None:
+                span.set_attribute("process.exit.code", result.exit_code)
+            if result.status == "error":
+                span.set_status(StatusCode.ERROR, result.error.message if result.error else "sandbox error")
+            return result
+
+    async def _run_recorded(self, workspace: Workspace, command: Command, run_id: uuid.UUID) -> SandboxExecResult:
         async with self.sessionmaker() as session, session.begin():
             session.add(
                 SandboxRun(
@@ -331,8 +359,9 @@ class SandboxService:
         )
 
     def _observe(self, status: str, started: float) -> None:
-        self.metrics.executions.labels(status=status).inc()
-        self.metrics.duration.observe(time.perf_counter() - started)
+        sample = exemplar()
+        self.metrics.executions.labels(status=status).inc(exemplar=sample)
+        self.metrics.duration.observe(time.perf_counter() - started, exemplar=sample)
 
     def sweep_workspaces(self) -> int:
         return self.workspaces.sweep()
@@ -380,8 +409,10 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(Telemetry("sandbox", registry))
             infra = await open_infra(stack, settings, client_name="coo-sandbox", resources=holder)
             sessionmaker, bus = infra.sessionmaker, infra.bus
+            instrument_engine(infra.engine)
             failed = await fail_stale_runs(sessionmaker, stale_after_s=settings.sandbox_stale_after_s)
             if failed:
                 log.warning("stale_sandbox_runs_failed", count=failed)
@@ -405,6 +436,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="COO sandbox", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     install_http_metrics(app, http_metrics, "sandbox")
+    instrument_app(app)
 
     install_health_routes(app, checks=infra_checks(holder), registry=registry)
     return app

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
 
+import structlog
 from fastapi import FastAPI
 from nats.aio.msg import Msg
 from prometheus_client import CollectorRegistry
@@ -29,6 +30,7 @@ from services.common.http import (
 from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.settings import Settings, instance_id
+from services.common.telemetry import Telemetry, instrument_app, instrument_engine
 from services.worker.agents import builtin  # noqa: F401  (registers the offline scripts)
 from services.worker.gate import admit_work
 from services.worker.llm.anthropic import AnthropicProvider
@@ -53,6 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
+            await stack.enter_async_context(Telemetry("worker", registry))
             # Each running attempt holds one connection (its claim) and briefly needs another.
             infra = await open_infra(
                 stack,
@@ -62,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
                 pool_size=max(settings.db_pool_size, settings.worker_concurrency + 2),
             )
             sessionmaker, bus = infra.sessionmaker, infra.bus
+            instrument_engine(infra.engine)
             provider = select_provider(settings)
             if isinstance(provider, AnthropicProvider):
                 stack.push_async_callback(provider.close)
@@ -89,6 +93,12 @@ def create_app(settings: Settings) -> FastAPI:
                     item = WorkItem.model_validate_json(msg.data)
                 except ValidationError as exc:
                     raise Undeliverable(f"cannot decode work item: {exc.errors()[0]['msg']}") from exc
+                with structlog.contextvars.bound_contextvars(
+                    mission_id=str(item.mission_id), step=item.step_key, step_id=str(item.step_id), attempt=item.attempt
+                ):
+                    await run_item(msg, item)
+
+            async def run_item(msg: Msg, item: WorkItem) -> None:
                 verdict = await admit_work(sessionmaker, item)
                 if verdict.action == "drop":
                     log.info(
@@ -153,6 +163,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="COO agent worker", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
     install_error_handlers(app)
     install_http_metrics(app, http_metrics, "worker")
+    instrument_app(app)
 
     install_health_routes(app, checks=infra_checks(holder), registry=registry)
     return app

@@ -46,7 +46,7 @@ class SandboxClient:
     async def _request(self, data: bytes, *, timeout_s: float, headers: dict[str, str] | None) -> bytes:
         subject = self.bus.subjects.sandbox_exec
         try:
-            reply = await self.bus.nc.request(subject, data, timeout=timeout_s, headers=headers)
+            reply = await self.bus.request(subject, data, timeout_s=timeout_s, headers=headers)
         except nats.errors.NoRespondersError as exc:
             raise CooError(ErrorType.SANDBOX_UNAVAILABLE, f"no sandbox is serving {subject}") from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:

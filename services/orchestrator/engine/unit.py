@@ -104,7 +104,7 @@ class UnitOfWork:
                 trace_id=event.trace_id,
             )
             try:
-                await self.bus.nc.publish(self.bus.subjects.timeline(event.mission_id), message.to_bytes())
+                await self.bus.publish_core(self.bus.subjects.timeline(event.mission_id), message.to_bytes())
             except Exception as exc:
                 # Timeline fan-out is best effort: the row is committed and readable via the API.
                 log.warning("timeline_fanout_failed", mission_id=str(event.mission_id), error=str(exc))
