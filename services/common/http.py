@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from services.common.db.session import ping
 from services.common.logging import get_logger
+from services.common.telemetry import exemplar
 
 log = get_logger(__name__)
 
@@ -139,8 +140,9 @@ def install_http_metrics(app: FastAPI, metrics: HttpMetrics, service: str) -> No
         finally:
             route = request.scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
-            metrics.requests.labels(service, request.method, path, str(status)).inc()
-            metrics.duration.labels(service, request.method, path).observe(time.perf_counter() - start)
+            sample = exemplar()
+            metrics.requests.labels(service, request.method, path, str(status)).inc(exemplar=sample)
+            metrics.duration.labels(service, request.method, path).observe(time.perf_counter() - start, exemplar=sample)
 
 
 def infra_checks(resources: dict[str, Any]) -> dict[str, ReadinessCheck]:

@@ -129,6 +129,10 @@ class Settings(BaseSettings):
     # --- process --------------------------------------------------------------------------
     data_dir: Path = Field(default=Path(".coo"), description="Embedded Postgres/NATS data and workspaces.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
+    capture_content: bool = Field(
+        default=False,
+        description="Put prompts, completions and tool arguments/results (scrubbed) on the model-call spans.",
+    )
     examples_dir: Path = Field(
         default=Path(__file__).resolve().parents[2] / "examples",
         description="Agents and workflows seeded at start-up.",

@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from services.common.telemetry import exemplar
 from services.worker.llm.base import Usage
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -66,11 +67,12 @@ class WorkerMetrics:
         self, *, provider: str, model: str, usage: Usage | None, duration_s: float, error_type: str | None
     ) -> None:
         labels = ("chat", provider, model)
-        self.genai_duration.labels(*labels, error_type or "").observe(duration_s)
+        sample = exemplar()  # the trace id of the model call's span
+        self.genai_duration.labels(*labels, error_type or "").observe(duration_s, exemplar=sample)
         if usage is None:
             return
-        self.genai_tokens.labels(*labels, "input").observe(usage.input_tokens)
-        self.genai_tokens.labels(*labels, "output").observe(usage.output_tokens)
+        self.genai_tokens.labels(*labels, "input").observe(usage.input_tokens, exemplar=sample)
+        self.genai_tokens.labels(*labels, "output").observe(usage.output_tokens, exemplar=sample)
         for kind, count in (
             ("input", usage.input_tokens),
             ("output", usage.output_tokens),
@@ -78,16 +80,17 @@ class WorkerMetrics:
             ("cache_write", usage.cache_write_tokens),
         ):
             if count:
-                self.llm_tokens.labels(model, kind).inc(count)
+                self.llm_tokens.labels(model, kind).inc(count, exemplar=sample)
 
     def cost(self, *, model: str, agent: str, usd: Decimal | None) -> None:
         if usd is None:
             self.llm_cost_unknown.labels(model).inc()
         else:
-            self.llm_cost.labels(model, agent).inc(float(usd))
+            self.llm_cost.labels(model, agent).inc(float(usd), exemplar=exemplar())
 
     def attempt(self, *, agent: str, duration_s: float, error_type: str | None) -> None:
-        self.agent_runs.labels(agent, "failed" if error_type else "succeeded").inc()
-        self.agent_duration.labels(agent).observe(duration_s)
+        sample = exemplar()  # the trace id of the attempt's agent.execute span
+        self.agent_runs.labels(agent, "failed" if error_type else "succeeded").inc(exemplar=sample)
+        self.agent_duration.labels(agent).observe(duration_s, exemplar=sample)
         if error_type:
-            self.agent_errors.labels(agent, error_type).inc()
+            self.agent_errors.labels(agent, error_type).inc(exemplar=sample)

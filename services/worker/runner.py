@@ -25,6 +25,8 @@ from services.common.logging import get_logger
 from services.common.results import result_from_row
 from services.common.scrub import scrub, scrub_text
 from services.common.settings import Settings
+from services.common.telemetry import StatusCode, current_trace_id, tracer
+from services.worker import genai
 from services.worker.llm.base import (
     ChatRequest,
     Message,
@@ -112,6 +114,28 @@ class AgentRunner:
     async def run(self, item: WorkItem, *, trace_id: str | None = None) -> WorkResult:
         """Run the attempt once across every worker: copies of its work item (redelivery, a
         re-published dispatch) wait for the first to finish, then answer from its stored result."""
+        attributes: dict[str, str | int] = {
+            "coo.mission_id": str(item.mission_id),
+            "coo.step": item.step_key,
+            "coo.step_id": str(item.step_id),
+            "coo.attempt": item.attempt,
+            "gen_ai.agent.name": item.agent,
+        }
+        with tracer().start_as_current_span("agent.execute", attributes=attributes) as span:
+            result = await self._run_claimed(item, trace_id=trace_id or current_trace_id())
+            span.set_attributes(
+                {
+                    "coo.success": result.success,
+                    "gen_ai.usage.input_tokens": result.tokens_in,
+                    "gen_ai.usage.output_tokens": result.tokens_out,
+                }
+            )
+            if result.error is not None:
+                span.set_attribute("error.type", str(result.error.type))
+                span.set_status(StatusCode.ERROR, scrub_text(result.error.message))
+            return result
+
+    async def _run_claimed(self, item: WorkItem, *, trace_id: str | None) -> WorkResult:
         async with self.sessionmaker() as claim, claim.begin():
             await claim.execute(
                 text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
@@ -240,18 +264,20 @@ class AgentRunner:
         messages: list[Message] = [
             Message(role="user", content=(TextBlock(text=orjson.dumps(item.input).decode()),)),
         ]
+        capture = self.settings.capture_content
         for _turn in range(self.settings.max_agent_turns):
-            response = await self._chat(
-                ChatRequest(
-                    agent=agent.name,
-                    model=agent.model,
-                    system=agent.system_prompt,
-                    messages=tuple(messages),
-                    tools=tools,
-                    timeout_s=item.timeout_s,
-                ),
-                spend,
+            request = ChatRequest(
+                agent=agent.name,
+                model=agent.model,
+                system=agent.system_prompt,
+                messages=tuple(messages),
+                tools=tools,
+                timeout_s=item.timeout_s,
             )
+            label = request.model if self.provider.name != "offline" else "offline"
+            with genai.chat_span(request, provider=self.provider.name, model=label, capture=capture) as chat:
+                response = await self._chat(request, spend)
+                genai.record_response(chat, response, model=spend.model or label, capture=capture)
             messages.append(Message(role="assistant", content=response.content))
             if not response.tool_uses:
                 ctx.transcript_out.append(response.text)
@@ -260,7 +286,9 @@ class AgentRunner:
                 return output
             results: list[ToolResult] = []
             for use in response.tool_uses:
-                call = await call_tool(ctx, use.name, use.input)
+                with genai.tool_span(use, parent=chat, capture=capture) as tool:
+                    call = await call_tool(ctx, use.name, use.input)
+                    genai.record_tool(tool, call, capture=capture)
                 calls.append(call)
                 results.append(ToolResult(tool_use_id=use.id, content=call.output, is_error=call.status != "ok"))
             messages.append(Message(role="user", content=tuple(results)))

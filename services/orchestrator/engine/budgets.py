@@ -8,6 +8,7 @@ from typing import Any
 
 from services.common.contracts import WorkResult
 from services.common.db.models import Mission
+from services.common.telemetry import exemplar
 from services.orchestrator.engine.transitions import MissionStatus, move_mission, record
 from services.orchestrator.engine.unit import UnitOfWork
 
@@ -50,7 +51,7 @@ def account(uow: UnitOfWork, mission: Mission, result: WorkResult) -> None:
         mission.pause_reason = BUDGET_EXCEEDED
         record(uow, mission.id, "budget.exceeded", budgets=over, **_spend(mission))
         workflow = mission.workflow_name
-        uow.after_commit(lambda metrics: metrics.budget_exceeded.labels(workflow=workflow).inc())
+        uow.after_commit(lambda metrics: metrics.budget_exceeded.labels(workflow=workflow).inc(exemplar=exemplar()))
 
 
 def _spend(mission: Mission) -> dict[str, Any]:

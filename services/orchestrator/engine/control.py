@@ -18,6 +18,7 @@ from services.common.db.models import Approval, Mission, Step
 from services.common.errors import ErrorType
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.common.telemetry import exemplar
 from services.orchestrator.engine import budgets
 from services.orchestrator.engine.admission import admit
 from services.orchestrator.engine.scheduler import (
@@ -178,7 +179,7 @@ async def _decide(
         approval.reason = control.reason
         approval.decided_at = now
         waited = max(0.0, (now - approval.created_at).total_seconds()) if approval.created_at else 0.0
-        uow.after_commit(lambda metrics: metrics.approval_wait.observe(waited))
+        uow.after_commit(lambda metrics: metrics.approval_wait.observe(waited, exemplar=exemplar()))
     verdict = "approval.approved" if approved else "approval.rejected"
     record(uow, mission.id, verdict, step_key=step.key, actor=control.actor, reason=control.reason)
     if approved:

@@ -7,6 +7,7 @@ from typing import Any
 
 from services.common.db.models import Mission, Step, Workflow
 from services.common.settings import Settings
+from services.common.telemetry import current_traceparent, tracer
 from services.orchestrator.engine.admission import admit
 from services.orchestrator.engine.dag import WorkflowDefinition
 from services.orchestrator.engine.transitions import record
@@ -14,6 +15,42 @@ from services.orchestrator.engine.unit import UnitOfWork
 
 
 async def create_mission(
+    uow: UnitOfWork,
+    settings: Settings,
+    workflow: Workflow,
+    definition: WorkflowDefinition,
+    *,
+    mission_input: dict[str, Any],
+    priority: int,
+    caller: str,
+    budget_usd: Decimal | None,
+    budget_tokens: int | None,
+    idempotency_key: str | None,
+    traceparent: str | None,
+) -> Mission:
+    """A mission is one trace: its ``mission.execute`` span (a child of the submitting request's
+    span) is the parent of every ``step.dispatch``; its context is kept in ``missions.traceparent``."""
+    with tracer().start_as_current_span(
+        "mission.execute", attributes={"coo.workflow": workflow.name, "coo.workflow_version": workflow.version}
+    ) as span:
+        mission = await _create(
+            uow,
+            settings,
+            workflow,
+            definition,
+            mission_input=mission_input,
+            priority=priority,
+            caller=caller,
+            budget_usd=budget_usd,
+            budget_tokens=budget_tokens,
+            idempotency_key=idempotency_key,
+            traceparent=traceparent or current_traceparent(),
+        )
+        span.set_attribute("coo.mission_id", str(mission.id))
+        return mission
+
+
+async def _create(
     uow: UnitOfWork,
     settings: Settings,
     workflow: Workflow,

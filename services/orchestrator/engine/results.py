@@ -11,6 +11,7 @@ from services.common.db.models import DeadLetter, Mission, Step
 from services.common.errors import ErrorType
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.common.telemetry import exemplar
 from services.orchestrator.engine import budgets
 from services.orchestrator.engine.admission import admit
 from services.orchestrator.engine.retry import backoff_s
@@ -88,7 +89,7 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
             delay = backoff_s(policy, step.attempt, retry_after_s=error.retry_after_s if error else None)
             step.next_attempt_at = datetime.now(UTC) + timedelta(seconds=delay)
             agent = step.agent
-            uow.after_commit(lambda metrics: metrics.retries.labels(agent=agent).inc())
+            uow.after_commit(lambda metrics: metrics.retries.labels(agent=agent).inc(exemplar=exemplar()))
             move_step(
                 uow,
                 step,

@@ -18,6 +18,7 @@ from services.common.contracts import StepError, WorkItem
 from services.common.db.models import Agent, Approval, Mission, Step, Workflow
 from services.common.errors import CooError, ErrorType
 from services.common.scrub import scrub_text
+from services.common.telemetry import inject_headers, traceparent_context, tracer
 from services.orchestrator.engine import templates
 from services.orchestrator.engine.dag import WorkflowDefinition, leaves
 from services.orchestrator.engine.transitions import (
@@ -87,8 +88,19 @@ def dispatch(uow: UnitOfWork, mission: Mission, step: Step, definition: Workflow
     """Start a new attempt of ``step``: state change now, WorkItem published after commit."""
     step.attempt += 1
     step.next_attempt_at = None
-    move_step(uow, step, StepStatus.DISPATCHED, agent=step.agent)
-    publish_work_item(uow, mission, step, definition)
+    with tracer().start_as_current_span(
+        "step.dispatch",
+        context=traceparent_context(mission.traceparent),  # a child of mission.execute, whoever dispatches
+        attributes={
+            "coo.mission_id": str(mission.id),
+            "coo.step": step.key,
+            "coo.step_id": str(step.id),
+            "coo.attempt": step.attempt,
+            "coo.agent": step.agent,
+        },
+    ):
+        move_step(uow, step, StepStatus.DISPATCHED, agent=step.agent)
+        publish_work_item(uow, mission, step, definition)
 
 
 def work_item(mission: Mission, step: Step, definition: WorkflowDefinition) -> WorkItem:
@@ -118,7 +130,11 @@ def publish_work_item(uow: UnitOfWork, mission: Mission, step: Step, definition:
 
 
 def _trace_headers(mission: Mission) -> dict[str, str]:
-    return {"traceparent": mission.traceparent} if mission.traceparent else {}
+    """The current span's context (``step.dispatch`` when dispatching), else the mission's."""
+    headers = inject_headers()
+    if "traceparent" not in headers and mission.traceparent:
+        headers["traceparent"] = mission.traceparent
+    return headers
 
 
 async def advance(uow: UnitOfWork, mission: Mission, steps: list[Step] | None = None) -> None:

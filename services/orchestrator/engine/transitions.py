@@ -8,6 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from services.common.db.models import Mission, Step, TimelineEventRow
+from services.common.telemetry import exemplar
 from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.unit import UnitOfWork
 
@@ -94,8 +95,9 @@ def move_mission(
         took = max(0.0, (now - mission.created_at).total_seconds()) if mission.created_at else 0.0
 
         def observe(metrics: EngineMetrics) -> None:
-            metrics.workflow_runs.labels(workflow=workflow, status=status).inc()
-            metrics.workflow_duration.labels(workflow=workflow).observe(took)
+            sample = exemplar()
+            metrics.workflow_runs.labels(workflow=workflow, status=status).inc(exemplar=sample)
+            metrics.workflow_duration.labels(workflow=workflow).observe(took, exemplar=sample)
 
         uow.after_commit(observe)
     elif current in MISSION_TERMINAL:

@@ -13,6 +13,7 @@ from services.common.contracts import TimelineEvent
 from services.common.db.models import TimelineEventRow
 from services.common.logging import get_logger
 from services.common.scrub import scrub
+from services.common.telemetry import current_trace_id
 from services.orchestrator.engine.metrics import EngineMetrics
 
 log = get_logger(__name__)
@@ -32,7 +33,7 @@ class UnitOfWork:
 
     sessionmaker: async_sessionmaker[AsyncSession]
     bus: Bus
-    trace_id: str | None = None
+    trace_id: str | None = None  # default: the trace the unit of work runs in
     metrics: EngineMetrics | None = None
     session: AsyncSession = field(init=False)
     _events: list[TimelineEventRow] = field(default_factory=list, init=False)
@@ -40,6 +41,8 @@ class UnitOfWork:
     _observations: list[Callable[[EngineMetrics], None]] = field(default_factory=list, init=False)
 
     async def __aenter__(self) -> UnitOfWork:
+        if self.trace_id is None:
+            self.trace_id = current_trace_id()
         self.session = self.sessionmaker()
         await self.session.begin()
         return self
