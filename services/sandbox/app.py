@@ -282,6 +282,7 @@ class SandboxService:
                 span.set_attribute("process.exit.code", result.exit_code)
             if result.status == "error":
                 span.set_status(StatusCode.ERROR, result.error.message if result.error else "sandbox error")
+            log.info("sandbox_exec_finished", run_id=str(run_id), status=result.status, exit_code=result.exit_code)
             return result
 
     async def _run_recorded(self, workspace: Workspace, command: Command, run_id: uuid.UUID) -> SandboxExecResult:

@@ -133,6 +133,8 @@ class AgentRunner:
             if result.error is not None:
                 span.set_attribute("error.type", str(result.error.type))
                 span.set_status(StatusCode.ERROR, scrub_text(result.error.message))
+            error_type = str(result.error.type) if result.error else None
+            log.info("attempt_finished", agent=item.agent, success=result.success, error_type=error_type)
             return result
 
     async def _run_claimed(self, item: WorkItem, *, trace_id: str | None) -> WorkResult:
