@@ -1,0 +1,191 @@
+"""Every metric name of DESIGN §8 on the /metrics of the service that owns it, with its labels; the
+counters move by the mission's amounts; OpenMetrics exemplars carry the mission's trace id."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+from services.cli.embedded import free_port
+from services.common.db.migrate import upgrade_async
+from tests.conftest import (
+    Infra,
+    RunningApp,
+    Stack,
+    db_fetch,
+    delete_streams,
+    drop_schema,
+    make_settings,
+    start_stack,
+    stop_stack,
+    wait_for,
+)
+from tests.fakes.anthropic import FakeAnthropic, overloaded, text, tool_use
+
+MODEL = "claude-sonnet-4-6"
+
+# name (as exposed, counters with _total) → labels its samples carry (besides histogram `le`)
+DESIGN_METRICS: dict[str, dict[str, set[str]]] = {
+    "orchestrator": {
+        "coo_workflow_runs_total": {"workflow", "status"},
+        "coo_workflow_duration_seconds": {"workflow"},
+        "coo_workflows_active": set(),
+        "coo_approval_wait_seconds": set(),
+        "coo_agent_retries_total": {"agent"},
+        "coo_queue_depth": set(),
+        "coo_dlq_messages": set(),
+        "coo_budget_exceeded_total": {"workflow"},
+        "coo_http_requests_total": {"service", "method", "route", "status"},
+        "coo_http_request_duration_seconds": {"service", "method", "route"},
+        "coo_alert_notifications_total": {"status", "outcome"},
+    },
+    "worker": {
+        "coo_agent_runs_total": {"agent", "status"},
+        "coo_agent_duration_seconds": {"agent"},
+        "coo_agent_errors_total": {"agent", "error_type"},
+        "coo_llm_tokens_total": {"model", "type"},
+        "coo_llm_cost_usd_total": {"model", "agent"},
+        "gen_ai_client_token_usage": {
+            "gen_ai_operation_name",
+            "gen_ai_provider_name",
+            "gen_ai_request_model",
+            "gen_ai_token_type",
+        },
+        "gen_ai_client_operation_duration_seconds": {
+            "gen_ai_operation_name",
+            "gen_ai_provider_name",
+            "gen_ai_request_model",
+            "error_type",
+        },
+    },
+    "sandbox": {
+        "coo_sandbox_executions_total": {"status"},
+        "coo_sandbox_duration_seconds": set(),
+    },
+}
+
+
+@pytest.fixture
+async def claude_stack(infra: Infra, tmp_path: Path) -> AsyncIterator[tuple[Stack, FakeAnthropic]]:
+    fake = FakeAnthropic()
+    server = RunningApp(fake.app(), free_port())
+    await server.start()
+    settings = make_settings(infra, tmp_path, anthropic_api_key="sk-ant-test-0123456789", anthropic_base_url=server.url)
+    await upgrade_async(settings)
+    stack = await start_stack(settings)
+    try:
+        async with stack.client() as client:
+            put = await client.put(
+                "/v1/agents/line-counter",
+                json={"model": MODEL, "system_prompt": "Count lines with wc.", "tools": ["run_command"]},
+            )
+            assert put.status_code in (200, 201), put.text
+        yield stack, fake
+    finally:
+        fake.close()
+        await stop_stack(stack)
+        await server.stop()
+        await drop_schema(infra.database_url, settings.db_schema)
+        await delete_streams(infra.nats_url, settings.bus_prefix)
+
+
+async def scrape(url: str) -> dict[str, Metric]:
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{url}/metrics", headers={"Accept": "application/openmetrics-text"})
+    assert response.headers["content-type"].startswith("application/openmetrics-text")
+    return {family.name: family for family in text_string_to_metric_families(response.text)}
+
+
+def samples(families: dict[str, Metric], exposed: str) -> list[Any]:
+    family = families.get(exposed.removesuffix("_total")) or families.get(exposed)
+    assert family is not None, f"{exposed} is not exposed"
+    wanted = exposed if exposed.endswith("_total") else None
+    return [s for s in family.samples if wanted is None or s.name == wanted]
+
+
+def value(families: dict[str, Metric], exposed: str, **labels: str) -> float:
+    return sum(s.value for s in samples(families, exposed) if all(s.labels.get(k) == v for k, v in labels.items()))
+
+
+async def test_design_metrics_move_by_the_missions_amounts_with_trace_exemplars(
+    claude_stack: tuple[Stack, FakeAnthropic],
+) -> None:
+    stack, fake = claude_stack
+    fake.queue(
+        overloaded(),  # the first attempt fails (LLM_UNAVAILABLE) and is retried
+        tool_use("run_command", {"argv": ["wc", "-l"], "stdin": "a\nb\n"}, input_tokens=300, output_tokens=40),
+        text('{"lines": 2}', input_tokens=350, output_tokens=10, cache_read=100),
+    )
+    workflow = {
+        "name": "metered",
+        "steps": [
+            {
+                "id": "count",
+                "agent": "line-counter",
+                "input": {"text": "{{ input.text }}"},
+                "retry": {"max_attempts": 2, "base": 0.1, "max": 0.2},
+            }
+        ],
+    }
+    async with stack.client() as client:
+        assert (await client.post("/v1/workflows", json=workflow)).status_code == 201
+        accepted = await client.post("/v1/missions", json={"workflow": "metered", "input": {"text": "a\nb\n"}})
+        mission_id = accepted.json()["id"]
+
+        async def finished() -> str | None:
+            status: str = (await client.get(f"/v1/missions/{mission_id}")).json()["status"]
+            return status if status in ("succeeded", "failed") else None
+
+        assert await wait_for(finished, timeout_s=60, what="mission finished") == "succeeded"
+    (mission,) = await db_fetch(stack.settings, "SELECT traceparent FROM missions WHERE id = $1::uuid", mission_id)
+    trace_id = mission["traceparent"].split("-")[1]
+    (result,) = await db_fetch(
+        stack.settings, "SELECT cost_usd FROM agent_results WHERE mission_id = $1::uuid AND success", mission_id
+    )
+
+    scraped = {
+        "orchestrator": await scrape(stack.orchestrator.url),
+        "worker": await scrape(stack.worker.url),
+        "sandbox": await scrape(stack.sandbox.url),
+    }
+    for service, metrics in DESIGN_METRICS.items():
+        for name, labels in metrics.items():
+            for sample in samples(scraped[service], name):
+                assert set(sample.labels) - {"le"} == labels, (service, name, sample)
+
+    orchestrator, worker, sandbox = scraped["orchestrator"], scraped["worker"], scraped["sandbox"]
+    assert value(orchestrator, "coo_workflow_runs_total", workflow="metered", status="succeeded") == 1
+    assert value(orchestrator, "coo_agent_retries_total", agent="line-counter") == 1
+    assert value(worker, "coo_agent_runs_total", agent="line-counter", status="succeeded") == 1
+    assert value(worker, "coo_agent_runs_total", agent="line-counter", status="failed") == 1
+    assert value(worker, "coo_agent_errors_total", agent="line-counter", error_type="LLM_UNAVAILABLE") == 1
+    assert value(worker, "coo_llm_tokens_total", model=MODEL, type="input") == 650
+    assert value(worker, "coo_llm_tokens_total", model=MODEL, type="output") == 50
+    assert value(worker, "coo_llm_tokens_total", model=MODEL, type="cache_read") == 100
+    cost = value(worker, "coo_llm_cost_usd_total", model=MODEL, agent="line-counter")
+    assert Decimal(str(cost)).quantize(Decimal("1e-9")) == Decimal(str(result["cost_usd"])).quantize(Decimal("1e-9"))
+    assert value(sandbox, "coo_sandbox_executions_total", status="succeeded") == 1
+    input_counts = [
+        s.value
+        for s in samples(worker, "gen_ai_client_token_usage")
+        if s.name == "gen_ai_client_token_usage_count" and s.labels["gen_ai_token_type"] == "input"
+    ]
+    assert input_counts == [2]  # two successful model calls (the overloaded one has no usage)
+
+    def exemplar_traces(families: dict[str, Metric], name: str) -> set[str]:
+        return {s.exemplar.labels["trace_id"] for s in samples(families, name) if s.exemplar is not None}
+
+    assert trace_id in exemplar_traces(orchestrator, "coo_workflow_runs_total")
+    assert trace_id in exemplar_traces(orchestrator, "coo_workflow_duration_seconds")
+    assert trace_id in exemplar_traces(worker, "coo_agent_runs_total")
+    assert trace_id in exemplar_traces(worker, "coo_llm_tokens_total")
+    assert trace_id in exemplar_traces(worker, "gen_ai_client_operation_duration_seconds")
+    assert trace_id in exemplar_traces(sandbox, "coo_sandbox_executions_total")
+    assert trace_id in exemplar_traces(sandbox, "coo_sandbox_duration_seconds")
