@@ -112,6 +112,9 @@ def prometheus_config(stack: Stack, alertmanager_port: int, prometheus_port: int
     }
     config["scrape_configs"] = [job for job in config["scrape_configs"] if job["job_name"] in ports]
     for job in config["scrape_configs"]:
+        if "dns_sd_configs" in job:  # a name that resolves to every replica: here, one local port
+            job.pop("dns_sd_configs")
+            job["static_configs"] = [{"targets": [], "labels": {"service": job["job_name"]}}]
         for static in job["static_configs"]:
             static["targets"] = [f"127.0.0.1:{ports[job['job_name']]}"]
     (am,) = config["alerting"]["alertmanagers"]

@@ -61,10 +61,13 @@ def test_prometheus_config_is_valid_with_the_rules_where_deploy_mounts_them(tmp_
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 17 rules found" in result.stdout or "rules found" in result.stdout
     config = load_yaml(OBSERVABILITY / "prometheus.yml")
-    jobs = {job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]}
-    assert jobs["orchestrator"] == ["orchestrator:8000"]
-    assert jobs["worker"] == ["worker:8001"]
-    assert jobs["sandbox"] == ["sandbox:8002"]
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["orchestrator"]["static_configs"][0]["targets"] == ["orchestrator:8000"]
+    assert jobs["sandbox"]["static_configs"][0]["targets"] == ["sandbox:8002"]
+    # workers scale out: every address the name resolves to is scraped
+    assert jobs["worker"]["dns_sd_configs"] == [
+        {"names": ["worker"], "type": "A", "port": 8001, "refresh_interval": "15s"}
+    ]
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["alertmanager:9093"]
     assert "--enable-feature=exemplar-storage" in (OBSERVABILITY / "prometheus.yml").read_text()
 
