@@ -1,0 +1,110 @@
+"""repo-health end to end on the offline model: the scan finds the planted secrets, review and
+compliance run after it, the patch step waits for approval and Slack is asked, `coo approve`
+continues it, the notifier's message reaches Slack, and every attempt's full result is readable
+through the API."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from services.common.db.migrate import upgrade_async
+from tests.conftest import Infra, Stack, delete_streams, drop_schema, make_settings, start_stack, stop_stack, wait_for
+from tests.fakes.slack import FakeSlack
+from tests.integration.test_cli import _coo
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+@pytest.fixture
+async def health(infra: Infra, tmp_path: Path) -> AsyncIterator[tuple[Stack, Path, FakeSlack]]:
+    repos = tmp_path / "repos"
+    shutil.copytree(EXAMPLES / "repos" / "sample-app", repos / "sample-app")
+    slack = FakeSlack().start()
+    settings = make_settings(
+        infra, tmp_path / "data", sandbox_source_roots=str(repos), slack_webhook_url=SecretStr(slack.url)
+    )
+    await upgrade_async(settings)
+    stack = await start_stack(settings)
+    try:
+        yield stack, repos / "sample-app", slack
+    finally:
+        await stop_stack(stack)
+        slack.stop()
+        await drop_schema(infra.database_url, settings.db_schema)
+        await delete_streams(infra.nats_url, settings.bus_prefix)
+
+
+async def test_repo_health_runs_end_to_end_with_an_approval(health: tuple[Stack, Path, FakeSlack]) -> None:
+    stack, repo, slack = health
+    async with stack.client() as client:
+        created = await client.post(
+            "/v1/workflows",
+            content=(EXAMPLES / "workflows" / "repo-health.yaml").read_bytes(),
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert created.status_code == 201, created.text
+        accepted = await client.post("/v1/missions", json={"workflow": "repo-health", "input": {"repo": str(repo)}})
+        assert accepted.status_code == 202, accepted.text
+        mid = accepted.json()["id"]
+
+        async def steps() -> dict[str, dict[str, Any]]:
+            mission = (await client.get(f"/v1/missions/{mid}")).json()
+            return {s["key"]: s for s in mission["steps"]}
+
+        async def waiting() -> bool:
+            current = await steps()
+            assert all(s["status"] != "failed" for s in current.values()), current
+            return current["patch"]["status"] == "awaiting_approval"
+
+        await wait_for(waiting, timeout_s=90, what="the patch step to wait for approval")
+        before = await steps()
+        summary = before["scan"]["output"]["summary"]
+        assert summary["total"] >= 3 and summary["high"] >= 2, summary
+        rules = {f["rule"] for f in before["scan"]["output"]["findings"]}
+        assert {"aws-access-key-id", "anthropic-api-key"} <= rules or len(rules) >= 3, rules
+        assert before["review"]["status"] == before["compliance"]["status"] == "succeeded"
+        assert before["review"]["input"]["findings_total"] == summary["total"]  # the number itself
+        assert before["notify"]["status"] == "pending"
+
+        async def asked() -> bool:
+            return any(mid in json.dumps(m) and "coo approve" in json.dumps(m) for m in slack.messages)
+
+        await wait_for(asked, timeout_s=20, what="the approval request on Slack")
+
+        approved = await _coo(stack, "approve", mid, "patch", "--reason", "remove the keys")
+        assert approved.returncode == 0, approved.stderr
+        assert json.loads(approved.stdout)["applied"] is True
+
+        async def finished() -> bool:
+            status = (await client.get(f"/v1/missions/{mid}")).json()["status"]
+            return status in ("succeeded", "failed", "cancelled")
+
+        await wait_for(finished, timeout_s=90, what="the mission to finish")
+        mission = (await client.get(f"/v1/missions/{mid}")).json()
+        assert mission["status"] == "succeeded", mission["error"]
+        after = {s["key"]: s for s in mission["steps"]}
+        assert after["patch"]["output"]["files_changed"], after["patch"]["output"]
+
+        results = {}
+        for key in after:
+            response = await client.get(f"/v1/missions/{mid}/steps/{key}/results")
+            assert response.status_code == 200
+            results[key] = response.json()
+            assert results[key] and results[key][-1]["success"] is True
+            assert results[key][-1]["provider"] == "offline"
+        assert any(call["name"] == "run_command" for call in results["scan"][-1]["tool_calls"])
+        assert any(call["name"] == "post_slack" for call in results["notify"][-1]["tool_calls"])
+
+    notices = [m for m in slack.messages if "coo approve" not in json.dumps(m)]
+    assert notices, "the notifier's message did not reach Slack"
+    assert any("repo-health" in json.dumps(m) or str(summary["total"]) in json.dumps(m) for m in notices)
+    for message in slack.messages:
+        text = json.dumps(message)
+        assert "AKIA" not in text and "sk-ant-api" not in text, "a planted secret reached Slack"
