@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.db.models import AgentResult, Mission, Step, TimelineEventRow
 from services.common.http import ApiError
+from services.common.scrub import scrub
 from services.orchestrator.api.deps import CallerDep, StateDep
 from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.api.workflows import find_workflow
@@ -225,7 +226,7 @@ async def _replay(state: OrchestratorState, caller: str, body: MissionCreate) ->
         same = (
             existing.workflow_name == body.workflow
             and (body.version is None or existing.workflow_version == body.version)
-            and existing.input == body.input
+            and existing.input == scrub(body.input)
             and existing.priority == body.priority
         )
         if not same:

@@ -6,6 +6,7 @@ from decimal import Decimal
 from typing import Any
 
 from services.common.db.models import Mission, Step, Workflow
+from services.common.scrub import scrub
 from services.common.settings import Settings
 from services.common.telemetry import current_traceparent, tracer
 from services.orchestrator.engine.admission import admit
@@ -70,7 +71,7 @@ async def _create(
         workflow_version=workflow.version,
         status="queued",
         priority=priority,
-        input=mission_input,
+        input=scrub(mission_input),  # secrets never reach a row: what steps see is redacted too
         caller=caller,
         budget_usd=budget_usd,
         budget_tokens=budget_tokens,
