@@ -33,6 +33,7 @@ def load_agent_files(directory: Path) -> list[dict[str, Any]]:
         agents.append(data)
     return agents
 
+
 # Every row of one multi-row INSERT must name the same columns.
 _DEFAULTS: dict[str, object] = {
     "version": 1,

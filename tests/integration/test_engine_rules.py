@@ -345,3 +345,34 @@ async def test_the_engine_gauges_follow_the_database(stack: Stack) -> None:
 
     await wait_for(gauges, timeout_s=10, what="coo_dlq_messages to count the dead letter")
     assert 'coo_workflow_runs_total{status="failed",workflow="retries"} 1.0' in await _metrics(stack)
+
+
+async def test_missions_list_pages_with_a_cursor_and_filters(stack: Stack) -> None:
+    other = {"name": "other", "steps": [{"id": "e", "agent": "echo", "input": {}}]}
+    async with stack.client() as client:
+        await _setup(client, TEMPLATES, other)
+        ids = [await _submit(client, "templates", {"found": i}) for i in range(5)]
+        odd = await _submit(client, "other", {})
+        for mid in [*ids, odd]:
+            await _finished(client, mid)
+
+        seen: list[str] = []
+        cursor = None
+        for _ in range(10):
+            params: dict[str, Any] = {"limit": 2, "workflow": "templates"}
+            if cursor:
+                params["cursor"] = cursor
+            page = (await client.get("/v1/missions", params=params)).json()
+            seen += [m["id"] for m in page["items"]]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == list(reversed(ids))  # newest first, each exactly once
+
+        done = (await client.get("/v1/missions", params={"status": "succeeded", "limit": 500})).json()["items"]
+        assert {m["id"] for m in done} == {*ids, odd}
+        assert (await client.get("/v1/missions", params={"status": "queued"})).json()["items"] == []
+        bad_status = await client.get("/v1/missions", params={"status": "sleeping"})
+        assert bad_status.status_code == 422 and "status" in bad_status.text
+        bad_cursor = await client.get("/v1/missions", params={"cursor": "not-a-cursor"})
+        assert bad_cursor.status_code == 422 and bad_cursor.json()["error"]["field"] == "query.cursor"

@@ -98,27 +98,26 @@ async def cancel(
 async def approve(
     mission_id: uuid.UUID, key: str, state: StateDep, caller: CallerDep, body: ReasonBody | None = None
 ) -> JSONResponse:
-    control = Control(
-        mission_id=mission_id,
-        action=ControlAction.APPROVE,
-        step_key=key,
-        actor=caller.name,
-        reason=body.reason if body else None,
-    )
-    return await send_control(state, control)
+    return await _decide(state, ControlAction.APPROVE, mission_id, key, caller.name, body)
 
 
 @router.post("/{mission_id}/steps/{key}/reject", summary="Reject a step waiting for approval", responses=_RESPONSES)
 async def reject(
     mission_id: uuid.UUID, key: str, state: StateDep, caller: CallerDep, body: ReasonBody | None = None
 ) -> JSONResponse:
-    control = Control(
-        mission_id=mission_id,
-        action=ControlAction.REJECT,
-        step_key=key,
-        actor=caller.name,
-        reason=body.reason if body else None,
-    )
+    return await _decide(state, ControlAction.REJECT, mission_id, key, caller.name, body)
+
+
+async def _decide(
+    state: OrchestratorState,
+    action: ControlAction,
+    mission_id: uuid.UUID,
+    key: str,
+    actor: str,
+    body: ReasonBody | None,
+) -> JSONResponse:
+    reason = body.reason if body else None
+    control = Control(mission_id=mission_id, action=action, step_key=key, actor=actor, reason=reason)
     return await send_control(state, control)
 
 

@@ -11,11 +11,12 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 
 from services.common.db.models import DeadLetter, Step
 from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.paging import after_cursor, encode_cursor
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.engine import dlq
 from services.orchestrator.engine.control import ControlRefused
@@ -76,21 +77,6 @@ def _out(letter: DeadLetter, step_key: str | None) -> DeadLetterOut:
     )
 
 
-def _cursor(letter: DeadLetter) -> str:
-    raw = orjson.dumps([letter.created_at.isoformat(), str(letter.id)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _parse_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        created, ident = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(created), uuid.UUID(ident)
-    except Exception as exc:
-        raise ApiError(
-            422, "validation", "query.cursor: not a cursor returned by this API", field="query.cursor"
-        ) from exc
-
-
 @router.get("", summary="Dead letters, newest first (cursor paging)")
 async def list_dead_letters(
     state: StateDep,
@@ -111,16 +97,13 @@ async def list_dead_letters(
     if replayed is not None:
         query = query.where(DeadLetter.replayed_at.is_not(None) if replayed else DeadLetter.replayed_at.is_(None))
     if cursor is not None:
-        created, ident = _parse_cursor(cursor)
-        query = query.where(
-            or_(DeadLetter.created_at < created, and_(DeadLetter.created_at == created, DeadLetter.id < ident))
-        )
+        query = query.where(after_cursor(DeadLetter.created_at, DeadLetter.id, cursor))
     async with state.sessionmaker() as session:
         rows = (await session.execute(query)).all()
     page = rows[:limit]
     return DeadLetterPage(
         items=[_out(letter, key) for letter, key in page],
-        next_cursor=_cursor(page[-1][0]) if len(rows) > limit else None,
+        next_cursor=encode_cursor(page[-1][0].created_at, page[-1][0].id) if len(rows) > limit else None,
     )
 
 

@@ -2,28 +2,28 @@
 
 from __future__ import annotations
 
-import base64
 import uuid
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from services.common.db.models import AgentResult, Mission, Step, TimelineEventRow
 from services.common.http import ApiError
 from services.common.scrub import scrub
 from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.paging import after_cursor, encode_cursor
 from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.api.workflows import find_workflow
 from services.orchestrator.engine.admission import queue_position
 from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.scheduler import definition_for
+from services.orchestrator.engine.transitions import MissionStatus
 from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(prefix="/v1/missions", tags=["missions"], dependencies=[Depends(storable_params)])
@@ -251,27 +251,11 @@ def _check_input(schema: dict[str, Any] | None, mission_input: dict[str, Any]) -
         raise ApiError(422, "validation", f"{where}: {first.message}", field=where)
 
 
-def _encode_cursor(mission: Mission) -> str:
-    raw = orjson.dumps([mission.created_at.isoformat(), str(mission.id)])
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created, ident = orjson.loads(base64.urlsafe_b64decode(padded))
-        return datetime.fromisoformat(created), uuid.UUID(ident)
-    except Exception as exc:
-        raise ApiError(
-            422, "validation", "query.cursor: not a cursor returned by this API", field="query.cursor"
-        ) from exc
-
-
 @router.get("", summary="List missions, newest first (cursor paging)")
 async def list_missions(
     state: StateDep,
     _: CallerDep,
-    status: str | None = None,
+    status: MissionStatus | None = None,
     workflow: str | None = None,
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = None,
@@ -282,13 +266,14 @@ async def list_missions(
     if workflow is not None:
         query = query.where(Mission.workflow_name == workflow)
     if cursor is not None:
-        created, ident = _decode_cursor(cursor)
-        query = query.where(or_(Mission.created_at < created, and_(Mission.created_at == created, Mission.id < ident)))
+        query = query.where(after_cursor(Mission.created_at, Mission.id, cursor))
     async with state.sessionmaker() as session:
         rows = list((await session.execute(query)).scalars())
         page = rows[:limit]
         items = [_mission_out(m, await queue_position(session, m)) for m in page]
-    return MissionPage(items=items, next_cursor=_encode_cursor(page[-1]) if len(rows) > limit else None)
+    return MissionPage(
+        items=items, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+    )
 
 
 async def _get_mission(session: Any, mission_id: uuid.UUID) -> Mission:
