@@ -39,6 +39,7 @@ class CooStack:
     children: dict[str, Child] = field(default_factory=dict)
     log_level: str = "INFO"
     generation: int = 0
+    telemetry_env: dict[str, str] = field(default_factory=dict)  # OTEL_* for the services (B5)
 
     @property
     def data_dir(self) -> Path:
@@ -69,12 +70,14 @@ class CooStack:
                 "COO_DATA_DIR": str(self.data_dir),
                 "COO_MAX_ACTIVE_MISSIONS": str(MAX_ACTIVE_MISSIONS),
                 "COO_LOG_LEVEL": self.log_level,
+                "COO_RATE_LIMIT_PER_MINUTE": "0",  # the harness is one client submitting far past 100/min
                 "COO_ORCHESTRATOR_PORT": str(self.ports["orchestrator"]),
                 "COO_WORKER_PORT": str(self.ports["worker"]),
                 "COO_SANDBOX_PORT": str(self.ports["sandbox"]),
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        env.update(self.telemetry_env)
         return env
 
     def config(self) -> dict[str, Any]:

@@ -56,8 +56,8 @@ async def _workloads(stack: CooStack, profile: Profile, budget: Budget, save: Sa
                 ("b2", "chain3"),
                 ("b3", "fanout"),
                 ("b4", "one_step"),
-                ("b5_info", "one_step"),
-                ("b5_warning", "one_step"),
+                ("b5_on", "one_step"),
+                ("b5_off", "one_step"),
                 ("b6", "one_step"),
             )
         }
@@ -187,11 +187,16 @@ async def _some_mission(table: MissionTable, workflow: str) -> str:
 
 
 async def _b5_run(
-    stack: CooStack, profile: Profile, budget: Budget, names: dict[str, str], level: str
+    stack: CooStack, profile: Profile, budget: Budget, names: dict[str, str], mode: str, telemetry: dict[str, str]
 ) -> dict[str, Any]:
-    """Restart COO at ``level``, warm it up, then run B1's shape with ``b5_missions``."""
+    """Restart COO with telemetry ``mode`` (``on``/``off``), warm it up, then run B1's shape with ``b5_missions``."""
+    level = "INFO" if mode == "on" else "WARNING"
     await asyncio.to_thread(stack.stop)
-    await asyncio.to_thread(stack.start, level)
+    stack.telemetry_env = telemetry
+    try:
+        await asyncio.to_thread(stack.start, level)
+    finally:
+        stack.telemetry_env = {}
     client = CooClient(stack.api_url, stack.api_key)
     table = await MissionTable.open(stack)
     try:
@@ -209,7 +214,7 @@ async def _b5_run(
         result = await run_batch(
             client,
             table,
-            names[f"b5_{level.lower()}"],
+            names[f"b5_{mode}"],
             count=profile.b5_missions,
             steps_per_mission=1,
             concurrency=profile.submit_concurrency,
@@ -217,6 +222,7 @@ async def _b5_run(
             unit="missions",
         )
         result["log_level"] = level
+        result["telemetry"] = mode
         result["log_bytes_per_mission"] = round((stack.log_bytes() - before) / max(1, result["completed"]), 1)
         return result
     finally:
@@ -225,31 +231,43 @@ async def _b5_run(
 
 
 async def _telemetry(stack: CooStack, profile: Profile, budget: Budget, names: dict[str, str], save: Save) -> None:
-    """B5: COO has no OTLP exporter yet, so "telemetry on/off" is its JSON logs at INFO vs WARNING."""
+    """B5: everything on (traces, logs and metrics exported over OTLP/HTTP to a receiver that decodes
+    them, JSON logs at INFO) vs everything off (``OTEL_SDK_DISABLED=true``, logs at WARNING), same run."""
+    from tests.fakes.otlp import OtlpReceiver
+
     if not budget.allows(10):
         save("b5", stats.skipped("time budget"))
         return
     runs: dict[str, dict[str, Any]] = {}
-    for level in ("INFO", "WARNING"):
-        log(f"B5: COO restarted with COO_LOG_LEVEL={level}, {profile.b5_missions} missions ...")
-        runs[level] = await _b5_run(stack, profile, budget, names, level)
-        _check_alive(stack)
-    on, off = runs["INFO"], runs["WARNING"]
-    ratio = round(off["items_per_s"] / on["items_per_s"], 3) if on["items_per_s"] else None
+    spans = 0
+    with OtlpReceiver() as receiver:
+        on_env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_METRIC_EXPORT_INTERVAL": "5000",
+        }
+        for mode, env in (("on", on_env), ("off", {"OTEL_SDK_DISABLED": "true"})):
+            log(f"B5: COO restarted with telemetry {mode}, {profile.b5_missions} missions ...")
+            runs[mode] = await _b5_run(stack, profile, budget, names, mode, env)
+            _check_alive(stack)
+            if mode == "on":
+                await asyncio.to_thread(stack.stop)  # flushes the exporters
+                spans = len(receiver.spans)
+    on, off = runs["on"], runs["off"]
+    on["spans_exported"] = spans
+    ratio = round(on["items_per_s"] / off["items_per_s"], 3) if off["items_per_s"] else None
     save(
         "b5",
         {
-            "note": "COO has no OTLP exporter yet: 'telemetry on' = JSON logs at INFO, 'off' = WARNING "
-            "(services restarted and warmed up before each run; logs go to files, as with `coo up`)",
-            "info": on,
-            "warning": off,
-            "warning_over_info": ratio,
+            "note": "'on' = traces, logs and metrics exported over OTLP/HTTP (batch processors) to a receiver "
+            "decoding them on the same machine, logs at INFO; 'off' = OTEL_SDK_DISABLED=true, logs at WARNING "
+            "(services restarted and warmed up before each run)",
+            "on": on,
+            "off": off,
+            "on_over_off": ratio,
         },
     )
-    log(
-        f"B5: INFO {on['items_per_s']}/s ({on['log_bytes_per_mission']} log B/mission) vs "
-        f"WARNING {off['items_per_s']}/s ({off['log_bytes_per_mission']} log B/mission)"
-    )
+    log(f"B5: telemetry on {on['items_per_s']}/s ({spans} spans exported) vs off {off['items_per_s']}/s")
 
 
 def run_coo(infra: Infra, profile: Profile, budget: Budget, save: Save) -> None:

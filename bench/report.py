@@ -241,19 +241,14 @@ def _coo_lines(data: dict[str, Any]) -> list[str]:
     if coo.get("error"):
         out += ["", f"**COO failed during the run**: {coo['error'][:800]}"]
     b5 = coo.get("b5")
-    if isinstance(b5, dict) and not b5.get("skipped"):
+    if isinstance(b5, dict) and not b5.get("skipped") and "on" in b5:
+        on, off = b5["on"], b5["off"]
         out += [
             "",
-            f"B5 (COO only) — {b5['note']}: INFO {_fmt(b5['info']['items_per_s'])} missions/s "
-            f"({b5['info']['log_bytes_per_mission']} log bytes/mission) vs WARNING "
-            f"{_fmt(b5['warning']['items_per_s'])} missions/s ({b5['warning']['log_bytes_per_mission']} "
-            f"log bytes/mission); WARNING/INFO = {_fmt(b5['warning_over_info'])}.",
+            f"B5 (COO only) — {b5['note']}: on {_fmt(on['items_per_s'])} missions/s "
+            f"({on.get('spans_exported', 0)} spans exported, {on['log_bytes_per_mission']} log bytes/mission) vs "
+            f"off {_fmt(off['items_per_s'])} missions/s; on/off = {_fmt(b5['on_over_off'])}.",
         ]
-        if not b5["info"]["log_bytes_per_mission"] and not b5["warning"]["log_bytes_per_mission"]:
-            out.append(
-                "COO wrote no log line per mission at either level, so this pair shows run-to-run noise, "
-                "not a logging cost."
-            )
     b6 = coo.get("b6")
     if isinstance(b6, dict) and not b6.get("skipped"):
         per = b6["pg_stat_database_per_step"]
