@@ -13,7 +13,7 @@ from services.common.bus import DeadLetterSink
 from services.common.db.models import DeadLetter
 from services.common.errors import ErrorType
 from services.common.logging import get_logger
-from services.common.scrub import scrub_text
+from services.common.scrub import scrub, scrub_text
 
 log = get_logger(__name__)
 
@@ -25,6 +25,18 @@ def _uuid(value: Any) -> uuid.UUID | None:
         return uuid.UUID(str(value)) if value else None
     except ValueError:
         return None
+
+
+def _scrubbed(payload: bytes) -> bytes:
+    """The payload with secrets redacted: re-encoded when it is JSON, else as text when it is text."""
+    try:
+        return orjson.dumps(scrub(orjson.loads(payload)))
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return scrub_text(payload.decode()).encode()
+    except UnicodeDecodeError:
+        return payload  # binary: kept as received, shown as base64
 
 
 def _ids(payload: bytes) -> tuple[uuid.UUID | None, uuid.UUID | None]:
@@ -42,13 +54,13 @@ def dead_letter_sink(sessionmaker: async_sessionmaker[AsyncSession]) -> DeadLett
     """Store a message a consumer gave up on in ``dead_letters`` (subject, payload, headers, error)."""
 
     async def store(msg: Msg, error: str, deliveries: int) -> None:
-        headers = dict(msg.headers or {})
+        headers = scrub(dict(msg.headers or {}))
         mission_id, step_id = _ids(msg.data)
         async with sessionmaker() as session, session.begin():
             session.add(
                 DeadLetter(
                     subject=msg.subject,
-                    payload=msg.data,
+                    payload=_scrubbed(msg.data),
                     headers=headers,
                     error=scrub_text(error),
                     error_type=ErrorType.VALIDATION if "decode" in error else ErrorType.INTERNAL,

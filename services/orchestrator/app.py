@@ -31,6 +31,7 @@ from services.common.settings import Settings
 from services.common.telemetry import Telemetry, instrument_app, instrument_engine
 from services.orchestrator.api import agents, alerts, control, dlq, events, missions, workflows
 from services.orchestrator.auth import KeyStore
+from services.orchestrator.engine.approvals import ApprovalAnnouncer
 from services.orchestrator.engine.control import apply_control
 from services.orchestrator.engine.housekeeping import Housekeeper
 from services.orchestrator.engine.metrics import EngineMetrics
@@ -121,7 +122,10 @@ async def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None
     async def give_up(msg: Msg, error: str, deliveries: int) -> None:
         """A result that cannot be applied: keep it, and fail its attempt so the mission moves on."""
         await store_dead_letter(msg, error, deliveries)
-        message = decode(msg)
+        try:
+            message = decode(msg)
+        except Undeliverable:
+            return  # kept as a dead letter; there is no attempt to fail
         if isinstance(message, WorkResult):
             failed = WorkResult(
                 mission_id=message.mission_id,
@@ -180,11 +184,13 @@ async def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None
     )
     await controls.open()
     slack = await stack.enter_async_context(SlackNotifier(settings.slack_webhook_url))
-    housekeeper = Housekeeper(settings, state.sessionmaker, state.bus, state.metrics, state.rate_limiter, slack)
+    housekeeper = Housekeeper(settings, state.sessionmaker, state.bus, state.metrics, state.rate_limiter)
+    announcer = ApprovalAnnouncer(state.sessionmaker, slack, settings.api_url, settings.engine_tick_s)
     tasks = [
         asyncio.create_task(results.run(), name="results-consumer"),
         asyncio.create_task(controls.run(), name="control-consumer"),
         asyncio.create_task(housekeeper.run(), name="housekeeping"),
+        asyncio.create_task(announcer.run(), name="approval-announcements"),
     ]
 
     async def stop() -> None:

@@ -18,6 +18,7 @@ from sqlalchemy import select, text
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from services.common.bus import Deferred
 from services.common.contracts import StepError, WorkItem, WorkResult
 from services.common.db.models import Agent, AgentResult
 from services.common.errors import CooError, ErrorType
@@ -43,6 +44,8 @@ from services.worker.slack import SlackPoster
 from services.worker.tools import TOOLS, ToolCall, ToolContext, call_tool
 
 log = get_logger(__name__)
+
+CLAIM_RETRY_S = 5.0  # a copy of a running attempt waits this long before looking again
 
 
 @dataclass(frozen=True)
@@ -139,10 +142,12 @@ class AgentRunner:
 
     async def _run_claimed(self, item: WorkItem, *, trace_id: str | None) -> WorkResult:
         async with self.sessionmaker() as claim, claim.begin():
-            await claim.execute(
-                text("SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))"),
+            claimed = await claim.scalar(
+                text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))"),
                 {"key": f"coo-attempt:{item.step_id}:{item.attempt}"},
             )
+            if not claimed:  # a copy of this attempt is running: come back when it is done
+                raise Deferred(f"attempt {item.attempt} of step {item.step_id} is running elsewhere", CLAIM_RETRY_S)
             done = await self.existing_result(item)
             if done is not None:
                 log.info("attempt_already_done", step_id=str(item.step_id), attempt=item.attempt)
@@ -244,7 +249,7 @@ class AgentRunner:
             result_id=row["id"],
             success=error is None,
             output=row["output"],
-            error=error,
+            error=StepError.model_validate(row["error"]) if error is not None and row["error"] else None,
             model=model,
             tokens_in=usage.input_tokens,
             tokens_out=usage.output_tokens,

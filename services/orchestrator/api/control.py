@@ -183,11 +183,14 @@ async def _wait_outcome(
             async with state.sessionmaker() as session:
                 row = (
                     await session.execute(
-                        select(TimelineEventRow).where(
+                        select(TimelineEventRow)
+                        .where(
                             TimelineEventRow.mission_id == mission_id,
                             TimelineEventRow.type.in_(_OUTCOMES),
                             TimelineEventRow.data["control_id"].astext == control_id,
                         )
+                        .order_by(TimelineEventRow.id)
+                        .limit(1)
                     )
                 ).scalar_one_or_none()
             if row is not None:

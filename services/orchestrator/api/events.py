@@ -47,16 +47,22 @@ def _row_dict(row: TimelineEventRow) -> dict[str, Any]:
     }
 
 
+_PAGE = 5000
+MAX_EVENT_ID = 2**63 - 1
+
+
 async def _stored(state: OrchestratorState, mission_id: uuid.UUID, after: int) -> tuple[list[dict[str, Any]], str]:
+    """The events after ``after`` and the mission's status, the status read *first*: a final
+    status seen here means every event of the mission is already committed and in this read."""
     async with state.sessionmaker() as session:
+        status = await session.scalar(select(Mission.status).where(Mission.id == mission_id))
         rows = await session.execute(
             select(TimelineEventRow)
             .where(TimelineEventRow.mission_id == mission_id, TimelineEventRow.id > after)
             .order_by(TimelineEventRow.id)
-            .limit(5000)
+            .limit(_PAGE)
         )
         events = [_row_dict(r) for r in rows.scalars()]
-        status = await session.scalar(select(Mission.status).where(Mission.id == mission_id))
     return events, str(status)
 
 
@@ -65,13 +71,17 @@ async def _start_after(
     state: StateDep,
     _: CallerDep,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    after: int = Query(default=0, ge=0, description="Start after this timeline id (Last-Event-ID wins)"),
+    after: int = Query(
+        default=0, ge=0, le=MAX_EVENT_ID, description="Start after this timeline id (Last-Event-ID wins)"
+    ),
 ) -> int:
     """Checked before the stream starts, so that a bad request still gets a plain error answer."""
     start = after
     if last_event_id:
         try:
             start = int(last_event_id)
+            if not 0 <= start <= MAX_EVENT_ID:
+                raise ValueError(last_event_id)
         except ValueError as exc:
             raise ApiError(
                 422, "validation", "Last-Event-ID: not an event id of this stream", field="Last-Event-ID"
@@ -111,6 +121,8 @@ async def _stream(state: OrchestratorState, mission_id: uuid.UUID, start: int) -
             for event in events:
                 last = event["id"]
                 yield _event(event)
+            if len(events) == _PAGE:
+                continue  # more to read before anything else
             if status in MISSION_TERMINAL:
                 yield ServerSentEvent(event="end", data={"mission_id": str(mission_id), "status": status})
                 return

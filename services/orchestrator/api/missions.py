@@ -300,7 +300,7 @@ async def get_timeline(
     mission_id: uuid.UUID,
     state: StateDep,
     _: CallerDep,
-    after: int = Query(default=0, ge=0, description="Only events with a larger id"),
+    after: int = Query(default=0, ge=0, le=2**63 - 1, description="Only events with a larger id"),
     limit: int = Query(default=1000, ge=1, le=10_000),
 ) -> list[TimelineEventOut]:
     async with state.sessionmaker() as session:

@@ -1,17 +1,15 @@
-"""Approval requests to Slack: every pending approval not yet announced is posted once.
-
-Runs from the housekeeping loop (and right after an approval is created), claims rows with
-``FOR UPDATE SKIP LOCKED`` so replicas never post the same request twice, and marks
-``notified_at`` only when Slack took the message — so a failed post is tried again later.
-"""
+"""Approval requests to Slack: every pending approval not yet announced is posted once."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db.models import Agent, Approval, Mission, Step
@@ -21,6 +19,7 @@ from services.orchestrator.notify.slack import SlackNotifier
 log = get_logger(__name__)
 
 _INPUT_PREVIEW = 600
+_LOCK_SPACE = 0x0C00_A991  # advisory-lock namespace of approval announcements
 
 
 def approval_message(
@@ -64,39 +63,83 @@ def approval_message(
     return text, blocks
 
 
-async def announce_pending(
-    sessionmaker: async_sessionmaker[AsyncSession], slack: SlackNotifier, api_url: str, *, limit: int = 20
-) -> int:
-    """Post the pending approvals not announced yet; returns how many Slack took."""
-    if not slack.enabled:
-        return 0
-    posted = 0
-    async with sessionmaker() as session, session.begin():
-        rows = (
-            await session.execute(
-                select(Approval, Step, Mission)
-                .join(Step, Step.id == Approval.step_id)
-                .join(Mission, Mission.id == Approval.mission_id)
-                .where(Approval.status == "pending", Approval.notified_at.is_(None))
-                .order_by(Approval.created_at)
-                .limit(limit)
-                .with_for_update(of=Approval, skip_locked=True)
-            )
-        ).all()
-        if not rows:
+class ApprovalAnnouncer:
+    """Posts each pending approval to Slack once, from its own task (a slow Slack never holds up
+    the engine). A request is claimed with a transaction-scoped advisory lock — not a row lock, so
+    deciding the approval meanwhile never waits on Slack — and ``notified_at`` is set only when
+    Slack took the message; a failed post is tried again with a growing delay."""
+
+    def __init__(
+        self, sessionmaker: async_sessionmaker[AsyncSession], slack: SlackNotifier, api_url: str, period_s: float
+    ) -> None:
+        self.sessionmaker = sessionmaker
+        self.slack = slack
+        self.api_url = api_url
+        self.period_s = period_s
+        self._retry_at: dict[uuid.UUID, tuple[float, float]] = {}  # approval -> (when, last delay)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.announce_pending()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("approval_announcements_failed")
+            await asyncio.sleep(self.period_s)
+
+    async def announce_pending(self, *, limit: int = 20) -> int:
+        """Post the pending approvals not announced yet; returns how many Slack took."""
+        if not self.slack.enabled:
             return 0
-        agents = {
-            a.name: a
-            for a in (
-                await session.execute(select(Agent).where(Agent.name.in_({s.agent for _, s, _ in rows})))
-            ).scalars()
-        }
-        for approval, step, mission in rows:
-            text, blocks = approval_message(mission, step, agents.get(step.agent), api_url)
-            delivery = await slack.post(text, blocks, colour="warning")
-            if delivery.ok:
-                approval.notified_at = datetime.now(UTC)
-                posted += 1
-            else:
+        async with self.sessionmaker() as session:
+            due = list(
+                (
+                    await session.execute(
+                        select(Approval.id)
+                        .where(Approval.status == "pending", Approval.notified_at.is_(None))
+                        .order_by(Approval.created_at)
+                        .limit(limit)
+                    )
+                ).scalars()
+            )
+        now = time.monotonic()
+        posted = 0
+        for approval_id in due:
+            if self._retry_at.get(approval_id, (0.0, 0.0))[0] > now:
+                continue
+            posted += await self._announce(approval_id)
+        return posted
+
+    async def _announce(self, approval_id: uuid.UUID) -> int:
+        async with self.sessionmaker() as session, session.begin():
+            claimed = await session.scalar(
+                select(func.pg_try_advisory_xact_lock(_LOCK_SPACE, func.hashtext(str(approval_id))))
+            )
+            if not claimed:
+                return 0  # another replica is posting it
+            row = (
+                await session.execute(
+                    select(Approval, Step, Mission)
+                    .join(Step, Step.id == Approval.step_id)
+                    .join(Mission, Mission.id == Approval.mission_id)
+                    .where(Approval.id == approval_id, Approval.status == "pending", Approval.notified_at.is_(None))
+                )
+            ).one_or_none()
+            if row is None:
+                return 0  # decided or announced meanwhile
+            _, step, mission = row
+            agent = (await session.execute(select(Agent).where(Agent.name == step.agent))).scalar_one_or_none()
+            text, blocks = approval_message(mission, step, agent, self.api_url)
+            delivery = await self.slack.post(text, blocks, colour="warning")
+            if not delivery.ok:
+                _, last = self._retry_at.get(approval_id, (0.0, self.period_s))
+                delay = min(max(last * 2, self.period_s), 300.0)
+                self._retry_at[approval_id] = (time.monotonic() + delay, delay)
                 log.warning("approval_announce_failed", mission_id=str(mission.id), step=step.key, error=delivery.error)
-    return posted
+                return 0
+            await session.execute(
+                update(Approval).where(Approval.id == approval_id).values(notified_at=datetime.now(UTC))
+            )
+        self._retry_at.pop(approval_id, None)
+        return 1

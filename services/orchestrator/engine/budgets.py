@@ -46,7 +46,15 @@ def account(uow: UnitOfWork, mission: Mission, result: WorkResult) -> None:
                 uow, mission.id, "budget.warning", budget=kind, spent_ratio=float(round(ratio, 4)), **_spend(mission)
             )
     over = exceeded(mission)
-    if over and mission.status == MissionStatus.RUNNING:
+    if result.cost_usd is None and mission.budget_usd is not None:
+        # A model with no known price: its spend cannot be counted, so the budget cannot be kept.
+        record(uow, mission.id, "budget.cost_unknown", model=result.model, attempt=result.attempt, **_spend(mission))
+        over = [*over, "usd (cost unknown)"]
+    if over and mission.status == MissionStatus.PAUSED and mission.pause_reason != BUDGET_EXCEEDED:
+        # Paused by hand while this attempt ran: it now waits for budget too.
+        mission.pause_reason = BUDGET_EXCEEDED
+        record(uow, mission.id, "budget.exceeded", budgets=over, **_spend(mission))
+    elif over and mission.status == MissionStatus.RUNNING:
         move_mission(uow, mission, MissionStatus.PAUSED, reason=BUDGET_EXCEEDED, budgets=over, **_spend(mission))
         mission.pause_reason = BUDGET_EXCEEDED
         record(uow, mission.id, "budget.exceeded", budgets=over, **_spend(mission))
@@ -71,6 +79,24 @@ def add_budget(mission: Mission, usd: Decimal | None, tokens: int | None) -> Non
     if tokens is not None:
         base_t = mission.budget_tokens if mission.budget_tokens is not None else mission.spent_tokens
         mission.budget_tokens = base_t + tokens
+
+
+# Column limits: Numeric(18, 8) for USD, BIGINT for tokens.
+MAX_USD = Decimal("9999999999.99999999")
+MAX_TOKENS = 2**63 - 1
+
+
+def overflow(mission: Mission, usd: Decimal | None, tokens: int | None) -> str | None:
+    """Why adding ``usd`` / ``tokens`` would leave a budget larger than it can be stored, or None."""
+    if usd is not None:
+        base = mission.budget_usd if mission.budget_usd is not None else (mission.spent_usd or Decimal(0))
+        if base + usd > MAX_USD:
+            return f"add_budget_usd: the budget would pass the largest storable amount ({MAX_USD} USD)"
+    if tokens is not None:
+        base_t = mission.budget_tokens if mission.budget_tokens is not None else mission.spent_tokens
+        if base_t + tokens > MAX_TOKENS:
+            return f"add_budget_tokens: the budget would pass the largest storable count ({MAX_TOKENS})"
+    return None
 
 
 def shortfall(mission: Mission, usd: Decimal | None, tokens: int | None) -> str | None:

@@ -7,6 +7,7 @@ when not); ``apply_control`` re-checks it under the mission's row lock and carri
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,9 +15,10 @@ from datetime import UTC, datetime
 from sqlalchemy import select
 
 from services.common.contracts import Control, ControlAction
-from services.common.db.models import Approval, Mission, Step
+from services.common.db.models import Approval, Mission, Step, TimelineEventRow
 from services.common.errors import ErrorType
 from services.common.logging import get_logger
+from services.common.scrub import scrub_text
 from services.common.settings import Settings
 from services.common.telemetry import exemplar
 from services.orchestrator.engine import budgets
@@ -72,14 +74,17 @@ def check_control(mission: Mission, steps: Sequence[Step], control: Control) -> 
     if action is ControlAction.RESUME:
         if status is not MissionStatus.PAUSED:
             raise ControlRefused(f"mission {mission.id} is {status}: only a paused mission can be resumed")
-        if mission.pause_reason == budgets.BUDGET_EXCEEDED:
-            shortfall = budgets.shortfall(mission, control.add_budget_usd, control.add_budget_tokens)
-            if shortfall:
-                raise ControlRefused(
-                    f"mission {mission.id} is still over budget after this resume: {shortfall}; "
-                    "add more with add_budget_usd / add_budget_tokens",
-                    field="add_budget_usd",
-                )
+        too_big = budgets.overflow(mission, control.add_budget_usd, control.add_budget_tokens)
+        if too_big:
+            raise ControlRefused(too_big, status=422, field="add_budget_usd")
+        # Whatever paused it: resuming must not dispatch past the budget.
+        shortfall = budgets.shortfall(mission, control.add_budget_usd, control.add_budget_tokens)
+        if shortfall:
+            raise ControlRefused(
+                f"mission {mission.id} is still over budget after this resume: {shortfall}; "
+                "add more with add_budget_usd / add_budget_tokens",
+                field="add_budget_usd",
+            )
         return None
     if action is ControlAction.CANCEL:
         if status in MISSION_TERMINAL:
@@ -106,6 +111,9 @@ async def apply_control(uow: UnitOfWork, settings: Settings, control: Control, c
     if mission is None:
         log.warning("control_for_unknown_mission", mission_id=str(control.mission_id), action=control.action)
         return ControlOutcome(control_id, False, "unknown", f"mission {control.mission_id} not found")
+    earlier = await _outcome_of(uow, mission.id, control_id)
+    if earlier is not None:  # a redelivered command: it was applied (or refused) already
+        return ControlOutcome(control_id, earlier == "control.applied", mission.status, "already handled")
     steps = await load_steps(session, mission.id)
     try:
         step = check_control(mission, steps, control)
@@ -116,7 +124,9 @@ async def apply_control(uow: UnitOfWork, settings: Settings, control: Control, c
     actor = control.actor
     action = control.action
     if action is ControlAction.PAUSE:
-        move_mission(uow, mission, MissionStatus.PAUSED, reason="manual", actor=actor, control_id=control_id)
+        move_mission(
+            uow, mission, MissionStatus.PAUSED, reason="manual", note=control.reason, actor=actor, control_id=control_id
+        )
         mission.pause_reason = "manual"
     elif action is ControlAction.RESUME:
         budgets.add_budget(mission, control.add_budget_usd, control.add_budget_tokens)
@@ -142,6 +152,19 @@ async def apply_control(uow: UnitOfWork, settings: Settings, control: Control, c
     return ControlOutcome(control_id, True, mission.status)
 
 
+async def _outcome_of(uow: UnitOfWork, mission_id: uuid.UUID, control_id: str) -> str | None:
+    """The outcome already recorded for ``control_id`` (``control.applied`` / ``control.refused``), if any."""
+    return await uow.session.scalar(
+        select(TimelineEventRow.type)
+        .where(
+            TimelineEventRow.mission_id == mission_id,
+            TimelineEventRow.type.in_(("control.applied", "control.refused")),
+            TimelineEventRow.data["control_id"].astext == control_id,
+        )
+        .limit(1)
+    )
+
+
 async def _cancel(
     uow: UnitOfWork, mission: Mission, steps: Sequence[Step], *, actor: str | None, reason: str | None, control_id: str
 ) -> None:
@@ -156,7 +179,8 @@ async def _cancel(
         approval.status = "expired"
         approval.reason = "mission cancelled"
         approval.decided_at = now
-    mission.error = {"type": "CANCELLED", "message": reason or "cancelled by an operator", "actor": actor}
+    message = scrub_text(reason) if reason else "cancelled by an operator"
+    mission.error = {"type": "CANCELLED", "message": message, "actor": actor}
     move_mission(uow, mission, MissionStatus.CANCELLED, actor=actor, reason=reason, control_id=control_id)
 
 
@@ -176,7 +200,7 @@ async def _decide(
     if approval is not None:
         approval.status = "approved" if approved else "rejected"
         approval.decided_by = control.actor
-        approval.reason = control.reason
+        approval.reason = scrub_text(control.reason) if control.reason else None
         approval.decided_at = now
         waited = max(0.0, (now - approval.created_at).total_seconds()) if approval.created_at else 0.0
         uow.after_commit(lambda metrics: metrics.approval_wait.observe(waited, exemplar=exemplar()))

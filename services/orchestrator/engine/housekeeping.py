@@ -17,13 +17,11 @@ from services.common.logging import get_logger
 from services.common.results import result_from_row
 from services.common.settings import Settings
 from services.orchestrator.engine.admission import admit
-from services.orchestrator.engine.approvals import announce_pending
 from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.results import apply_result
 from services.orchestrator.engine.scheduler import advance, definition_for, lock_mission, publish_work_item
 from services.orchestrator.engine.transitions import MissionStatus, StepStatus, record
 from services.orchestrator.engine.unit import UnitOfWork
-from services.orchestrator.notify.slack import SlackNotifier
 from services.orchestrator.ratelimit import RateLimiter
 
 log = get_logger(__name__)
@@ -51,14 +49,12 @@ class Housekeeper:
         bus: Bus,
         metrics: EngineMetrics | None = None,
         rate_limiter: RateLimiter | None = None,
-        slack: SlackNotifier | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
         self.bus = bus
         self.metrics = metrics
         self.rate_limiter = rate_limiter
-        self.slack = slack
         self._ticks = 0
 
     def unit(self) -> UnitOfWork:
@@ -80,8 +76,6 @@ class Housekeeper:
         await self.dispatch_due_retries()
         await self.republish_stale_dispatches()
         await self.settle_overdue_attempts()
-        if self.slack is not None:
-            await announce_pending(self.sessionmaker, self.slack, self.settings.api_url)
         await self.refresh_gauges()
         self._ticks += 1
         if self.rate_limiter is not None and self._ticks % 60 == 1:
