@@ -64,6 +64,9 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(
         default=100, ge=0, description="Requests per API key per minute, shared by all replicas (0: no limit)."
     )
+    approval_expiry_s: float = Field(
+        default=0, ge=0, description="An approval not decided within this time fails its step (0: never expires)."
+    )
     slack_webhook_url: SecretStr | None = Field(
         default=None, description="Slack incoming-webhook URL for approvals, alerts and notifier agents."
     )

@@ -231,3 +231,23 @@ async def test_a_token_budget_pauses_the_mission_until_more_budget_is_added(stee
     assert [e["type"] for e in events] == ["budget.warning", "budget.exceeded"]
     metrics = await _metrics(steered)
     assert 'coo_budget_exceeded_total{workflow="chain"} 1.0' in metrics
+
+
+async def test_an_approval_nobody_decides_expires_and_fails_its_step(settings: Settings) -> None:
+    stack = await start_stack(settings.model_copy(update={"approval_expiry_s": 1.0}))
+    try:
+        async with stack.client() as client:
+            assert (await client.post("/v1/workflows", json=GATED)).status_code == 201
+            await _gate_echo(client)
+            mid = (await client.post("/v1/missions", json={"workflow": "gated", "input": {"text": "x"}})).json()["id"]
+            failed = await _wait_status(client, mid, "failed")
+            late = await client.post(f"/v1/missions/{mid}/steps/apply/approve")
+        apply = _step(failed, "apply")
+        assert apply["error"]["type"] == "REJECTED" and "expired" in apply["error"]["message"]
+        assert late.status_code == 409
+        rows = await db_fetch(stack.settings, "SELECT status, reason FROM approvals")
+        assert [(r["status"], r["reason"]) for r in rows] == [("expired", "not decided within 1s")]
+        types = [r["type"] for r in await db_fetch(stack.settings, "SELECT type FROM timeline_events ORDER BY id")]
+        assert "approval.expired" in types
+    finally:
+        await stop_stack(stack)

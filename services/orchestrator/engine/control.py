@@ -214,3 +214,32 @@ async def _decide(
     step.error = error_dict(ErrorType.REJECTED, message)
     move_step(uow, step, StepStatus.FAILED, error_type=ErrorType.REJECTED, message=message, control_id=control_id)
     await advance(uow, mission, steps)
+
+
+async def expire_approval(uow: UnitOfWork, settings: Settings, approval_id: uuid.UUID) -> bool:
+    """Fail the step of an approval nobody decided within ``approval_expiry_s`` (``REJECTED``)."""
+    session = uow.session
+    mission_id = await session.scalar(select(Approval.mission_id).where(Approval.id == approval_id))
+    if mission_id is None:
+        return False
+    mission = await lock_mission(session, mission_id)
+    approval = await session.get(Approval, approval_id, with_for_update=True)
+    if mission is None or approval is None or approval.status != "pending":
+        return False  # decided meanwhile
+    steps = await load_steps(session, mission.id)
+    step = next((s for s in steps if s.id == approval.step_id), None)
+    if step is None or step.status != StepStatus.AWAITING_APPROVAL or mission.status != MissionStatus.RUNNING:
+        return False
+    waited = settings.approval_expiry_s
+    approval.status = "expired"
+    approval.reason = f"not decided within {waited:g}s"
+    approval.decided_at = datetime.now(UTC)
+    uow.after_commit(lambda metrics: metrics.approval_wait.observe(waited))
+    record(uow, mission.id, "approval.expired", step_key=step.key, after_s=waited)
+    message = f"approval expired: nobody decided within {waited:g}s (COO_APPROVAL_EXPIRY_S)"
+    step.error = error_dict(ErrorType.REJECTED, message)
+    move_step(uow, step, StepStatus.FAILED, error_type=ErrorType.REJECTED, message=message)
+    await advance(uow, mission, steps)
+    if mission.status in MISSION_TERMINAL:
+        await admit(uow, settings)
+    return True

@@ -11,12 +11,13 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import Bus
 from services.common.contracts import StepError, WorkResult
-from services.common.db.models import AgentResult, Mission, Step
+from services.common.db.models import AgentResult, Approval, Mission, Step
 from services.common.errors import ErrorType
 from services.common.logging import get_logger
 from services.common.results import result_from_row
 from services.common.settings import Settings
 from services.orchestrator.engine.admission import admit
+from services.orchestrator.engine.control import expire_approval
 from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.results import apply_result
 from services.orchestrator.engine.scheduler import advance, definition_for, lock_mission, publish_work_item
@@ -76,10 +77,29 @@ class Housekeeper:
         await self.dispatch_due_retries()
         await self.republish_stale_dispatches()
         await self.settle_overdue_attempts()
+        if self.settings.approval_expiry_s > 0:
+            await self.expire_approvals()
         await self.refresh_gauges()
         self._ticks += 1
         if self.rate_limiter is not None and self._ticks % 60 == 1:
             await self.rate_limiter.prune()
+
+    async def expire_approvals(self) -> None:
+        cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.approval_expiry_s)
+        async with self.sessionmaker() as session:
+            stale = list(
+                (
+                    await session.execute(
+                        select(Approval.id)
+                        .where(Approval.status == "pending", Approval.created_at < cutoff)
+                        .order_by(Approval.created_at)
+                        .limit(100)
+                    )
+                ).scalars()
+            )
+        for approval_id in stale:
+            async with self.unit() as uow:
+                await expire_approval(uow, self.settings, approval_id)
 
     async def refresh_gauges(self) -> None:
         """Queue depth, active missions, dead letters and pending approvals, read from Postgres."""
