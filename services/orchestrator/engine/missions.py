@@ -34,75 +34,45 @@ async def create_mission(
     with tracer().start_as_current_span(
         "mission.execute", attributes={"coo.workflow": workflow.name, "coo.workflow_version": workflow.version}
     ) as span:
-        mission = await _create(
-            uow,
-            settings,
-            workflow,
-            definition,
-            mission_input=mission_input,
+        mission = Mission(
+            workflow_id=workflow.id,
+            workflow_name=workflow.name,
+            workflow_version=workflow.version,
+            status="queued",
             priority=priority,
+            input=scrub(mission_input),  # secrets never reach a row: what steps see is redacted too
             caller=caller,
             budget_usd=budget_usd,
             budget_tokens=budget_tokens,
             idempotency_key=idempotency_key,
             traceparent=traceparent or current_traceparent(),
         )
+        uow.session.add(mission)
+        await uow.session.flush()
+        uow.session.add_all(
+            [
+                Step(
+                    mission_id=mission.id,
+                    key=spec.id,
+                    agent=spec.agent,
+                    status="pending",
+                    depends_on=list(spec.depends_on),
+                    max_attempts=spec.retry.max_attempts,
+                    timeout_s=spec.timeout_s,
+                )
+                for spec in definition.steps
+            ]
+        )
+        await uow.session.flush()
+        record(
+            uow,
+            mission.id,
+            "mission.submitted",
+            workflow=workflow.name,
+            version=workflow.version,
+            priority=priority,
+            caller=caller,
+        )
+        await admit(uow, settings)
         span.set_attribute("coo.mission_id", str(mission.id))
         return mission
-
-
-async def _create(
-    uow: UnitOfWork,
-    settings: Settings,
-    workflow: Workflow,
-    definition: WorkflowDefinition,
-    *,
-    mission_input: dict[str, Any],
-    priority: int,
-    caller: str,
-    budget_usd: Decimal | None,
-    budget_tokens: int | None,
-    idempotency_key: str | None,
-    traceparent: str | None,
-) -> Mission:
-    mission = Mission(
-        workflow_id=workflow.id,
-        workflow_name=workflow.name,
-        workflow_version=workflow.version,
-        status="queued",
-        priority=priority,
-        input=scrub(mission_input),  # secrets never reach a row: what steps see is redacted too
-        caller=caller,
-        budget_usd=budget_usd,
-        budget_tokens=budget_tokens,
-        idempotency_key=idempotency_key,
-        traceparent=traceparent,
-    )
-    uow.session.add(mission)
-    await uow.session.flush()
-    uow.session.add_all(
-        [
-            Step(
-                mission_id=mission.id,
-                key=spec.id,
-                agent=spec.agent,
-                status="pending",
-                depends_on=list(spec.depends_on),
-                max_attempts=spec.retry.max_attempts,
-                timeout_s=spec.timeout_s,
-            )
-            for spec in definition.steps
-        ]
-    )
-    await uow.session.flush()
-    record(
-        uow,
-        mission.id,
-        "mission.submitted",
-        workflow=workflow.name,
-        version=workflow.version,
-        priority=priority,
-        caller=caller,
-    )
-    await admit(uow, settings)
-    return mission
