@@ -10,7 +10,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import httpx
@@ -19,8 +19,11 @@ import pytest
 import uvicorn
 
 from services.cli.embedded import EmbeddedNats, EmbeddedPostgres, free_port
-from services.common.db.migrate import upgrade_async
+from services.common.db.migrate import upgrade, upgrade_async
 from services.common.settings import Settings
+
+if TYPE_CHECKING:
+    from tests.e2e.processes import Services
 
 API_KEY = "test-key-0123456789"
 
@@ -212,3 +215,19 @@ async def db_fetch(settings: Settings, query: str, *args: Any) -> list[asyncpg.R
         return list(await conn.fetch(query, *args))
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def services(infra: Infra, tmp_path: Path) -> Iterator[Services]:
+    """The three services as real processes (started by the test), on a private schema and prefix."""
+    settings = make_settings(infra, tmp_path)
+    from tests.e2e.processes import Services  # it imports this module
+
+    upgrade(settings)
+    running = Services(settings, tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop_all()
+        asyncio.run(drop_schema(infra.database_url, settings.db_schema))
+        asyncio.run(delete_streams(infra.nats_url, settings.bus_prefix))

@@ -3,33 +3,20 @@ counters move by the mission's amounts; OpenMetrics exemplars carry the mission'
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from services.cli.embedded import free_port
-from services.common.db.migrate import upgrade_async
 from tests.conftest import (
-    Infra,
-    RunningApp,
     Stack,
     db_fetch,
-    delete_streams,
-    drop_schema,
-    make_settings,
-    start_stack,
-    stop_stack,
     wait_for,
 )
 from tests.fakes.anthropic import FakeAnthropic, overloaded, text, tool_use
-
-MODEL = "claude-sonnet-4-6"
+from tests.integration.test_worker_anthropic import MODEL, claude  # noqa: F401 (fixture)
 
 # name (as exposed, counters with _total) → labels its samples carry (besides histogram `le`)
 DESIGN_METRICS: dict[str, dict[str, set[str]]] = {
@@ -72,30 +59,6 @@ DESIGN_METRICS: dict[str, dict[str, set[str]]] = {
 }
 
 
-@pytest.fixture
-async def claude_stack(infra: Infra, tmp_path: Path) -> AsyncIterator[tuple[Stack, FakeAnthropic]]:
-    fake = FakeAnthropic()
-    server = RunningApp(fake.app(), free_port())
-    await server.start()
-    settings = make_settings(infra, tmp_path, anthropic_api_key="sk-ant-test-0123456789", anthropic_base_url=server.url)
-    await upgrade_async(settings)
-    stack = await start_stack(settings)
-    try:
-        async with stack.client() as client:
-            put = await client.put(
-                "/v1/agents/line-counter",
-                json={"model": MODEL, "system_prompt": "Count lines with wc.", "tools": ["run_command"]},
-            )
-            assert put.status_code in (200, 201), put.text
-        yield stack, fake
-    finally:
-        fake.close()
-        await stop_stack(stack)
-        await server.stop()
-        await drop_schema(infra.database_url, settings.db_schema)
-        await delete_streams(infra.nats_url, settings.bus_prefix)
-
-
 async def scrape(url: str) -> dict[str, Metric]:
     async with httpx.AsyncClient() as client:
         response = await client.get(f"{url}/metrics", headers={"Accept": "application/openmetrics-text"})
@@ -115,9 +78,9 @@ def value(families: dict[str, Metric], exposed: str, **labels: str) -> float:
 
 
 async def test_design_metrics_move_by_the_missions_amounts_with_trace_exemplars(
-    claude_stack: tuple[Stack, FakeAnthropic],
+    claude: tuple[Stack, FakeAnthropic],  # noqa: F811
 ) -> None:
-    stack, fake = claude_stack
+    stack, fake = claude
     fake.queue(
         overloaded(),  # the first attempt fails (LLM_UNAVAILABLE) and is retried
         tool_use("run_command", {"argv": ["wc", "-l"], "stdin": "a\nb\n"}, input_tokens=300, output_tokens=40),

@@ -4,25 +4,17 @@ with prompt and completion capture on, so that span content is scrubbed too."""
 
 from __future__ import annotations
 
-import asyncio
 import secrets
 import string
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from services.cli.embedded import free_port
-from services.common.db.migrate import upgrade
 from tests.conftest import (
     API_KEY,
-    Infra,
     RunningApp,
     db_fetch,
-    delete_streams,
-    drop_schema,
-    make_settings,
     wait_for,
 )
 from tests.e2e.processes import Services
@@ -44,19 +36,6 @@ REPLY_PASSWORD = _token(20)  # in the model's reply, as password=…
 WEBHOOK = f"https://hooks.slack.com/services/T{_token(8)}/B{_token(8)}/{_token(24)}"  # in the model's reply
 HEADER_TOKEN = _token(32)  # sent as a request header
 PLANTED = [API_KEY_SECRET, INPUT_SECRET, AWS_KEY, REPLY_PASSWORD, WEBHOOK.rsplit("/", 1)[1], HEADER_TOKEN]
-
-
-@pytest.fixture
-def services(infra: Infra, tmp_path: Path) -> Iterator[Services]:
-    settings = make_settings(infra, tmp_path)
-    upgrade(settings)
-    running = Services(settings, tmp_path)
-    try:
-        yield running
-    finally:
-        running.stop_all()
-        asyncio.run(drop_schema(infra.database_url, settings.db_schema))
-        asyncio.run(delete_streams(infra.nats_url, settings.bus_prefix))
 
 
 async def test_planted_secrets_are_in_no_log_span_or_row(services: Services) -> None:
