@@ -32,7 +32,7 @@ from services.common.logging import get_logger
 from services.common.settings import Settings, instance_id
 from services.common.telemetry import Telemetry, instrument_app, instrument_engine
 from services.worker.agents import builtin  # noqa: F401  (registers the offline scripts)
-from services.worker.gate import admit_work
+from services.worker.gate import Verdict
 from services.worker.llm.anthropic import AnthropicProvider
 from services.worker.llm.pricing import PriceTable
 from services.worker.llm.providers import model_warnings, select_provider
@@ -99,26 +99,25 @@ def create_app(settings: Settings) -> FastAPI:
                     await run_item(msg, item)
 
             async def run_item(msg: Msg, item: WorkItem) -> None:
-                verdict = await admit_work(sessionmaker, item)
-                if verdict.action == "drop":
-                    log.info(
-                        "work_item_dropped", step_id=str(item.step_id), attempt=item.attempt, reason=verdict.reason
+                async def announce_start() -> None:
+                    started = StepStarted(
+                        mission_id=item.mission_id,
+                        step_id=item.step_id,
+                        attempt=item.attempt,
+                        worker=worker_id,
+                        started_at=datetime.now(UTC),
                     )
+                    await bus.publish(bus.subjects.results, started.to_bytes(), msg_id=f"{item.msg_id}:started")
+
+                outcome = await runner.run(item, on_start=announce_start)
+                if isinstance(outcome, Verdict):
+                    if outcome.action == "wait":
+                        metrics.work_deferred.inc()
+                        await defer(msg, item, outcome.reason)
+                    else:
+                        log.info("work_item_dropped", reason=outcome.reason)
                     return
-                if verdict.action == "wait":
-                    metrics.work_deferred.inc()
-                    await defer(msg, item, verdict.reason)
-                    return
-                started = StepStarted(
-                    mission_id=item.mission_id,
-                    step_id=item.step_id,
-                    attempt=item.attempt,
-                    worker=worker_id,
-                    started_at=datetime.now(UTC),
-                )
-                await bus.publish(bus.subjects.results, started.to_bytes(), msg_id=f"{item.msg_id}:started")
-                result = await runner.run(item)
-                await bus.publish(bus.subjects.results, result.to_bytes(), msg_id=result.msg_id)
+                await bus.publish(bus.subjects.results, outcome.to_bytes(), msg_id=outcome.msg_id)
 
             async def defer(msg: Msg, item: WorkItem, reason: str) -> None:
                 """Leave the item in the queue for a while. Each nak counts as a delivery, so before

@@ -1,38 +1,74 @@
 """Before running a work item: is its attempt still wanted? Paused missions wait, stale or
-cancelled attempts are dropped."""
+cancelled attempts are dropped, a copy of a running attempt comes back later.
+
+One statement answers all of it, and claims the attempt (a transaction-scoped advisory lock) in the
+same round trip: the worker's whole bookkeeping for an attempt is this query and one insert."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Select, exists, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.contracts import WorkItem
-from services.common.db.models import Mission, Step
+from services.common.db.models import Agent, AgentResult, Mission, Step
 
 _STEP_IN_FLIGHT = frozenset({"dispatched", "running"})
 
 
 @dataclass(frozen=True)
+class AgentDefinition:
+    name: str
+    model: str
+    system_prompt: str
+    tools: tuple[str, ...]
+    output_schema: dict[str, Any] | None
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class Verdict:
-    action: Literal["run", "wait", "drop"]
+    """``run`` (claimed, agent known), ``done`` (a result is stored), ``busy`` (a copy holds the
+    claim), ``wait`` (paused mission) or ``drop`` (stale, cancelled or unknown)."""
+
+    action: Literal["run", "done", "busy", "wait", "drop"]
     reason: str = ""
+    agent: AgentDefinition | None = None
 
 
-async def admit_work(sessionmaker: async_sessionmaker[AsyncSession], item: WorkItem) -> Verdict:
-    async with sessionmaker() as session:
-        row = (
-            await session.execute(
-                select(Mission.status, Mission.pause_reason, Step.status, Step.attempt)
-                .join(Step, Step.mission_id == Mission.id)
-                .where(Step.id == item.step_id, Mission.id == item.mission_id)
-            )
-        ).one_or_none()
+def _claim_query(item: WorkItem) -> Select[Any]:
+    lock_key = f"coo-attempt:{item.step_id}:{item.attempt}"
+    return (
+        select(
+            Mission.status,
+            Mission.pause_reason,
+            Step.status,
+            Step.attempt,
+            func.pg_try_advisory_xact_lock(func.hashtextextended(lock_key, 0)),
+            exists().where(AgentResult.step_id == Step.id, AgentResult.attempt == item.attempt),
+            Agent.name,
+            Agent.model,
+            Agent.system_prompt,
+            Agent.tools,
+            Agent.output_schema,
+            Agent.enabled,
+        )
+        .select_from(Step)
+        .join(Mission, Mission.id == Step.mission_id)
+        .outerjoin(Agent, Agent.name == item.agent)
+        .where(Step.id == item.step_id, Mission.id == item.mission_id)
+    )
+
+
+async def claim_attempt(session: AsyncSession, item: WorkItem) -> Verdict:
+    """Decide, inside ``session``'s transaction, whether this worker runs the attempt now. A ``run``
+    verdict holds the attempt's lock until the transaction ends."""
+    row = (await session.execute(_claim_query(item))).one_or_none()
     if row is None:
         return Verdict("drop", "its mission or step no longer exists")
-    mission_status, pause_reason, step_status, attempt = row
+    mission_status, pause_reason, step_status, attempt, claimed, done, *agent = row
     if mission_status == "paused":
         return Verdict("wait", f"mission is paused ({pause_reason or 'manual'})")
     if mission_status != "running":
@@ -41,4 +77,11 @@ async def admit_work(sessionmaker: async_sessionmaker[AsyncSession], item: WorkI
         return Verdict("drop", f"the step is at attempt {attempt}, this work item is attempt {item.attempt}")
     if step_status not in _STEP_IN_FLIGHT:
         return Verdict("drop", f"the step is {step_status}")
-    return Verdict("run")
+    if not claimed:
+        return Verdict("busy", f"attempt {item.attempt} of step {item.step_id} is running elsewhere")
+    if done:
+        return Verdict("done", "a result of this attempt is already stored")
+    name, model, system_prompt, tools, output_schema, enabled = agent
+    if name is None:
+        return Verdict("run")  # the attempt fails with a clear VALIDATION error
+    return Verdict("run", agent=AgentDefinition(name, model, system_prompt, tuple(tools), output_schema, enabled))

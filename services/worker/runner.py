@@ -6,6 +6,7 @@ import asyncio
 import time
 import traceback
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -14,13 +15,13 @@ from typing import Any
 import orjson
 from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import Deferred
 from services.common.contracts import StepError, WorkItem, WorkResult
-from services.common.db.models import Agent, AgentResult
+from services.common.db.models import AgentResult
 from services.common.errors import CooError, ErrorType
 from services.common.logging import get_logger
 from services.common.results import result_from_row
@@ -28,6 +29,7 @@ from services.common.scrub import scrub, scrub_text
 from services.common.settings import Settings
 from services.common.telemetry import StatusCode, current_trace_id, tracer
 from services.worker import genai
+from services.worker.gate import AgentDefinition, Verdict, claim_attempt
 from services.worker.llm.base import (
     ChatRequest,
     Message,
@@ -46,15 +48,6 @@ from services.worker.tools import TOOLS, ToolCall, ToolContext, call_tool
 log = get_logger(__name__)
 
 CLAIM_RETRY_S = 5.0  # a copy of a running attempt waits this long before looking again
-
-
-@dataclass(frozen=True)
-class AgentDefinition:
-    name: str
-    model: str
-    system_prompt: str
-    tools: tuple[str, ...]
-    output_schema: dict[str, Any] | None
 
 
 def cap(text: str, limit: int) -> tuple[str, bool]:
@@ -96,66 +89,63 @@ class AgentRunner:
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self.prices = prices or PriceTable(settings.model_prices)
 
-    async def _agent(self, name: str) -> AgentDefinition:
-        async with self.sessionmaker() as session:
-            row = (await session.execute(select(Agent).where(Agent.name == name))).scalar_one_or_none()
-        if row is None:
-            raise CooError(ErrorType.VALIDATION, f"agent '{name}' is not registered")
-        if not row.enabled:
-            raise CooError(ErrorType.VALIDATION, f"agent '{name}' is disabled")
-        return AgentDefinition(row.name, row.model, row.system_prompt, tuple(row.tools), row.output_schema)
-
-    async def existing_result(self, item: WorkItem) -> WorkResult | None:
-        async with self.sessionmaker() as session:
-            row = (
-                await session.execute(
-                    select(AgentResult).where(AgentResult.step_id == item.step_id, AgentResult.attempt == item.attempt)
-                )
-            ).scalar_one_or_none()
-        return None if row is None else result_from_row(item.mission_id, row)
-
-    async def run(self, item: WorkItem, *, trace_id: str | None = None) -> WorkResult:
-        """Run the attempt once across every worker: copies of its work item (redelivery, a
-        re-published dispatch) wait for the first to finish, then answer from its stored result."""
-        attributes: dict[str, str | int] = {
-            "coo.mission_id": str(item.mission_id),
-            "coo.step": item.step_key,
-            "coo.step_id": str(item.step_id),
-            "coo.attempt": item.attempt,
-            "gen_ai.agent.name": item.agent,
-        }
-        with tracer().start_as_current_span("agent.execute", attributes=attributes) as span:
-            result = await self._run_claimed(item, trace_id=trace_id or current_trace_id())
-            span.set_attributes(
-                {
-                    "coo.success": result.success,
-                    "gen_ai.usage.input_tokens": result.tokens_in,
-                    "gen_ai.usage.output_tokens": result.tokens_out,
-                }
+    async def existing_result(self, session: AsyncSession, item: WorkItem) -> WorkResult:
+        row = (
+            await session.execute(
+                select(AgentResult).where(AgentResult.step_id == item.step_id, AgentResult.attempt == item.attempt)
             )
-            if result.error is not None:
-                span.set_attribute("error.type", str(result.error.type))
-                span.set_status(StatusCode.ERROR, scrub_text(result.error.message))
+        ).scalar_one()
+        return result_from_row(item.mission_id, row)
+
+    async def run(
+        self,
+        item: WorkItem,
+        *,
+        trace_id: str | None = None,
+        on_start: Callable[[], Awaitable[None]] | None = None,
+    ) -> WorkResult | Verdict:
+        """Run the attempt once across every worker. A paused mission's item (``wait``) and a stale
+        or cancelled one (``drop``) come back as their verdict; a copy of a running attempt raises
+        ``Deferred``; a copy of a finished one answers from the stored result. ``on_start`` runs
+        once the attempt is claimed, before the agent starts."""
+        async with self.sessionmaker() as session, session.begin():
+            verdict = await claim_attempt(session, item)
+            if verdict.action in ("wait", "drop"):
+                return verdict
+            if verdict.action == "busy":  # come back when the running copy is done
+                raise Deferred(verdict.reason, CLAIM_RETRY_S)
+            if verdict.action == "done":
+                log.info("attempt_already_done", step_id=str(item.step_id), attempt=item.attempt)
+                return await self.existing_result(session, item)
+            if on_start is not None:
+                await on_start()
+            attributes: dict[str, str | int] = {
+                "coo.mission_id": str(item.mission_id),
+                "coo.step": item.step_key,
+                "coo.step_id": str(item.step_id),
+                "coo.attempt": item.attempt,
+                "gen_ai.agent.name": item.agent,
+            }
+            with tracer().start_as_current_span("agent.execute", attributes=attributes) as span:
+                result = await self._run_once(session, item, verdict.agent, trace_id=trace_id or current_trace_id())
+                span.set_attributes(
+                    {
+                        "coo.success": result.success,
+                        "gen_ai.usage.input_tokens": result.tokens_in,
+                        "gen_ai.usage.output_tokens": result.tokens_out,
+                    }
+                )
+                if result.error is not None:
+                    span.set_attribute("error.type", str(result.error.type))
+                    span.set_status(StatusCode.ERROR, scrub_text(result.error.message))
             error_type = str(result.error.type) if result.error else None
             log.info("attempt_finished", agent=item.agent, success=result.success, error_type=error_type)
             return result
 
-    async def _run_claimed(self, item: WorkItem, *, trace_id: str | None) -> WorkResult:
-        async with self.sessionmaker() as claim, claim.begin():
-            claimed = await claim.scalar(
-                text("SELECT pg_try_advisory_xact_lock(hashtextextended(:key, 0))"),
-                {"key": f"coo-attempt:{item.step_id}:{item.attempt}"},
-            )
-            if not claimed:  # a copy of this attempt is running: come back when it is done
-                raise Deferred(f"attempt {item.attempt} of step {item.step_id} is running elsewhere", CLAIM_RETRY_S)
-            done = await self.existing_result(item)
-            if done is not None:
-                log.info("attempt_already_done", step_id=str(item.step_id), attempt=item.attempt)
-                return done
-            return await self._run_once(item, trace_id=trace_id)
-
-    async def _run_once(self, item: WorkItem, *, trace_id: str | None) -> WorkResult:
-
+    async def _run_once(
+        self, session: AsyncSession, item: WorkItem, agent_def: AgentDefinition | None, *, trace_id: str | None
+    ) -> WorkResult:
+        """The agent's loop, then its full result inserted in ``session`` (the claim's transaction)."""
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
         repo = item.input.get("repo")
@@ -174,7 +164,7 @@ class AgentRunner:
         error: StepError | None = None
         verification: dict[str, Any] | None = None
         try:
-            agent = await self._agent(item.agent)
+            agent = _usable(item.agent, agent_def)
             model = agent.model if self.provider.name != "offline" else "offline"
             async with asyncio.timeout(item.timeout_s):
                 output = await self._loop(item, agent, ctx, calls, spend)
@@ -231,17 +221,14 @@ class AgentRunner:
             "worker": self.worker_id,
             "started_at": started_at,
         }
-        async with self.sessionmaker() as session, session.begin():
-            inserted = await session.scalar(
-                insert(AgentResult)
-                .values(**row)
-                .on_conflict_do_nothing(index_elements=["step_id", "attempt"])
-                .returning(AgentResult.id)
-            )
+        inserted = await session.scalar(
+            insert(AgentResult)
+            .values(**row)
+            .on_conflict_do_nothing(index_elements=["step_id", "attempt"])
+            .returning(AgentResult.id)
+        )
         if inserted is None:  # another delivery of the same attempt finished first: its result stands
-            existing = await self.existing_result(item)
-            assert existing is not None
-            return existing
+            return await self.existing_result(session, item)
         return WorkResult(
             mission_id=item.mission_id,
             step_id=item.step_id,
@@ -377,6 +364,14 @@ class VerificationFailed(CooError):
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(ErrorType.VERIFICATION_FAILED, message)
         self.report = report
+
+
+def _usable(name: str, agent: AgentDefinition | None) -> AgentDefinition:
+    if agent is None:
+        raise CooError(ErrorType.VALIDATION, f"agent '{name}' is not registered")
+    if not agent.enabled:
+        raise CooError(ErrorType.VALIDATION, f"agent '{name}' is disabled")
+    return agent
 
 
 def _parse_output(text: str) -> dict[str, Any]:

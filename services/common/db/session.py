@@ -18,7 +18,7 @@ def create_engine(settings: Settings, *, application_name: str, pool_size: int |
         pool_size=size,
         max_overflow=size,
         hide_parameters=True,
-        pool_pre_ping=True,
+        pool_pre_ping=False,  # a dropped connection fails one operation and the pool is refreshed; no round trip per checkout
         pool_recycle=1800,
         connect_args={
             "timeout": 5,
