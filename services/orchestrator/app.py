@@ -36,6 +36,7 @@ from services.orchestrator.engine.control import apply_control
 from services.orchestrator.engine.housekeeping import Housekeeper
 from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.results import apply_result, apply_started
+from services.orchestrator.engine.unit import UnitOfWork
 from services.orchestrator.notify.slack import SlackNotifier
 from services.orchestrator.ratelimit import RateLimiter
 from services.orchestrator.seed import seed_agents
@@ -101,6 +102,7 @@ async def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None
     """Open the results consumer and start it and the housekeeper; ``stack`` stops them."""
     settings = state.settings
     store_dead_letter = dead_letter_sink(state.sessionmaker)
+    stack.push_async_callback(state.close)  # last: after the consumers below have stopped
 
     def decode(msg: Msg) -> StepStarted | WorkResult:
         try:
@@ -113,11 +115,14 @@ async def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None
         with structlog.contextvars.bound_contextvars(
             mission_id=str(message.mission_id), step_id=str(message.step_id), attempt=message.attempt
         ):
-            async with state.unit() as uow:
+
+            async def apply(uow: UnitOfWork) -> None:
                 if isinstance(message, StepStarted):
                     await apply_started(uow, message)
                 else:
                     await apply_result(uow, settings, message)
+
+            await state.results.run(apply)  # committed with the results that came with it
 
     async def give_up(msg: Msg, error: str, deliveries: int) -> None:
         """A result that cannot be applied: keep it, and fail its attempt so the mission moves on."""
@@ -146,7 +151,7 @@ async def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None
         handler=handle_result,
         dead_letter=store_dead_letter,
         give_up=give_up,
-        concurrency=16,
+        concurrency=64,  # results are applied in shared transactions: many in hand make the batches
         ack_wait_s=settings.ack_wait_s,
         max_deliver=settings.max_deliver,
         name="results",

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.common.bus import Bus
 from services.common.settings import Settings
+from services.orchestrator.engine.batch import UnitBatcher
 from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.unit import UnitOfWork
 from services.orchestrator.ratelimit import RateLimiter
@@ -23,6 +24,16 @@ class OrchestratorState:
     registry: CollectorRegistry
     metrics: EngineMetrics
     rate_limiter: RateLimiter
+    submissions: UnitBatcher = field(init=False)  # new missions, committed together when they arrive together
+    results: UnitBatcher = field(init=False)  # what workers report, likewise
+
+    def __post_init__(self) -> None:
+        self.submissions = UnitBatcher(self.unit, name="submissions")
+        self.results = UnitBatcher(self.unit, name="results")
+
+    async def close(self) -> None:
+        await self.submissions.close()
+        await self.results.close()
 
     def unit(self, trace_id: str | None = None) -> UnitOfWork:
         return UnitOfWork(self.sessionmaker, self.bus, trace_id=trace_id, metrics=self.metrics)

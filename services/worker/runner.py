@@ -220,6 +220,7 @@ class AgentRunner:
             "trace_id": trace_id,
             "worker": self.worker_id,
             "started_at": started_at,
+            "created_at": datetime.now(UTC),  # not now(): the claim's transaction began before the attempt
         }
         inserted = await session.scalar(
             insert(AgentResult)

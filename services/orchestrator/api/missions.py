@@ -24,6 +24,7 @@ from services.orchestrator.engine.admission import queue_position
 from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.scheduler import definition_for
 from services.orchestrator.engine.transitions import MissionStatus
+from services.orchestrator.engine.unit import UnitOfWork
 from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(prefix="/v1/missions", tags=["missions"], dependencies=[Depends(storable_params)])
@@ -181,28 +182,32 @@ async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep
         replay = await _replay(state, caller.name, body)
         if replay is not None:
             return replay
+
+    async def create(uow: UnitOfWork) -> Mission:
+        workflow = await find_workflow(uow.session, body.workflow, body.version)
+        definition = await definition_for(uow.session, workflow.id)
+        _check_input(definition.input_schema, body.input)
+        return await create_mission(
+            uow,
+            state.settings,
+            workflow,
+            definition,
+            mission_input=body.input,
+            priority=body.priority,
+            caller=caller.name,
+            budget_usd=body.budget_usd,
+            budget_tokens=body.budget_tokens,
+            idempotency_key=body.idempotency_key,
+            traceparent=None,
+        )
+
     try:
-        async with state.unit() as uow:
-            workflow = await find_workflow(uow.session, body.workflow, body.version)
-            definition = await definition_for(uow.session, workflow.id)
-            _check_input(definition.input_schema, body.input)
-            mission = await create_mission(
-                uow,
-                state.settings,
-                workflow,
-                definition,
-                mission_input=body.input,
-                priority=body.priority,
-                caller=caller.name,
-                budget_usd=body.budget_usd,
-                budget_tokens=body.budget_tokens,
-                idempotency_key=body.idempotency_key,
-                traceparent=None,
-            )
-            await uow.session.flush()
-            await uow.session.refresh(mission)
-            position = await queue_position(uow.session, mission)
-            return MissionAccepted(id=mission.id, status=mission.status, queue_position=position)
+        mission = await state.submissions.run(create)  # committed with the submissions that came with it
+        position = None
+        if mission.status == MissionStatus.QUEUED:
+            async with state.sessionmaker() as session:
+                position = await queue_position(session, await _get_mission(session, mission.id))
+        return MissionAccepted(id=mission.id, status=mission.status, queue_position=position)
     except IntegrityError:
         if body.idempotency_key is None:
             raise

@@ -9,7 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import Mission
 from services.common.settings import Settings
-from services.orchestrator.engine.scheduler import advance
+from services.orchestrator.engine.scheduler import advance, load_steps_of
 from services.orchestrator.engine.transitions import MissionStatus, move_mission
 from services.orchestrator.engine.unit import UnitOfWork
 
@@ -34,12 +34,22 @@ async def admit(uow: UnitOfWork, settings: Settings) -> list[uuid.UUID]:
         .limit(room)
         .with_for_update(skip_locked=True)
     )
-    started: list[uuid.UUID] = []
-    for mission in result.scalars():
+    missions = list(result.scalars())
+    steps = await load_steps_of(session, [mission.id for mission in missions])
+    for mission in missions:
         move_mission(uow, mission, MissionStatus.RUNNING)
-        await advance(uow, mission)
-        started.append(mission.id)
-    return started
+        await advance(uow, mission, steps.get(mission.id, []))
+    return [mission.id for mission in missions]
+
+
+def admit_before_commit(uow: UnitOfWork, settings: Settings) -> None:
+    """Admit queued missions once, just before ``uow`` commits, however many changes asked for it
+    (a batch of submissions or of results that end missions runs admission once)."""
+
+    async def hook(unit: UnitOfWork) -> None:
+        await admit(unit, settings)
+
+    uow.before_commit("admit", hook)
 
 
 async def queue_position(session: AsyncSession, mission: Mission) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -9,7 +10,7 @@ from services.common.db.models import Mission, Step, Workflow
 from services.common.scrub import scrub
 from services.common.settings import Settings
 from services.common.telemetry import current_traceparent, tracer
-from services.orchestrator.engine.admission import admit
+from services.orchestrator.engine.admission import admit_before_commit
 from services.orchestrator.engine.dag import WorkflowDefinition
 from services.orchestrator.engine.transitions import record
 from services.orchestrator.engine.unit import UnitOfWork
@@ -35,6 +36,7 @@ async def create_mission(
         "mission.execute", attributes={"coo.workflow": workflow.name, "coo.workflow_version": workflow.version}
     ) as span:
         mission = Mission(
+            id=uuid.uuid4(),
             workflow_id=workflow.id,
             workflow_name=workflow.name,
             workflow_version=workflow.version,
@@ -47,8 +49,7 @@ async def create_mission(
             idempotency_key=idempotency_key,
             traceparent=traceparent or current_traceparent(),
         )
-        uow.session.add(mission)
-        await uow.session.flush()
+        uow.session.add(mission)  # inserted with its steps at the next flush (one statement per table)
         uow.session.add_all(
             [
                 Step(
@@ -63,7 +64,6 @@ async def create_mission(
                 for spec in definition.steps
             ]
         )
-        await uow.session.flush()
         record(
             uow,
             mission.id,
@@ -73,6 +73,6 @@ async def create_mission(
             priority=priority,
             caller=caller,
         )
-        await admit(uow, settings)
+        admit_before_commit(uow, settings)
         span.set_attribute("coo.mission_id", str(mission.id))
         return mission

@@ -13,7 +13,7 @@ from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.common.telemetry import exemplar
 from services.orchestrator.engine import budgets
-from services.orchestrator.engine.admission import admit
+from services.orchestrator.engine.admission import admit_before_commit
 from services.orchestrator.engine.retry import backoff_s
 from services.orchestrator.engine.scheduler import (
     advance,
@@ -104,7 +104,7 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
 
     await advance(uow, mission, steps)
     if mission.status in MISSION_TERMINAL:
-        await admit(uow, settings)
+        admit_before_commit(uow, settings)
 
 
 async def dead_letter_step(uow: UnitOfWork, mission: Mission, step: Step, message: str, error_type: ErrorType) -> None:

@@ -56,6 +56,15 @@ async def load_steps(session: AsyncSession, mission_id: uuid.UUID) -> list[Step]
     return list(result.scalars())
 
 
+async def load_steps_of(session: AsyncSession, mission_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, list[Step]]:
+    """The steps of several missions in one query, by mission."""
+    by_mission: dict[uuid.UUID, list[Step]] = {}
+    if mission_ids:
+        for step in (await session.execute(select(Step).where(Step.mission_id.in_(mission_ids)))).scalars():
+            by_mission.setdefault(step.mission_id, []).append(step)
+    return by_mission
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -77,11 +86,14 @@ def _template_context(mission: Mission, steps: Sequence[Step]) -> dict[str, Any]
     )
 
 
-async def _agents(session: AsyncSession, names: set[str]) -> dict[str, Agent]:
-    if not names:
-        return {}
-    result = await session.execute(select(Agent).where(Agent.name.in_(names)))
-    return {agent.name: agent for agent in result.scalars()}
+async def _agents(uow: UnitOfWork, names: set[str]) -> dict[str, Agent]:
+    """Agents by name, read once per unit of work (a batch dispatches many steps of few agents)."""
+    known: dict[str, Agent] = uow.memo.setdefault("agents", {})
+    missing = names - known.keys()
+    if missing:
+        result = await uow.session.execute(select(Agent).where(Agent.name.in_(missing)))
+        known.update({agent.name: agent for agent in result.scalars()})
+    return {name: known[name] for name in names if name in known}
 
 
 def dispatch(uow: UnitOfWork, mission: Mission, step: Step, definition: WorkflowDefinition) -> None:
@@ -180,7 +192,7 @@ async def advance(uow: UnitOfWork, mission: Mission, steps: list[Step] | None = 
             progressed = True
 
     ready = [step for step in order if step.status == StepStatus.READY]
-    agents = await _agents(session, {step.agent for step in ready})
+    agents = await _agents(uow, {step.agent for step in ready}) if ready else {}
     for step in ready:
         spec = definition.step(step.key)
         try:

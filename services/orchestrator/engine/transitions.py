@@ -8,7 +8,7 @@ from enum import StrEnum
 from typing import Any
 
 from services.common.db.models import Mission, Step, TimelineEventRow
-from services.common.telemetry import exemplar
+from services.common.telemetry import current_trace_id, exemplar
 from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.unit import UnitOfWork
 
@@ -131,6 +131,6 @@ def record(uow: UnitOfWork, mission_id: Any, event_type: str, *, step_key: str |
             type=event_type,
             step_key=step_key,
             data={k: v for k, v in data.items() if v is not None},
-            trace_id=uow.trace_id,
+            trace_id=current_trace_id() or uow.trace_id,  # each change of a batch keeps its own trace
         )
     )

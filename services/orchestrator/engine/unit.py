@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -39,6 +41,8 @@ class UnitOfWork:
     _events: list[TimelineEventRow] = field(default_factory=list, init=False)
     _outgoing: list[Outgoing] = field(default_factory=list, init=False)
     _observations: list[Callable[[EngineMetrics], None]] = field(default_factory=list, init=False)
+    memo: dict[str, Any] = field(default_factory=dict, init=False)  # reads shared by the unit's changes
+    _before_commit: dict[str, Callable[[UnitOfWork], Awaitable[None]]] = field(default_factory=dict, init=False)
 
     async def __aenter__(self) -> UnitOfWork:
         if self.trace_id is None:
@@ -54,6 +58,8 @@ class UnitOfWork:
             if exc_type is not None:
                 await self.session.rollback()
                 return
+            for hook in self._before_commit.values():
+                await hook(self)
             for event in self._events:
                 event.data = scrub(event.data)
             self.session.add_all(self._events)
@@ -65,6 +71,11 @@ class UnitOfWork:
 
     def add_event(self, event: TimelineEventRow) -> None:
         self._events.append(event)
+
+    def before_commit(self, key: str, hook: Callable[[UnitOfWork], Awaitable[None]]) -> None:
+        """Run ``hook`` once before the commit, however many times it is asked for under ``key``
+        (a batch of results that end several missions admits queued ones once)."""
+        self._before_commit.setdefault(key, hook)
 
     def after_commit(self, observe: Callable[[EngineMetrics], None]) -> None:
         """Record a metric observation once (and only if) the transaction commits."""
@@ -91,11 +102,17 @@ class UnitOfWork:
 
     async def _publish(self) -> None:
         """Publish after commit. A lost publish is repaired by the engine loop (stale dispatch)."""
-        for out in self._outgoing:
+
+        async def publish(out: Outgoing) -> None:
             try:
                 await self.bus.publish(out.subject, out.payload, msg_id=out.msg_id, headers=out.headers)
             except Exception:
                 log.exception("publish_after_commit_failed", subject=out.subject, msg_id=out.msg_id)
+
+        if len(self._outgoing) == 1:
+            await publish(self._outgoing[0])
+        elif self._outgoing:  # independent messages: wait for their acks together
+            await asyncio.gather(*(publish(out) for out in self._outgoing))
         for event in self._events:
             message = TimelineEvent(
                 id=event.id,
