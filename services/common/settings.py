@@ -75,7 +75,14 @@ class Settings(BaseSettings):
         description="Bearer token Alertmanager sends to POST /webhooks/alertmanager; unset, the webhook answers 503.",
     )
     grafana_url: str = Field(
-        default="http://127.0.0.1:3000", description="Grafana's address, for the dashboard links in Slack alerts."
+        default="http://127.0.0.1:3000",
+        description="Grafana's address, for the dashboard links in Slack alerts and the console's trace and log links.",
+    )
+    grafana_tempo_uid: str = Field(
+        default="coo-tempo", description="Uid of Grafana's Tempo datasource, for the console's trace links."
+    )
+    grafana_loki_uid: str = Field(
+        default="coo-loki", description="Uid of Grafana's Loki datasource, for the console's log links."
     )
     alert_retry_s: float = Field(
         default=30.0, gt=0, description="How often alert notifications Slack did not take are posted again."

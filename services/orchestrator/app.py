@@ -31,6 +31,7 @@ from services.common.settings import Settings
 from services.common.telemetry import Telemetry, instrument_app, instrument_engine
 from services.orchestrator.api import agents, alerts, control, dlq, events, missions, workflows
 from services.orchestrator.auth import KeyStore
+from services.orchestrator.console import install_console
 from services.orchestrator.engine.approvals import ApprovalAnnouncer
 from services.orchestrator.engine.control import apply_control
 from services.orchestrator.engine.housekeeping import Housekeeper
@@ -95,6 +96,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(control.router)
     app.include_router(dlq.router)
     app.include_router(alerts.router)
+    install_console(app)
     return app
 
 

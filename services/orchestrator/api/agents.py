@@ -61,6 +61,11 @@ class AgentOut(AgentSpec):
 
 @router.get("", summary="List agents")
 async def list_agents(state: StateDep, _: CallerDep) -> list[AgentOut]:
+    return await read_agents(state)
+
+
+async def read_agents(state: OrchestratorState) -> list[AgentOut]:
+    """Every agent definition, by name."""
     async with state.sessionmaker() as session:
         rows = (await session.execute(select(Agent).order_by(Agent.name))).scalars()
         return [AgentOut.of(row) for row in rows]

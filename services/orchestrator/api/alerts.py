@@ -162,6 +162,13 @@ async def list_alerts(
     alertname: Annotated[str | None, Query(max_length=200, description="only this alert")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[AlertOut]:
+    return await find_alerts(state, status=status, alertname=alertname, limit=limit)
+
+
+async def find_alerts(
+    state: OrchestratorState, *, status: str | None, alertname: str | None, limit: int
+) -> list[AlertOut]:
+    """Alerts received, newest first, filtered; the REST list and the console share it."""
     query = select(AlertRow).order_by(AlertRow.received_at.desc(), AlertRow.id).limit(limit)
     if status is not None:
         query = query.where(AlertRow.status == status)

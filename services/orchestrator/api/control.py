@@ -122,6 +122,13 @@ async def _decide(
 
 
 async def send_control(state: OrchestratorState, control: Control) -> JSONResponse:
+    answer = await run_control(state, control)
+    return JSONResponse(answer.model_dump(mode="json"), status_code=202 if answer.applied is None else 200)
+
+
+async def run_control(state: OrchestratorState, control: Control) -> ControlAnswer:
+    """Check ``control``, publish it on ``coo.control.<mission>`` and wait for the engine's verdict:
+    the answer (``applied`` None when it is still on its way), or ApiError 404/409/422."""
     require_storable(control.reason, "reason")
     async with state.sessionmaker() as session:
         mission = await session.get(Mission, control.mission_id)
@@ -159,13 +166,11 @@ async def send_control(state: OrchestratorState, control: Control) -> JSONRespon
         applied=None if event is None else event["type"] == "control.applied",
         status=status,
     )
-    if event is None:
-        return JSONResponse(answer.model_dump(mode="json"), status_code=202)
-    if event["type"] == "control.refused":
+    if event is not None and event["type"] == "control.refused":
         data = event.get("data")
         message = str(data.get("message") or "refused") if isinstance(data, dict) else "refused"
         raise ApiError(409, "conflict", message)
-    return JSONResponse(answer.model_dump(mode="json"), status_code=200)
+    return answer
 
 
 async def _wait_outcome(

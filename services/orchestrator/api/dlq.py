@@ -20,6 +20,7 @@ from services.orchestrator.api.paging import after_cursor, encode_cursor
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.engine import dlq
 from services.orchestrator.engine.control import ControlRefused
+from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(prefix="/v1/dlq", tags=["dead letters"], dependencies=[Depends(storable_params)])
 
@@ -86,6 +87,13 @@ async def list_dead_letters(
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = None,
 ) -> DeadLetterPage:
+    return await find_dead_letters(state, mission_id=mission_id, replayed=replayed, limit=limit, cursor=cursor)
+
+
+async def find_dead_letters(
+    state: OrchestratorState, *, mission_id: uuid.UUID | None, replayed: bool | None, limit: int, cursor: str | None
+) -> DeadLetterPage:
+    """Dead letters newest first, filtered; the REST list and the console share it."""
     query = (
         select(DeadLetter, Step.key)
         .outerjoin(Step, Step.id == DeadLetter.step_id)
@@ -117,9 +125,14 @@ async def list_dead_letters(
     },
 )
 async def replay_dead_letter(dead_letter_id: uuid.UUID, state: StateDep, caller: CallerDep) -> ReplayAnswer:
+    return await replay_letter(state, dead_letter_id, caller.name)
+
+
+async def replay_letter(state: OrchestratorState, dead_letter_id: uuid.UUID, actor: str) -> ReplayAnswer:
+    """Replay one dead letter for ``actor``, or ApiError 404/409."""
     try:
         async with state.unit() as uow:
-            done = await dlq.replay(uow, dead_letter_id, caller.name)
+            done = await dlq.replay(uow, dead_letter_id, actor)
     except ControlRefused as exc:
         raise ApiError(
             exc.status, "not_found" if exc.status == 404 else "conflict", exc.message, field=exc.field

@@ -265,6 +265,13 @@ async def list_missions(
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = None,
 ) -> MissionPage:
+    return await find_missions(state, status=status, workflow=workflow, limit=limit, cursor=cursor)
+
+
+async def find_missions(
+    state: OrchestratorState, *, status: str | None, workflow: str | None, limit: int, cursor: str | None
+) -> MissionPage:
+    """Missions newest first, filtered; the REST list and the console share it."""
     query = select(Mission).order_by(Mission.created_at.desc(), Mission.id.desc()).limit(limit + 1)
     if status is not None:
         query = query.where(Mission.status == status)
@@ -291,6 +298,11 @@ async def _get_mission(session: Any, mission_id: uuid.UUID) -> Mission:
 
 @router.get("/{mission_id}", summary="A mission with its steps, spend and queue position")
 async def get_mission(mission_id: uuid.UUID, state: StateDep, _: CallerDep) -> MissionOut:
+    return await read_mission(state, mission_id)
+
+
+async def read_mission(state: OrchestratorState, mission_id: uuid.UUID) -> MissionOut:
+    """A mission with its steps in definition order (404 when unknown)."""
     async with state.sessionmaker() as session:
         mission = await _get_mission(session, mission_id)
         steps = list((await session.execute(select(Step).where(Step.mission_id == mission_id))).scalars())
@@ -308,6 +320,13 @@ async def get_timeline(
     after: int = Query(default=0, ge=0, le=2**63 - 1, description="Only events with a larger id"),
     limit: int = Query(default=1000, ge=1, le=10_000),
 ) -> list[TimelineEventOut]:
+    return await read_timeline(state, mission_id, after=after, limit=limit)
+
+
+async def read_timeline(
+    state: OrchestratorState, mission_id: uuid.UUID, *, after: int = 0, limit: int = 1000
+) -> list[TimelineEventOut]:
+    """The mission's timeline events after ``after``, oldest first (404 when the mission is unknown)."""
     async with state.sessionmaker() as session:
         await _get_mission(session, mission_id)
         rows = await session.execute(
@@ -324,6 +343,11 @@ async def get_timeline(
 
 @router.get("/{mission_id}/steps/{key}/results", summary="Every attempt's full result, oldest first")
 async def get_step_results(mission_id: uuid.UUID, key: str, state: StateDep, _: CallerDep) -> list[AgentResultOut]:
+    return await read_step_results(state, mission_id, key)
+
+
+async def read_step_results(state: OrchestratorState, mission_id: uuid.UUID, key: str) -> list[AgentResultOut]:
+    """Every attempt's full result of one step, oldest first (404 for an unknown mission or step)."""
     async with state.sessionmaker() as session:
         await _get_mission(session, mission_id)
         step = (

@@ -18,6 +18,7 @@ from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
 from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.engine.dag import DefinitionError, WorkflowDefinition, parse_definition
+from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"], dependencies=[Depends(storable_params)])
 
@@ -116,6 +117,11 @@ async def register_workflow(request: Request, state: StateDep, _: CallerDep) -> 
 
 @router.get("", summary="List workflows (latest version of each)")
 async def list_workflows(state: StateDep, _: CallerDep) -> list[WorkflowOut]:
+    return await latest_workflows(state)
+
+
+async def latest_workflows(state: OrchestratorState) -> list[WorkflowOut]:
+    """The latest version of each workflow, by name."""
     async with state.sessionmaker() as session:
         latest = select(Workflow.name, func.max(Workflow.version).label("version")).group_by(Workflow.name).subquery()
         rows = await session.execute(
@@ -130,6 +136,11 @@ async def list_workflows(state: StateDep, _: CallerDep) -> list[WorkflowOut]:
 async def get_workflow(
     name: str, state: StateDep, _: CallerDep, version: int | None = Query(default=None, ge=1, le=2_147_483_647)
 ) -> WorkflowOut:
+    return await read_workflow(state, name, version)
+
+
+async def read_workflow(state: OrchestratorState, name: str, version: int | None) -> WorkflowOut:
+    """One workflow version (the latest when ``version`` is None), or ApiError 404."""
     async with state.sessionmaker() as session:
         row = await find_workflow(session, name, version)
         return WorkflowOut.of(row)

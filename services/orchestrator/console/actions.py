@@ -1,0 +1,191 @@
+"""The console's actions: pause, resume (with added budget), cancel, approve, reject, replay a dead
+letter and submit a mission. Each takes the same path as its REST route (CONTROL on
+``coo.control.<mission>`` and the engine's verdict; the dead-letter replay; the mission submit), and
+its outcome, good or bad, is shown on the page."""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
+
+from services.common.contracts import Control, ControlAction
+from services.common.http import ApiError
+from services.orchestrator.api.control import ReasonBody, ResumeBody, run_control
+from services.orchestrator.api.dlq import replay_letter
+from services.orchestrator.api.missions import MissionCreate, submit_mission
+from services.orchestrator.console import views
+from services.orchestrator.console.session import safe_next
+from services.orchestrator.console.web import (
+    ConsoleError,
+    FormDep,
+    Operator,
+    OperatorDep,
+    api_error,
+    flash,
+    is_htmx,
+    parse_uuid,
+    state_of,
+)
+
+router = APIRouter(include_in_schema=False)
+
+_DONE = {
+    ControlAction.PAUSE: "Mission paused.",
+    ControlAction.RESUME: "Mission resumed.",
+    ControlAction.CANCEL: "Mission cancelled.",
+    ControlAction.APPROVE: "Step '{step}' approved: it runs now.",
+    ControlAction.REJECT: "Step '{step}' rejected.",
+}
+
+
+def _invalid(exc: ValidationError, labels: dict[str, str]) -> ConsoleError:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return ConsoleError(422, f"{labels.get(where, where)}: {first.get('msg', 'invalid')}", title="Invalid input")
+
+
+def _done(request: Request, operator: Operator, message: str, form: dict[str, str], fallback: str) -> Response:
+    """Success: a message for htmx, or back to the page the form came from."""
+    if is_htmx(request):
+        return flash(request, operator, message, ok=True, refresh=True)
+    return RedirectResponse(safe_next(form.get("next"), fallback), status_code=303)
+
+
+async def _control(
+    request: Request, operator: Operator, form: dict[str, str], control: Control, fallback: str
+) -> Response:
+    try:
+        answer = await run_control(state_of(request), control)
+    except ApiError as exc:
+        raise api_error(exc) from exc
+    if answer.applied is None:
+        message = f"Sent ({control.action}); the engine has not applied it yet. The page updates when it does."
+    else:
+        message = _DONE[control.action].format(step=control.step_key)
+    return _done(request, operator, message, form, fallback)
+
+
+def _reason(form: dict[str, str]) -> str | None:
+    try:
+        body = ReasonBody(reason=form.get("reason", "").strip() or None)
+    except ValidationError as exc:
+        raise _invalid(exc, {"reason": "Reason"}) from exc
+    return body.reason
+
+
+@router.post("/console/missions/{mission_id}/pause")
+async def pause(request: Request, mission_id: str, operator: OperatorDep, form: FormDep) -> Response:
+    ident = parse_uuid(mission_id, "mission")
+    control = Control(mission_id=ident, action=ControlAction.PAUSE, actor=operator.caller.name, reason=_reason(form))
+    return await _control(request, operator, form, control, f"/console/missions/{ident}")
+
+
+@router.post("/console/missions/{mission_id}/cancel")
+async def cancel(request: Request, mission_id: str, operator: OperatorDep, form: FormDep) -> Response:
+    ident = parse_uuid(mission_id, "mission")
+    control = Control(mission_id=ident, action=ControlAction.CANCEL, actor=operator.caller.name, reason=_reason(form))
+    return await _control(request, operator, form, control, f"/console/missions/{ident}")
+
+
+def _number(form: dict[str, str], field: str, label: str, kind: type[Decimal] | type[int]) -> Any:
+    raw = form.get(field, "").strip().replace(",", "").lstrip("$")
+    if not raw:
+        return None
+    try:
+        return kind(raw) if kind is Decimal else int(raw)
+    except (InvalidOperation, ValueError) as exc:
+        expected = "a number" if kind is Decimal else "a whole number"
+        raise ConsoleError(422, f"{label}: '{raw}' is not {expected}", title="Invalid input") from exc
+
+
+@router.post("/console/missions/{mission_id}/resume")
+async def resume(request: Request, mission_id: str, operator: OperatorDep, form: FormDep) -> Response:
+    ident = parse_uuid(mission_id, "mission")
+    labels = {"add_budget_usd": "Add budget (USD)", "add_budget_tokens": "Add budget (tokens)"}
+    try:
+        body = ResumeBody(
+            add_budget_usd=_number(form, "add_budget_usd", labels["add_budget_usd"], Decimal),
+            add_budget_tokens=_number(form, "add_budget_tokens", labels["add_budget_tokens"], int),
+        )
+    except ValidationError as exc:
+        raise _invalid(exc, labels) from exc
+    control = Control(
+        mission_id=ident,
+        action=ControlAction.RESUME,
+        actor=operator.caller.name,
+        add_budget_usd=body.add_budget_usd,
+        add_budget_tokens=body.add_budget_tokens,
+    )
+    return await _control(request, operator, form, control, f"/console/missions/{ident}")
+
+
+@router.post("/console/missions/{mission_id}/steps/{key}/approve")
+async def approve(request: Request, mission_id: str, key: str, operator: OperatorDep, form: FormDep) -> Response:
+    return await _decide(request, operator, form, ControlAction.APPROVE, mission_id, key)
+
+
+@router.post("/console/missions/{mission_id}/steps/{key}/reject")
+async def reject(request: Request, mission_id: str, key: str, operator: OperatorDep, form: FormDep) -> Response:
+    return await _decide(request, operator, form, ControlAction.REJECT, mission_id, key)
+
+
+async def _decide(
+    request: Request, operator: Operator, form: dict[str, str], action: ControlAction, mission_id: str, key: str
+) -> Response:
+    ident = parse_uuid(mission_id, "mission")
+    control = Control(mission_id=ident, action=action, step_key=key, actor=operator.caller.name, reason=_reason(form))
+    return await _control(request, operator, form, control, f"/console/missions/{ident}")
+
+
+@router.post("/console/dlq/{letter_id}/replay")
+async def replay(request: Request, letter_id: str, operator: OperatorDep, form: FormDep) -> Response:
+    ident = parse_uuid(letter_id, "dead letter")
+    try:
+        done = await replay_letter(state_of(request), ident, operator.caller.name)
+    except ApiError as exc:
+        raise api_error(exc) from exc
+    if done.mission_id is not None:
+        message = (
+            f"Dead letter {views.short_id(ident)} replayed: step '{done.step_key}' of mission "
+            f"{views.short_id(done.mission_id)} runs again (attempt {done.attempt})."
+        )
+    else:
+        message = f"Dead letter {views.short_id(ident)} replayed: its message was published again on {done.subject}."
+    return _done(request, operator, message, form, "/console/dlq")
+
+
+@router.post("/console/workflows/{name}/missions")
+async def submit(request: Request, name: str, operator: OperatorDep, form: FormDep) -> Response:
+    raw_input = form.get("input", "").strip() or "{}"
+    try:
+        mission_input = json.loads(raw_input)
+    except json.JSONDecodeError as exc:
+        raise ConsoleError(
+            422, f"Input: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})", title="Invalid input"
+        ) from exc
+    if not isinstance(mission_input, dict):
+        raise ConsoleError(422, 'Input: must be a JSON object, such as {"repo": "…"}', title="Invalid input")
+    labels = {"priority": "Priority", "budget_usd": "Budget (USD)", "budget_tokens": "Budget (tokens)"}
+    try:
+        body = MissionCreate(
+            workflow=name,
+            input=mission_input,
+            priority=_number(form, "priority", "Priority", int) or 0,
+            budget_usd=_number(form, "budget_usd", labels["budget_usd"], Decimal),
+            budget_tokens=_number(form, "budget_tokens", labels["budget_tokens"], int),
+        )
+    except ValidationError as exc:
+        raise _invalid(exc, labels) from exc
+    try:
+        accepted = await submit_mission(body, state_of(request), operator.caller)
+    except ApiError as exc:
+        raise api_error(exc) from exc
+    target = f"/console/missions/{accepted.id}"
+    if is_htmx(request):
+        return Response("", status_code=200, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)

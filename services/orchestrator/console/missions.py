@@ -1,0 +1,180 @@
+"""Console pages of missions: the list, one mission (DAG, timeline, actions) and one step's attempts.
+
+Each page has a live part (``…/live``, ``…/table``) that the page polls and swaps in;
+they run the same query functions as the REST routes."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse
+
+from services.common.http import ApiError
+from services.orchestrator.api.missions import MissionOut, find_missions, read_mission, read_step_results, read_timeline
+from services.orchestrator.api.workflows import latest_workflows
+from services.orchestrator.console import queries, views
+from services.orchestrator.console.graph import GraphStep, Layout, layout
+from services.orchestrator.console.queries import Progress
+from services.orchestrator.console.web import (
+    ConsoleError,
+    Operator,
+    OperatorDep,
+    api_error,
+    parse_uuid,
+    render,
+    render_page,
+    state_of,
+)
+from services.orchestrator.engine.transitions import MISSION_TERMINAL, MissionStatus, StepStatus
+
+router = APIRouter(include_in_schema=False)
+
+PAGE_SIZE = 25
+TIMELINE_LIMIT = 1000
+
+
+async def _list_context(request: Request, status: str, workflow: str, cursor: str) -> dict[str, Any]:
+    state = state_of(request)
+    problem = None
+    if status and status not in {s.value for s in MissionStatus}:
+        problem, status = f"unknown status '{status}': showing every status", ""
+    try:
+        page = await find_missions(
+            state, status=status or None, workflow=workflow or None, limit=PAGE_SIZE, cursor=cursor or None
+        )
+    except ApiError as exc:
+        if exc.status_code != 422:
+            raise
+        problem = "that page link is no longer valid: showing the newest missions"
+        page = await find_missions(
+            state, status=status or None, workflow=workflow or None, limit=PAGE_SIZE, cursor=None
+        )
+        cursor = ""
+    progress = await queries.step_progress(state, [m.id for m in page.items])
+    kept = {"status": status, "workflow": workflow}
+    return {
+        "newest_url": "/console?" + _query(kept) if cursor else None,
+        "older_url": "/console?" + _query({**kept, "cursor": page.next_cursor}) if page.next_cursor else None,
+        "missions": page.items,
+        "next_cursor": page.next_cursor,
+        "progress": progress,
+        "filters": {"status": status, "workflow": workflow, "cursor": cursor},
+        "problem": problem,
+    }
+
+
+def _query(filters: Mapping[str, str | None]) -> str:
+    return urlencode({k: v for k, v in filters.items() if v})
+
+
+@router.get("/console", response_class=HTMLResponse)
+async def missions_page(
+    request: Request, operator: OperatorDep, status: str = "", workflow: str = "", cursor: str = ""
+) -> HTMLResponse:
+    context = await _list_context(request, status, workflow, cursor)
+    workflows = [w.name for w in await latest_workflows(state_of(request))]
+    context.update(
+        workflows=workflows,
+        statuses=[s.value for s in MissionStatus],
+        table_query=_query(context["filters"]),
+    )
+    return await render_page(request, "missions.html", context, operator=operator)
+
+
+@router.get("/console/missions/table", response_class=HTMLResponse)
+async def missions_table(
+    request: Request, operator: OperatorDep, status: str = "", workflow: str = "", cursor: str = ""
+) -> HTMLResponse:
+    context = await _list_context(request, status, workflow, cursor)
+    return render(request, "_missions_table.html", context, operator=operator)
+
+
+def _graphs(mission: MissionOut) -> tuple[Layout, Layout]:
+    """The mission's DAG laid out wide (layers as columns) and tall (layers as rows, for phones)."""
+    steps = [GraphStep(s.key, tuple(s.depends_on), s.agent, s.status) for s in mission.steps or []]
+    return layout(steps), layout(steps, vertical=True)
+
+
+async def _mission_context(request: Request, mission_id: str) -> dict[str, Any]:
+    state = state_of(request)
+    ident = parse_uuid(mission_id, "mission")
+    try:
+        mission = await read_mission(state, ident)
+        timeline = await read_timeline(state, ident, limit=TIMELINE_LIMIT)
+    except ApiError as exc:
+        raise api_error(exc) from exc
+    steps = mission.steps or []
+    done = sum(1 for s in steps if s.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED))
+    trace = await queries.mission_trace(state, ident)
+    settings = state.settings
+    trace_url = logs_url = None
+    if trace is not None:
+        trace_url = views.trace_link(
+            settings.grafana_url,
+            settings.grafana_tempo_uid,
+            views.trace_id(trace.traceparent),
+            trace.created_at,
+            trace.finished_at,
+        )
+        logs_url = views.logs_link(
+            settings.grafana_url, settings.grafana_loki_uid, ident, trace.created_at, trace.finished_at
+        )
+    return {
+        "mission": mission,
+        "steps": steps,
+        "progress": Progress(done=done, total=len(steps)),
+        "graphs": _graphs(mission),
+        "timeline": list(reversed(timeline)),
+        "timeline_full": len(timeline) >= TIMELINE_LIMIT,
+        "waiting": [s for s in steps if s.status == StepStatus.AWAITING_APPROVAL],
+        "final": mission.status in MISSION_TERMINAL,
+        "trace_url": trace_url,
+        "logs_url": logs_url,
+        "usd_percent": views.percent(mission.spent_usd, mission.budget_usd),
+        "tokens_percent": views.percent(mission.spent_tokens, mission.budget_tokens),
+    }
+
+
+@router.get("/console/missions/{mission_id}", response_class=HTMLResponse)
+async def mission_page(request: Request, mission_id: str, operator: OperatorDep) -> HTMLResponse:
+    context = await _mission_context(request, mission_id)
+    return await render_page(request, "mission.html", context, operator=operator)
+
+
+@router.get("/console/missions/{mission_id}/live", response_class=HTMLResponse)
+async def mission_live(request: Request, mission_id: str, operator: OperatorDep) -> HTMLResponse:
+    return render(request, "_mission_live.html", await _mission_context(request, mission_id), operator=operator)
+
+
+async def _step_context(request: Request, mission_id: str, key: str) -> dict[str, Any]:
+    state = state_of(request)
+    ident = parse_uuid(mission_id, "mission")
+    try:
+        mission = await read_mission(state, ident)
+        results = await read_step_results(state, ident, key)
+    except ApiError as exc:
+        raise api_error(exc) from exc
+    step = next(s for s in mission.steps or [] if s.key == key)
+    return {"mission": mission, "step": step, "results": results}
+
+
+@router.get("/console/missions/{mission_id}/steps/{key}", response_class=HTMLResponse)
+async def step_page(request: Request, mission_id: str, key: str, operator: OperatorDep) -> HTMLResponse:
+    context = await _step_context(request, mission_id, key)
+    return await render_page(request, "step.html", context, operator=operator)
+
+
+@router.get("/console/missions/{mission_id}/steps/{key}/live", response_class=HTMLResponse)
+async def step_live(request: Request, mission_id: str, key: str, operator: OperatorDep) -> HTMLResponse:
+    return render(request, "_step_live.html", await _step_context(request, mission_id, key), operator=operator)
+
+
+def mission_path(mission_id: uuid.UUID | str) -> str:
+    return f"/console/missions/{mission_id}"
+
+
+__all__ = ["ConsoleError", "Operator", "mission_path", "router"]
