@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -159,7 +160,13 @@ async def _step_context(request: Request, mission_id: str, key: str) -> dict[str
     except ApiError as exc:
         raise api_error(exc) from exc
     step = next(s for s in mission.steps or [] if s.key == key)
-    return {"mission": mission, "step": step, "results": results}
+    settings = state.settings
+    end = mission.finished_at or datetime.now(UTC)
+    trace_links = {
+        r.attempt: views.trace_link(settings.grafana_url, settings.grafana_tempo_uid, r.trace_id, r.started_at, end)
+        for r in results
+    }
+    return {"mission": mission, "step": step, "results": results, "trace_links": trace_links}
 
 
 @router.get("/console/missions/{mission_id}/steps/{key}", response_class=HTMLResponse)

@@ -31,6 +31,9 @@ _TONES = {
     "cancelled": "muted",
     "expired": "muted",
     "replayed": "muted",
+    "ok": "success",
+    "error": "danger",
+    "timeout": "danger",
 }
 _LABELS = {"awaiting_approval": "awaiting approval", "retry_wait": "waiting to retry"}
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")

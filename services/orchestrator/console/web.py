@@ -36,6 +36,7 @@ templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters.update(views.FILTERS)
 templates.env.tests["http_url"] = views.http_url
 templates.env.globals["sign_in_path"] = SIGN_IN
+templates.env.globals["percent"] = views.percent
 
 # What the console's pages may load and where their forms may go: this origin only, no framing.
 SECURITY_HEADERS = {
