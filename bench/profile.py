@@ -86,7 +86,30 @@ def _short(frame: str) -> str:
     return f"{name} ({where.rsplit(':', 1)[0]})"
 
 
-async def _drive(stack: CooStack, missions: int, concurrency: int, seconds: float, out: Path) -> dict[str, float]:
+async def _one_by_one(client: CooClient, table: MissionTable, workflow: str, count: int) -> None:
+    """Latency with nothing else running: submit, wait until it ended (stored ``finished_at``), repeat."""
+    latencies: list[float] = []
+    for i in range(count):
+        sent = time.time()
+        mission_id = await client.submit(workflow, {"value": i})
+        while True:
+            finished = await table.conn.fetchval(
+                "SELECT extract(epoch FROM finished_at)::float8 FROM missions WHERE id = $1::uuid", mission_id
+            )
+            if finished is not None:
+                latencies.append(1000 * (finished - sent))
+                break
+            await asyncio.sleep(0.002)
+    latencies.sort()
+    log(
+        f"one by one, {count} missions: p50 {latencies[len(latencies) // 2]:.1f} ms, "
+        f"p90 {latencies[int(len(latencies) * 0.9)]:.1f} ms, max {latencies[-1]:.1f} ms"
+    )
+
+
+async def _drive(
+    stack: CooStack, missions: int, concurrency: int, seconds: float, out: Path, one_by_one: int
+) -> dict[str, float]:
     client = CooClient(stack.api_url, stack.api_key)
     table = await MissionTable.open(stack)
     try:
@@ -95,6 +118,8 @@ async def _drive(stack: CooStack, missions: int, concurrency: int, seconds: floa
         await run_batch(
             client, table, warm, count=50, steps_per_mission=1, concurrency=concurrency, deadline_s=60, unit="missions"
         )
+        if one_by_one:
+            await _one_by_one(client, table, warm, one_by_one)
         cpu_before = cpu_seconds(stack)
         spies = {} if seconds <= 0 else {
             service: subprocess.Popen(
@@ -151,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=20.0, help="how long py-spy records each service (0: no py-spy, CPU only)"
     )
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--one-by-one", type=int, default=0, help="first, this many missions one at a time (latency)")
     args = parser.parse_args(argv)
     install_cleanup()
     out = PROFILES / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -161,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         stack.migrate()
         stack.start("INFO")
         started = time.monotonic()
-        result = asyncio.run(_drive(stack, args.missions, args.concurrency, args.seconds, out))
+        result = asyncio.run(_drive(stack, args.missions, args.concurrency, args.seconds, out, args.one_by_one))
         log(f"B1 under py-spy: {result} in {time.monotonic() - started:.1f}s; profiles in {out}")
     finally:
         stack.cleanup()

@@ -85,6 +85,8 @@ class WorkResult(Contract):
     cache_write_tokens: int = 0
     cost_usd: Decimal | None = Decimal(0)
     duration_ms: int = 0
+    worker: str | None = None  # who ran it, and when it started: a quick attempt sends no StepStarted
+    started_at: datetime | None = None
 
     @property
     def msg_id(self) -> str:

@@ -14,6 +14,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.db.session import ping
 from services.common.logging import get_logger
@@ -129,20 +130,47 @@ class HttpMetrics:
 
 
 def install_http_metrics(app: FastAPI, metrics: HttpMetrics, service: str) -> None:
-    @app.middleware("http")
-    async def _measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    app.add_middleware(_HttpMetricsMiddleware, metrics=metrics, service=service)
+
+
+class _HttpMetricsMiddleware:
+    """Requests and their duration to the response's headers (so a stream counts when it starts),
+    by route template. A plain ASGI middleware: no task or memory stream per request."""
+
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics, service: str) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
+        observed = False
+
+        def observe(status: int) -> None:
+            nonlocal observed
+            observed = True
+            route = scope.get("route")
             path = getattr(route, "path", None) or "unmatched"
             sample = exemplar()
-            metrics.requests.labels(service, request.method, path, str(status)).inc(exemplar=sample)
-            metrics.duration.labels(service, request.method, path).observe(time.perf_counter() - start, exemplar=sample)
+            method = scope["method"]
+            self.metrics.requests.labels(self.service, method, path, str(status)).inc(exemplar=sample)
+            self.metrics.duration.labels(self.service, method, path).observe(
+                time.perf_counter() - start, exemplar=sample
+            )
+
+        async def measured_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and not observed:
+                observe(int(message["status"]))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, measured_send)
+        finally:
+            if not observed:
+                observe(500)
 
 
 def infra_checks(resources: dict[str, Any]) -> dict[str, ReadinessCheck]:

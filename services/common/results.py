@@ -24,4 +24,6 @@ def result_from_row(mission_id: uuid.UUID, row: AgentResult) -> WorkResult:
         cache_write_tokens=row.cache_write_tokens,
         cost_usd=row.cost_usd,
         duration_ms=row.duration_ms,
+        worker=row.worker,
+        started_at=row.started_at,
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from sqlalchemy import Select, exists, func, select
+from sqlalchemy import bindparam, exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.contracts import WorkItem
@@ -38,37 +38,43 @@ class Verdict:
     agent: AgentDefinition | None = None
 
 
-def _claim_query(item: WorkItem) -> Select[Any]:
-    lock_key = f"coo-attempt:{item.step_id}:{item.attempt}"
-    return (
-        select(
-            Mission.status,
-            Mission.pause_reason,
-            Step.status,
-            Step.attempt,
-            func.pg_try_advisory_xact_lock(func.hashtextextended(lock_key, 0)),
-            exists().where(AgentResult.step_id == Step.id, AgentResult.attempt == item.attempt),
-            Agent.name,
-            Agent.model,
-            Agent.system_prompt,
-            Agent.tools,
-            Agent.output_schema,
-            Agent.enabled,
-        )
-        .select_from(Step)
-        .join(Mission, Mission.id == Step.mission_id)
-        .outerjoin(Agent, Agent.name == item.agent)
-        .where(Step.id == item.step_id, Mission.id == item.mission_id)
+# Built once: only its parameters change from one attempt to the next.
+_CLAIM = (
+    select(
+        Mission.status,
+        Mission.pause_reason,
+        Step.status,
+        Step.attempt,
+        func.pg_try_advisory_xact_lock(func.hashtextextended(bindparam("lock_key"), 0)),
+        exists().where(AgentResult.step_id == Step.id, AgentResult.attempt == bindparam("attempt")),
+        Agent.name,
+        Agent.model,
+        Agent.system_prompt,
+        Agent.tools,
+        Agent.output_schema,
+        Agent.enabled,
     )
+    .select_from(Step)
+    .join(Mission, Mission.id == Step.mission_id)
+    .outerjoin(Agent, Agent.name == bindparam("agent"))
+    .where(Step.id == bindparam("step_id"), Mission.id == bindparam("mission_id"))
+)
 
 
 async def claim_attempt(session: AsyncSession, item: WorkItem) -> Verdict:
     """Decide, inside ``session``'s transaction, whether this worker runs the attempt now. A ``run``
     verdict holds the attempt's lock until the transaction ends."""
-    row = (await session.execute(_claim_query(item))).one_or_none()
+    params = {
+        "lock_key": f"coo-attempt:{item.step_id}:{item.attempt}",
+        "attempt": item.attempt,
+        "agent": item.agent,
+        "step_id": item.step_id,
+        "mission_id": item.mission_id,
+    }
+    row = (await session.execute(_CLAIM, params)).one_or_none()
     if row is None:
         return Verdict("drop", "its mission or step no longer exists")
-    mission_status, pause_reason, step_status, attempt, claimed, done, *agent = row
+    (mission_status, pause_reason, step_status, attempt, claimed, done, *_) = row
     if mission_status == "paused":
         return Verdict("wait", f"mission is paused ({pause_reason or 'manual'})")
     if mission_status != "running":
@@ -81,7 +87,9 @@ async def claim_attempt(session: AsyncSession, item: WorkItem) -> Verdict:
         return Verdict("busy", f"attempt {item.attempt} of step {item.step_id} is running elsewhere")
     if done:
         return Verdict("done", "a result of this attempt is already stored")
-    name, model, system_prompt, tools, output_schema, enabled = agent
-    if name is None:
+    if row.name is None:
         return Verdict("run")  # the attempt fails with a clear VALIDATION error
-    return Verdict("run", agent=AgentDefinition(name, model, system_prompt, tuple(tools), output_schema, enabled))
+    agent = AgentDefinition(
+        row.name, row.model, row.system_prompt, tuple(row.tools), row.output_schema, bool(row.enabled)
+    )
+    return Verdict("run", agent=agent)

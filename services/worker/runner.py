@@ -47,7 +47,12 @@ from services.worker.tools import TOOLS, ToolCall, ToolContext, call_tool
 
 log = get_logger(__name__)
 
-CLAIM_RETRY_S = 5.0  # a copy of a running attempt waits this long before looking again
+CLAIM_RETRY_S = 5.0
+
+# Built once (its values come as parameters): a copy of a finished attempt inserts nothing.
+_INSERT_RESULT = (
+    insert(AgentResult).on_conflict_do_nothing(index_elements=["step_id", "attempt"]).returning(AgentResult.id)
+)  # a copy of a running attempt waits this long before looking again
 
 
 def cap(text: str, limit: int) -> tuple[str, bool]:
@@ -222,12 +227,7 @@ class AgentRunner:
             "started_at": started_at,
             "created_at": datetime.now(UTC),  # not now(): the claim's transaction began before the attempt
         }
-        inserted = await session.scalar(
-            insert(AgentResult)
-            .values(**row)
-            .on_conflict_do_nothing(index_elements=["step_id", "attempt"])
-            .returning(AgentResult.id)
-        )
+        inserted = await session.scalar(_INSERT_RESULT, row)
         if inserted is None:  # another delivery of the same attempt finished first: its result stands
             return await self.existing_result(session, item)
         return WorkResult(
@@ -245,6 +245,8 @@ class AgentRunner:
             cache_write_tokens=usage.cache_write_tokens,
             cost_usd=row["cost_usd"],
             duration_ms=duration_ms,
+            worker=self.worker_id,
+            started_at=started_at,
         )
 
     async def _loop(

@@ -18,11 +18,15 @@ def create_engine(settings: Settings, *, application_name: str, pool_size: int |
         pool_size=size,
         max_overflow=size,
         hide_parameters=True,
-        pool_pre_ping=False,  # a dropped connection fails one operation and the pool is refreshed; no round trip per checkout
+        # No ping per checkout (a round trip each time): a dropped connection fails one operation,
+        # and SQLAlchemy then refreshes the whole pool.
+        pool_pre_ping=False,
         pool_recycle=1800,
         connect_args={
             "timeout": 5,
             "command_timeout": 60,
+            # Batches give statements of many shapes (IN lists, multi-row inserts): keep their plans.
+            "prepared_statement_cache_size": 1024,
             "server_settings": {"search_path": settings.db_schema, "application_name": application_name},
         },
     )

@@ -14,7 +14,7 @@ from services.orchestrator.state import OrchestratorState
 _bearer = HTTPBearer(auto_error=False, description="COO API key")
 
 
-def get_state(request: Request) -> OrchestratorState:
+async def get_state(request: Request) -> OrchestratorState:  # async: a sync dependency costs a thread hop
     state: OrchestratorState = request.state.coo
     return state
 
@@ -32,7 +32,7 @@ async def get_caller(
     caller = await keys.authenticate(credentials.credentials)
     if caller is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key", headers=challenge)
-    state = get_state(request)
+    state: OrchestratorState = request.state.coo
     if state.rate_limiter.enabled:
         decision = await state.rate_limiter.hit(caller.name)
         if not decision.allowed:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import Mission
@@ -17,23 +17,26 @@ from services.orchestrator.engine.unit import UnitOfWork
 ADMISSION_LOCK = 0x0C00_AD41
 
 
+_LOCK = select(func.pg_advisory_xact_lock(ADMISSION_LOCK))
+_ACTIVE = select(func.count()).select_from(Mission).where(Mission.status == MissionStatus.RUNNING)
+_NEXT_QUEUED = (
+    select(Mission)
+    .where(Mission.status == MissionStatus.QUEUED)
+    .order_by(Mission.priority.desc(), Mission.created_at, Mission.id)
+    .limit(bindparam("room"))
+    .with_for_update(skip_locked=True)
+)
+
+
 async def admit(uow: UnitOfWork, settings: Settings) -> list[uuid.UUID]:
     """Start queued missions while there is room; returns the ids started."""
     session = uow.session
-    await session.execute(select(func.pg_advisory_xact_lock(ADMISSION_LOCK)))
-    active = await session.scalar(
-        select(func.count()).select_from(Mission).where(Mission.status == MissionStatus.RUNNING)
-    )
+    await session.execute(_LOCK)
+    active = await session.scalar(_ACTIVE)
     room = settings.max_active_missions - int(active or 0)
     if room <= 0:
         return []
-    result = await session.execute(
-        select(Mission)
-        .where(Mission.status == MissionStatus.QUEUED)
-        .order_by(Mission.priority.desc(), Mission.created_at, Mission.id)
-        .limit(room)
-        .with_for_update(skip_locked=True)
-    )
+    result = await session.execute(_NEXT_QUEUED, {"room": room})
     missions = list(result.scalars())
     steps = await load_steps_of(session, [mission.id for mission in missions])
     for mission in missions:

@@ -65,6 +65,11 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
         )
         return
 
+    if step.status == StepStatus.DISPATCHED and result.worker is not None:
+        # A quick attempt reports only its result: it went through running all the same.
+        move_step(uow, step, StepStatus.RUNNING, worker=result.worker)
+        if result.started_at is not None:
+            step.started_at = result.started_at
     budgets.account(uow, mission, result)
 
     if result.success:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.contracts import StepError, WorkItem
@@ -46,13 +46,20 @@ async def definition_for(session: AsyncSession, workflow_id: uuid.UUID) -> Workf
     return cached
 
 
+# The engine's hot statements, built once (only their parameters change).
+_LOCK_MISSION = select(Mission).where(Mission.id == bindparam("mission_id")).with_for_update()
+_STEPS = select(Step).where(Step.mission_id == bindparam("mission_id"))
+_STEPS_OF = select(Step).where(Step.mission_id.in_(bindparam("mission_ids", expanding=True)))
+_AGENTS = select(Agent).where(Agent.name.in_(bindparam("names", expanding=True)))
+
+
 async def lock_mission(session: AsyncSession, mission_id: uuid.UUID) -> Mission | None:
-    result = await session.execute(select(Mission).where(Mission.id == mission_id).with_for_update())
+    result = await session.execute(_LOCK_MISSION, {"mission_id": mission_id})
     return result.scalar_one_or_none()
 
 
 async def load_steps(session: AsyncSession, mission_id: uuid.UUID) -> list[Step]:
-    result = await session.execute(select(Step).where(Step.mission_id == mission_id))
+    result = await session.execute(_STEPS, {"mission_id": mission_id})
     return list(result.scalars())
 
 
@@ -60,7 +67,7 @@ async def load_steps_of(session: AsyncSession, mission_ids: Sequence[uuid.UUID])
     """The steps of several missions in one query, by mission."""
     by_mission: dict[uuid.UUID, list[Step]] = {}
     if mission_ids:
-        for step in (await session.execute(select(Step).where(Step.mission_id.in_(mission_ids)))).scalars():
+        for step in (await session.execute(_STEPS_OF, {"mission_ids": list(mission_ids)})).scalars():
             by_mission.setdefault(step.mission_id, []).append(step)
     return by_mission
 
@@ -91,7 +98,7 @@ async def _agents(uow: UnitOfWork, names: set[str]) -> dict[str, Agent]:
     known: dict[str, Agent] = uow.memo.setdefault("agents", {})
     missing = names - known.keys()
     if missing:
-        result = await uow.session.execute(select(Agent).where(Agent.name.in_(missing)))
+        result = await uow.session.execute(_AGENTS, {"names": sorted(missing)})
         known.update({agent.name: agent for agent in result.scalars()})
     return {name: known[name] for name in names if name in known}
 

@@ -7,11 +7,12 @@ with an empty string.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
-from jinja2 import StrictUndefined, TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
+from jinja2 import StrictUndefined, Template, TemplateSyntaxError, Undefined, UndefinedError, meta, nodes
 from jinja2.sandbox import SandboxedEnvironment
 
 from services.common.errors import CooError, ErrorType
@@ -137,11 +138,22 @@ def _lone_expression(text: str) -> str | None:
     return inner.strip().removeprefix("-").removesuffix("-").strip()
 
 
-def _evaluate(text: str, context: Mapping[str, Any]) -> Any:
+@functools.lru_cache(maxsize=4096)
+def _compiled(text: str) -> tuple[Template | None, Callable[..., Any] | None]:
+    """A template's compiled form, once per distinct text: (template, None) for interpolation,
+    (None, expression) for a lone ``{{ … }}`` whose value keeps its type."""
     expression = _lone_expression(text)
-    if expression is None:  # interpolation: always a string
-        return _env.from_string(text).render(context)
-    value = _env.compile_expression(expression, undefined_to_none=False)(**context)
+    if expression is None:
+        return _env.from_string(text), None
+    return None, _env.compile_expression(expression, undefined_to_none=False)
+
+
+def _evaluate(text: str, context: Mapping[str, Any]) -> Any:
+    template, expression = _compiled(text)
+    if template is not None:  # interpolation: always a string
+        return template.render(context)
+    assert expression is not None
+    value = expression(**context)
     if isinstance(value, Undefined):
         value._fail_with_undefined_error()
     return _only_values(value)
