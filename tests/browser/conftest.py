@@ -20,7 +20,7 @@ from tests.conftest import API_KEY, Infra, delete_streams, drop_schema, make_set
 from tests.e2e.processes import Services
 
 if TYPE_CHECKING:
-    from playwright.async_api import Browser, Page
+    from playwright.async_api import Browser, ConsoleMessage, Page
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,10 +135,18 @@ async def page(browser: Browser, console: Console) -> AsyncIterator[Page]:
     opened = await context.new_page()
     errors: list[str] = []
     opened.on("pageerror", lambda error: errors.append(str(error)))
+
+    def console_error(message: ConsoleMessage) -> None:
+        # Requests refused while the orchestrator is down are expected; anything else (a script
+        # error, a Content-Security-Policy violation) is a defect.
+        if message.type == "error" and "Failed to load resource" not in message.text:
+            errors.append(message.text)
+
+    opened.on("console", console_error)
     try:
         await sign_in(opened)
         yield opened
-        assert not errors, f"JavaScript errors on the page: {errors}"
+        assert not errors, f"errors in the browser console: {errors}"
     finally:
         await context.close()
 

@@ -177,6 +177,7 @@ async def test_a_dead_letter_is_replayed_after_a_confirmation(page: Page, consol
     await expect(row.locator(".badge")).to_have_attribute("data-status", "replayed")
     # The new attempt fails too; its dead letter appears live, linked to the one replayed.
     await expect(page.locator("tr[data-letter]", has_text="again after replaying")).to_have_count(1, timeout=30_000)
+    await screenshot(page, "dead-letters-1280")
 
 
 async def test_reconnecting_banner_while_the_orchestrator_is_down(page: Page, console: Console) -> None:
@@ -211,6 +212,8 @@ async def test_keyboard_labels_and_focus(page: Page, console: Console) -> None:
         )
         assert unlabelled == [], f"controls without a label on {path}: {unlabelled}"
         assert await no_horizontal_scroll(page), path
+        if path == "/console/workflows/repo-health":
+            await screenshot(page, "workflow-1280")
     await page.goto("/console")
     await page.keyboard.press("Tab")
     skip = page.get_by_role("link", name="Skip to content")

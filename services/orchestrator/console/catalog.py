@@ -14,7 +14,7 @@ from services.orchestrator.api.alerts import find_alerts
 from services.orchestrator.api.dlq import find_dead_letters
 from services.orchestrator.api.workflows import latest_workflows, read_workflow
 from services.orchestrator.console.graph import CycleError, GraphStep, Layout, layout
-from services.orchestrator.console.web import OperatorDep, api_error, render, render_page, state_of
+from services.orchestrator.console.web import ConsoleError, OperatorDep, api_error, render, render_page, state_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -44,9 +44,12 @@ def _example_input(definition: dict[str, Any]) -> str:
 
 
 @router.get("/console/workflows/{name}", response_class=HTMLResponse)
-async def workflow_page(request: Request, name: str, operator: OperatorDep, version: int | None = None) -> HTMLResponse:
+async def workflow_page(request: Request, name: str, operator: OperatorDep, version: str = "") -> HTMLResponse:
+    chosen = int(version) if version.isdigit() and 0 < int(version) < 2**31 else None
+    if version and chosen is None:
+        raise ConsoleError(404, f"workflow '{name}' version '{version}' not found", title="Not found")
     try:
-        workflow = await read_workflow(state_of(request), name, version)
+        workflow = await read_workflow(state_of(request), name, chosen)
     except ApiError as exc:
         raise api_error(exc) from exc
     steps = workflow.definition.get("steps") or []
@@ -94,6 +97,3 @@ async def alerts_page(request: Request, operator: OperatorDep, status: str = "")
 @router.get("/console/alerts/table", response_class=HTMLResponse)
 async def alerts_table(request: Request, operator: OperatorDep, status: str = "") -> HTMLResponse:
     return render(request, "_alerts_table.html", await _alerts(request, status), operator=operator)
-
-
-__all__ = ["ApiError", "router"]

@@ -5,7 +5,6 @@ they run the same query functions as the REST routes."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -21,8 +20,6 @@ from services.orchestrator.console import queries, views
 from services.orchestrator.console.graph import GraphStep, Layout, layout
 from services.orchestrator.console.queries import Progress
 from services.orchestrator.console.web import (
-    ConsoleError,
-    Operator,
     OperatorDep,
     api_error,
     parse_uuid,
@@ -178,10 +175,3 @@ async def step_page(request: Request, mission_id: str, key: str, operator: Opera
 @router.get("/console/missions/{mission_id}/steps/{key}/live", response_class=HTMLResponse)
 async def step_live(request: Request, mission_id: str, key: str, operator: OperatorDep) -> HTMLResponse:
     return render(request, "_step_live.html", await _step_context(request, mission_id, key), operator=operator)
-
-
-def mission_path(mission_id: uuid.UUID | str) -> str:
-    return f"/console/missions/{mission_id}"
-
-
-__all__ = ["ConsoleError", "Operator", "mission_path", "router"]

@@ -14,7 +14,6 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from services.common.http import ApiError
-from services.orchestrator.api.deps import StateDep
 from services.orchestrator.auth import Caller, KeyStore
 from services.orchestrator.console import queries, views
 from services.orchestrator.console.session import (
@@ -211,6 +210,3 @@ async def on_console_error(request: Request, exc: Exception) -> Response:
 def state_of(request: Request) -> OrchestratorState:
     state: OrchestratorState = request.state.coo
     return state
-
-
-__all__ = ["FormDep", "OperatorDep", "StateDep"]
