@@ -211,7 +211,9 @@ async def test_keyboard_labels_and_focus(page: Page, console: Console) -> None:
                  .map(el => el.outerHTML)"""
         )
         assert unlabelled == [], f"controls without a label on {path}: {unlabelled}"
-        assert await no_horizontal_scroll(page), path
+        for width in (390, 768, 1024, 1280):
+            await page.set_viewport_size({"width": width, "height": 900})
+            assert await no_horizontal_scroll(page), f"{path} scrolls sideways at {width} px"
         if path == "/console/workflows/repo-health":
             await screenshot(page, "workflow-1280")
     await page.goto("/console")

@@ -206,6 +206,12 @@
       var form = event.detail.elt && event.detail.elt.closest ? event.detail.elt.closest("form") : null;
       if (form && event.detail.successful && xhr && xhr.status < 300) form.reset();
     });
+    // A success message goes after a while; an error stays until dismissed.
+    document.body.addEventListener("htmx:afterSwap", function (event) {
+      var ok = event.detail.target && event.detail.target.querySelector
+        ? event.detail.target.querySelector(".flash--ok") : null;
+      if (ok) setTimeout(function () { ok.remove(); }, 10000);
+    });
     document.body.addEventListener("htmx:sendError", function () {
       showFlash(false, "the orchestrator could not be reached, so the action was not sent. Try again once it is back.");
     });
