@@ -66,6 +66,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="comma-separated subset of: coo," + ",".join(PEERS) + " (default: all)",
     )
     parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="write the JSON, the charts and RESULTS.md here instead of bench/results and bench/RESULTS.md",
+    )
+    parser.add_argument(
         "--b4-rate",
         type=float,
         default=None,
@@ -83,8 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"unknown systems: {', '.join(sorted(unknown))}\n")
         return 2
     install_cleanup()
+    results_dir = args.out or RESULTS_DIR
+    results_md = args.out / "RESULTS.md" if args.out else RESULTS_MD
+    results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    run = Run(profile, RESULTS_DIR / f"{stamp}.json")
+    run = Run(profile, results_dir / f"{stamp}.json")
     peers = [p for p in PEERS if p in systems]
     budget = Budget(profile.total_budget_s, reserved_s=profile.peer_reserve_s * len(peers))
     log(f"bench profile '{profile.name}', results -> {run.path}")
@@ -107,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
             budget.release(profile.peer_reserve_s)
             log(f"{name}: starting ...")
             try:
-                run.peer(name, run_peer(name, infra, profile, budget, b4_rate, RESULTS_DIR))
+                run.peer(name, run_peer(name, infra, profile, budget, b4_rate, results_dir))
             except Exception as exc:  # a peer that cannot run is recorded, not fatal
                 run.peer(name, {"skipped": True, "reason": f"{exc.__class__.__name__}: {exc}"[:1000]})
     except KeyboardInterrupt:
@@ -120,8 +129,8 @@ def main(argv: list[str] | None = None) -> int:
         run.data["run"]["duration_s"] = round(time.monotonic() - started, 1)
         run.data["ratios"] = report.ratios(run.data)
         run.save()
-    charts = report.charts(run.data, RESULTS_DIR / stamp)
-    report.append_markdown(RESULTS_MD, run.data, run.path, charts)
+    charts = report.charts(run.data, results_dir / stamp)
+    report.append_markdown(results_md, run.data, run.path, charts)
     report.print_summary(run.data, run.path, charts)
     return 130 if run.data["run"].get("interrupted") else 0
 

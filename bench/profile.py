@@ -20,6 +20,7 @@ from pathlib import Path
 
 import psutil
 
+from bench import http_load
 from bench.coo import CooClient, CooStack
 from bench.coo_run import log
 from bench.coo_workloads import MissionTable, Workflows, run_batch
@@ -34,6 +35,14 @@ def py_spy() -> str:
     if not Path(found).exists():
         raise SystemExit("py-spy is not installed: pip install py-spy")
     return found
+
+
+def spawn_spy(pid: int, seconds: float, output: Path, *, native: bool = False) -> subprocess.Popen[bytes]:
+    """``py-spy record`` of ``pid`` for ``seconds``, as collapsed stacks in ``output``."""
+    argv = [py_spy(), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "250"]
+    argv += ["--native"] if native else ["--nonblocking"]
+    argv += ["--format", "raw", "--output", str(output)]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def top_functions(collapsed: Path, limit: int) -> tuple[list[tuple[str, int]], list[tuple[str, int]], int]:
@@ -108,7 +117,14 @@ async def _one_by_one(client: CooClient, table: MissionTable, workflow: str, cou
 
 
 async def _drive(
-    stack: CooStack, missions: int, concurrency: int, seconds: float, out: Path, one_by_one: int
+    stack: CooStack,
+    missions: int,
+    concurrency: int,
+    seconds: float,
+    out: Path,
+    one_by_one: int,
+    native: bool,
+    get_seconds: float,
 ) -> dict[str, float]:
     client = CooClient(stack.api_url, stack.api_key)
     table = await MissionTable.open(stack)
@@ -120,29 +136,28 @@ async def _drive(
         )
         if one_by_one:
             await _one_by_one(client, table, warm, one_by_one)
-        cpu_before = cpu_seconds(stack)
-        spies = {} if seconds <= 0 else {
-            service: subprocess.Popen(
-                [
-                    py_spy(),
-                    "record",
-                    "--pid",
-                    str(child.pid),
-                    "--duration",
-                    str(int(seconds)),
-                    "--rate",
-                    "250",
-                    "--nonblocking",
-                    "--format",
-                    "raw",
-                    "--output",
-                    str(out / f"{service}.collapsed"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
+        if get_seconds:  # B7's request, under py-spy, instead of B1
+            mission_id = await table.conn.fetchval("SELECT id::text FROM missions LIMIT 1")
+            spy = spawn_spy(stack.children["orchestrator"].pid, get_seconds, out / "orchestrator-get.collapsed")
+            result = await asyncio.to_thread(
+                http_load.load,
+                f"{stack.api_url}/v1/missions/{mission_id}",
+                headers={"Authorization": f"Bearer {stack.api_key}"},
+                connections=16,
+                duration_s=get_seconds,
             )
-            for service, child in stack.children.items()
-        }
+            await asyncio.to_thread(spy.wait)
+            log(f"GET /v1/missions/{{id}}: {result}")
+            return {}
+        cpu_before = cpu_seconds(stack)
+        spies = (
+            {}
+            if seconds <= 0
+            else {
+                service: spawn_spy(child.pid, seconds, out / f"{service}.collapsed", native=native)
+                for service, child in stack.children.items()
+            }
+        )
         result = await run_batch(
             client,
             table,
@@ -176,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         "--seconds", type=float, default=20.0, help="how long py-spy records each service (0: no py-spy, CPU only)"
     )
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--get", type=float, default=0.0, help="profile B7's GET for this many seconds instead")
+    parser.add_argument("--native", action="store_true", help="py-spy --native: C frames too (pauses the process)")
     parser.add_argument("--one-by-one", type=int, default=0, help="first, this many missions one at a time (latency)")
     args = parser.parse_args(argv)
     install_cleanup()
@@ -187,7 +204,9 @@ def main(argv: list[str] | None = None) -> int:
         stack.migrate()
         stack.start("INFO")
         started = time.monotonic()
-        result = asyncio.run(_drive(stack, args.missions, args.concurrency, args.seconds, out, args.one_by_one))
+        result = asyncio.run(
+            _drive(stack, args.missions, args.concurrency, args.seconds, out, args.one_by_one, args.native, args.get)
+        )
         log(f"B1 under py-spy: {result} in {time.monotonic() - started:.1f}s; profiles in {out}")
     finally:
         stack.cleanup()

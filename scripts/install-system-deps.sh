@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs Prometheus and Alertmanager (with promtool and amtool), and Chromium for the console's
-# browser tests, from the system package manager when they are missing and this machine allows it.
+# Installs Prometheus and Alertmanager (with promtool and amtool), Chromium for the console's
+# browser tests, and wrk for the API benchmark (B7), from the system package manager when they are missing and this machine allows it.
 # Never fails the build: tests that need them skip with a clear message when they are absent.
 set -u
 need=()
@@ -8,7 +8,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
 browser=()
 [ -x /usr/bin/chromium ] || browser+=(chromium)
-[ ${#need[@]} -eq 0 ] && [ ${#browser[@]} -eq 0 ] && exit 0
+tools=()
+[ -x /usr/bin/wrk ] || tools+=(wrk)
+[ ${#need[@]} -eq 0 ] && [ ${#browser[@]} -eq 0 ] && [ ${#tools[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "apt-get not found: install ${need[*]} yourself to run the Prometheus/Alertmanager tests" >&2
   exit 1
@@ -21,7 +23,7 @@ if [ "$(id -u)" -ne 0 ]; then
   fi
 fi
 export DEBIAN_FRONTEND=noninteractive
-echo "installing ${need[*]} ${browser[*]} ..."
+echo "installing ${need[*]} ${browser[*]} ${tools[*]} ..."
 timeout 600 $sudo apt-get update -qq >/dev/null 2>&1 || true
 # --no-install-recommends keeps it small; the services are not started (policy-rc.d style guard).
 rc=0
@@ -35,6 +37,10 @@ if [ ${#browser[@]} -gt 0 ]; then
     rc=$?
     echo "could not install chromium: the console's browser tests are skipped" >&2
   }
+fi
+if [ ${#tools[@]} -gt 0 ]; then
+  timeout 600 $sudo apt-get install -y -qq --no-install-recommends "${tools[@]}" >/dev/null 2>&1 ||
+    echo "could not install wrk: the benchmark's B7 uses its own Python load generator" >&2
 fi
 # Debian starts the daemons on install; COO's tests run their own instances.
 for svc in prometheus prometheus-alertmanager; do

@@ -24,10 +24,14 @@ class OrchestratorState:
     registry: CollectorRegistry
     metrics: EngineMetrics
     rate_limiter: RateLimiter
+    reads: async_sessionmaker[AsyncSession] = field(init=False)  # autocommit: no BEGIN/ROLLBACK per read
     submissions: UnitBatcher = field(init=False)  # new missions, committed together when they arrive together
     results: UnitBatcher = field(init=False)  # what workers report, likewise
 
     def __post_init__(self) -> None:
+        self.reads = async_sessionmaker(
+            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+        )
         self.submissions = UnitBatcher(self.unit, name="submissions")
         self.results = UnitBatcher(self.unit, name="results")
 

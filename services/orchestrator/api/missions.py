@@ -279,7 +279,7 @@ async def find_missions(
         query = query.where(Mission.workflow_name == workflow)
     if cursor is not None:
         query = query.where(after_cursor(Mission.created_at, Mission.id, cursor))
-    async with state.sessionmaker() as session:
+    async with state.reads() as session:
         rows = list((await session.execute(query)).scalars())
         page = rows[:limit]
         items = [_mission_out(m, await queue_position(session, m)) for m in page]
@@ -303,7 +303,7 @@ async def get_mission(mission_id: uuid.UUID, state: StateDep, _: CallerDep) -> M
 
 async def read_mission(state: OrchestratorState, mission_id: uuid.UUID) -> MissionOut:
     """A mission with its steps in definition order (404 when unknown)."""
-    async with state.sessionmaker() as session:
+    async with state.reads() as session:
         mission = await _get_mission(session, mission_id)
         steps = list((await session.execute(select(Step).where(Step.mission_id == mission_id))).scalars())
         definition = await definition_for(session, mission.workflow_id)
@@ -327,7 +327,7 @@ async def read_timeline(
     state: OrchestratorState, mission_id: uuid.UUID, *, after: int = 0, limit: int = 1000
 ) -> list[TimelineEventOut]:
     """The mission's timeline events after ``after``, oldest first (404 when the mission is unknown)."""
-    async with state.sessionmaker() as session:
+    async with state.reads() as session:
         await _get_mission(session, mission_id)
         rows = await session.execute(
             select(TimelineEventRow)
@@ -348,7 +348,7 @@ async def get_step_results(mission_id: uuid.UUID, key: str, state: StateDep, _: 
 
 async def read_step_results(state: OrchestratorState, mission_id: uuid.UUID, key: str) -> list[AgentResultOut]:
     """Every attempt's full result of one step, oldest first (404 for an unknown mission or step)."""
-    async with state.sessionmaker() as session:
+    async with state.reads() as session:
         await _get_mission(session, mission_id)
         step = (
             await session.execute(select(Step).where(Step.mission_id == mission_id, Step.key == key))

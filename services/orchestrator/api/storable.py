@@ -3,19 +3,23 @@ a 422 naming where it was, before anything is written."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from fastapi import Request
 
 from services.common.http import ApiError
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
 
 def _bad(text: str) -> str | None:
-    if "\x00" in text:
+    found = _UNSTORABLE.search(text)
+    if found is None:
+        return None
+    if found.group() == "\x00":
         return "contains a NUL character (\\u0000), which cannot be stored"
-    if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
-        return "contains an unpaired UTF-16 surrogate, which is not valid Unicode"
-    return None
+    return "contains an unpaired UTF-16 surrogate, which is not valid Unicode"
 
 
 def require_storable(value: Any, field: str) -> None:
