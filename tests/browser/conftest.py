@@ -29,8 +29,6 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
-pytestmark = pytest.mark.e2e
-
 # Two line counts in a row, and a step whose agent the offline model cannot run (it fails at once).
 COUNTED = {
     "name": "counted",
