@@ -72,6 +72,8 @@ async def test_pages_need_a_signed_in_key(stack: Stack) -> None:
         wrong = await client.post("/console/sign-in", data={"api_key": "not-a-key"})
         assert wrong.status_code == 401 and "not valid or was revoked" in wrong.text
         assert "coo_console" not in wrong.headers.get("set-cookie", "")
+        huge = await client.post("/console/sign-in", data={"api_key": "k" * (300 * 1024)})
+        assert huge.status_code == 413 and "larger than 256 KiB" in huge.text
         empty = await client.post("/console/sign-in", data={"api_key": " "})
         assert empty.status_code == 401 and "Paste an API key" in empty.text
         forged = await client.post(

@@ -73,9 +73,9 @@ def csrf_valid(session: ConsoleSession, submitted: str | None) -> bool:
 def same_origin(origin: str | None, referer: str | None, host: str | None) -> bool:
     """A POST must come from the console's own origin: its ``Origin`` (or, without one, its
     ``Referer``) names the request's host. Requests that send neither are judged by the token alone."""
-    source = origin if origin and origin != "null" else referer
-    if origin == "null":
+    if origin == "null":  # an opaque origin (a sandboxed frame, a file): never this console
         return False
+    source = origin or referer
     if not source:
         return True
     if not host:

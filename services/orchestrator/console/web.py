@@ -102,9 +102,14 @@ OperatorDep = Annotated[Operator, Depends(current_operator)]
 
 async def read_form(request: Request) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body as a dict (the last value of a repeated field wins)."""
-    body = await request.body()
-    if len(body) > MAX_FORM_BYTES:
-        raise ConsoleError(413, f"the form is larger than {MAX_FORM_BYTES // 1024} KiB")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # read no more than the cap, whatever Content-Length says
+        size += len(chunk)
+        if size > MAX_FORM_BYTES:
+            raise ConsoleError(413, f"the form is larger than {MAX_FORM_BYTES // 1024} KiB")
+        chunks.append(chunk)
+    body = b"".join(chunks)
     try:
         pairs = parse_qsl(body.decode("utf-8"), keep_blank_values=True, max_num_fields=100)
     except (UnicodeDecodeError, ValueError) as exc:
