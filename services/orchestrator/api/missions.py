@@ -19,7 +19,7 @@ from services.common.scrub import scrub
 from services.orchestrator.api.deps import CallerDep, StateDep
 from services.orchestrator.api.paging import after_cursor, encode_cursor
 from services.orchestrator.api.storable import require_storable, storable_params
-from services.orchestrator.api.workflows import find_workflow
+from services.orchestrator.api.workflows import find_workflow_ref
 from services.orchestrator.engine.admission import queue_position
 from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.scheduler import definition_for
@@ -184,7 +184,7 @@ async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep
             return replay
 
     async def create(uow: UnitOfWork) -> Mission:
-        workflow = await find_workflow(uow.session, body.workflow, body.version)
+        workflow = await find_workflow_ref(uow.session, body.workflow, body.version)
         definition = await definition_for(uow.session, workflow.id)
         _check_input(definition.input_schema, body.input)
         return await create_mission(

@@ -10,7 +10,7 @@ import orjson
 import yaml
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.exc import IntegrityError
 
 from services.common.db.models import Agent, Workflow
@@ -18,6 +18,7 @@ from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
 from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.engine.dag import DefinitionError, WorkflowDefinition, parse_definition
+from services.orchestrator.engine.missions import WorkflowRef
 from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"], dependencies=[Depends(storable_params)])
@@ -151,7 +152,34 @@ async def find_workflow(session: Any, name: str, version: int | None) -> Workflo
     query = query.where(Workflow.version == version) if version is not None else query.order_by(Workflow.version.desc())
     row = (await session.execute(query.limit(1))).scalar_one_or_none()
     if row is None:
-        what = f"workflow '{name}'" + (f" version {version}" if version is not None else "")
-        raise ApiError(404, "not_found", f"{what} not found", field="workflow")
+        raise _workflow_not_found(name, version)
     assert isinstance(row, Workflow)
     return row
+
+
+# What a submission needs of its workflow (the definition itself is cached by id), built once.
+_REF_LATEST = (
+    select(Workflow.id, Workflow.name, Workflow.version)
+    .where(Workflow.name == bindparam("name"))
+    .order_by(Workflow.version.desc())
+    .limit(1)
+)
+_REF_VERSION = select(Workflow.id, Workflow.name, Workflow.version).where(
+    Workflow.name == bindparam("name"), Workflow.version == bindparam("version")
+)
+
+
+async def find_workflow_ref(session: Any, name: str, version: int | None) -> WorkflowRef:
+    """The id, name and version of a workflow (the latest when ``version`` is None), or 404."""
+    query, params = (
+        (_REF_LATEST, {"name": name}) if version is None else (_REF_VERSION, {"name": name, "version": version})
+    )
+    row = (await session.execute(query, params)).one_or_none()
+    if row is None:
+        raise _workflow_not_found(name, version)
+    return WorkflowRef(row.id, row.name, row.version)
+
+
+def _workflow_not_found(name: str, version: int | None) -> ApiError:
+    what = f"workflow '{name}'" + (f" version {version}" if version is not None else "")
+    return ApiError(404, "not_found", f"{what} not found", field="workflow")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from services.common.db.models import Mission, Step, Workflow
 from services.common.scrub import scrub
@@ -16,10 +16,18 @@ from services.orchestrator.engine.transitions import record
 from services.orchestrator.engine.unit import UnitOfWork
 
 
+class WorkflowRef(NamedTuple):
+    """A workflow version as a mission pins it."""
+
+    id: uuid.UUID
+    name: str
+    version: int
+
+
 async def create_mission(
     uow: UnitOfWork,
     settings: Settings,
-    workflow: Workflow,
+    workflow: WorkflowRef | Workflow,
     definition: WorkflowDefinition,
     *,
     mission_input: dict[str, Any],

@@ -19,8 +19,7 @@ from services.orchestrator.engine.scheduler import (
     advance,
     definition_for,
     error_dict,
-    load_steps,
-    lock_mission,
+    lock_mission_with_steps,
     work_item,
 )
 from services.orchestrator.engine.transitions import (
@@ -37,10 +36,9 @@ _IN_FLIGHT = (StepStatus.DISPATCHED, StepStatus.RUNNING)
 
 
 async def apply_started(uow: UnitOfWork, message: StepStarted) -> None:
-    mission = await lock_mission(uow.session, message.mission_id)
+    mission, steps = await lock_mission_with_steps(uow.session, message.mission_id)
     if mission is None:
         return
-    steps = await load_steps(uow.session, mission.id)
     step = next((s for s in steps if s.id == message.step_id), None)
     if step is None or step.attempt != message.attempt or step.status != StepStatus.DISPATCHED:
         return  # late or duplicate: the result (or a newer attempt) already moved the step on
@@ -49,11 +47,10 @@ async def apply_started(uow: UnitOfWork, message: StepStarted) -> None:
 
 async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) -> None:
     session = uow.session
-    mission = await lock_mission(session, result.mission_id)
+    mission, steps = await lock_mission_with_steps(session, result.mission_id)
     if mission is None:
         log.warning("result_for_unknown_mission", mission_id=str(result.mission_id))
         return
-    steps = await load_steps(session, mission.id)
     step = next((s for s in steps if s.id == result.step_id), None)
     if step is None or step.attempt != result.attempt or step.status not in _IN_FLIGHT:
         log.info(
