@@ -124,7 +124,8 @@ async def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None
                 else:
                     await apply_result(uow, settings, message)
 
-            await state.results.run(apply)  # committed with the results that came with it
+            # Committed with the results that came with it; in mission order within the batch.
+            await state.results.run(apply, key=str(message.mission_id))
 
     async def give_up(msg: Msg, error: str, deliveries: int) -> None:
         """A result that cannot be applied: keep it, and fail its attempt so the mission moves on."""

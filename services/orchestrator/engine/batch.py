@@ -33,6 +33,7 @@ class _Pending(Generic[T]):
     work: Work[T]
     context: contextvars.Context
     done: asyncio.Future[T]
+    key: str
 
 
 @dataclass
@@ -41,25 +42,34 @@ class UnitBatcher:
 
     unit: Callable[[], UnitOfWork]
     max_batch: int = 64
+    runners: int = 2  # batches in flight at once: one commits while the next is applied
     name: str = "batch"
     _queue: list[_Pending[Any]] = field(default_factory=list, init=False)
-    _wake: asyncio.Event = field(default_factory=asyncio.Event, init=False)
-    _task: asyncio.Task[None] | None = field(default=None, init=False)
+    _wake: asyncio.Condition = field(default_factory=asyncio.Condition, init=False)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
 
-    async def run(self, work: Work[T]) -> T:
-        """Queue ``work`` and wait until its batch committed (and published); its result or exception."""
-        if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._runner(), name=f"{self.name}-runner")
+    async def run(self, work: Work[T], *, key: str = "") -> T:
+        """Queue ``work`` and wait until its batch committed (and published); its result or exception.
+
+        Within a batch, work runs in the order of ``key`` (the mission it locks), so that batches in
+        flight at once take their row locks in the same order and never deadlock each other."""
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._runner(), name=f"{self.name}-runner-{i}") for i in range(self.runners)
+            ]
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(work, contextvars.copy_context(), done))
-        self._wake.set()
+        self._queue.append(_Pending(work, contextvars.copy_context(), done, key))
+        async with self._wake:
+            self._wake.notify()
         return await done
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
+        self._tasks = []
         for pending in self._queue:
             if not pending.done.done():
                 pending.done.set_exception(RuntimeError(f"{self.name} is shutting down"))
@@ -67,13 +77,14 @@ class UnitBatcher:
 
     async def _runner(self) -> None:
         while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
+            async with self._wake:
+                await self._wake.wait_for(lambda: bool(self._queue))
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                batch = [p for p in batch if not p.done.done()]  # callers that gave up (cancelled)
-                if batch:
-                    await self._apply(batch)
+                if self._queue:
+                    self._wake.notify()  # more than one batch waits: the other runner takes the rest
+            batch = sorted((p for p in batch if not p.done.done()), key=lambda p: p.key)  # skip who gave up
+            if batch:
+                await self._apply(batch)
 
     async def _apply(self, batch: list[_Pending[Any]]) -> None:
         if len(batch) == 1:
