@@ -156,6 +156,7 @@ def _print_addresses(stack: Any, base: str, database_url: str, nats_url: str) ->
         "COO is up.",
         f"  API        {base}/v1   (Authorization: Bearer {stack.api_key})",
         f"  API docs   {base}/docs",
+        f"  console    {base}/   (sign in with the API key above)",
         f"  metrics    {base}/metrics  http://{s.host}:{s.worker_port}/metrics  http://{s.host}:{s.sandbox_port}/metrics",
         f"  Postgres   {database_url}" + ("   (embedded)" if stack.postgres else ""),
         f"  NATS       {nats_url}" + ("   (embedded)" if stack.nats else ""),

@@ -86,6 +86,7 @@ def run_up_and_interrupt(env: dict[str, str]) -> None:
         mission = reader.wait_for(r"mission ([0-9a-f-]{36}) succeeded", timeout_s=180)
         reader.wait_for(r"COO is up\.", timeout_s=30)
         reader.wait_for(r"API docs\s+http://127\.0\.0\.1:\d+/docs", timeout_s=5)
+        reader.wait_for(r"console\s+http://127\.0\.0\.1:\d+/", timeout_s=5)
         reader.wait_for(r"metrics\s+http://127\.0\.0\.1:\d+/metrics", timeout_s=5)
         key = reader.wait_for(r"Bearer (\S+)\)", timeout_s=5).group(1)
 
