@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query
 from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from services.common.db.models import AgentResult, Mission, Step, TimelineEventRow
@@ -301,11 +301,20 @@ async def get_mission(mission_id: uuid.UUID, state: StateDep, _: CallerDep) -> M
     return await read_mission(state, mission_id)
 
 
+# A mission and its steps in one statement (one snapshot, one round trip), built once.
+_MISSION_WITH_STEPS = (
+    select(Mission, Step).outerjoin(Step, Step.mission_id == Mission.id).where(Mission.id == bindparam("mission_id"))
+)
+
+
 async def read_mission(state: OrchestratorState, mission_id: uuid.UUID) -> MissionOut:
     """A mission with its steps in definition order (404 when unknown)."""
     async with state.reads() as session:
-        mission = await _get_mission(session, mission_id)
-        steps = list((await session.execute(select(Step).where(Step.mission_id == mission_id))).scalars())
+        rows = (await session.execute(_MISSION_WITH_STEPS, {"mission_id": mission_id})).all()
+        if not rows:
+            raise ApiError(404, "not_found", f"mission {mission_id} not found", field="id")
+        mission: Mission = rows[0][0]
+        steps: list[Step] = [step for _, step in rows if step is not None]
         definition = await definition_for(session, mission.workflow_id)
         order = {spec.id: i for i, spec in enumerate(definition.steps)}
         steps.sort(key=lambda s: order.get(s.key, len(order)))

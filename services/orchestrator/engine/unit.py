@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import Bus
@@ -19,6 +20,8 @@ from services.common.telemetry import current_trace_id
 from services.orchestrator.engine.metrics import EngineMetrics
 
 log = get_logger(__name__)
+
+_INSERT_EVENTS = insert(TimelineEventRow).returning(TimelineEventRow.id, sort_by_parameter_order=True)
 
 
 @dataclass(frozen=True)
@@ -60,14 +63,32 @@ class UnitOfWork:
                 return
             for hook in self._before_commit.values():
                 await hook(self)
-            for event in self._events:
-                event.data = scrub(event.data)
-            self.session.add_all(self._events)
+            if self._events:
+                await self._insert_events()
             await self.session.commit()
         finally:
             await self.session.close()
         self._observe()
         await self._publish()
+
+    async def _insert_events(self) -> None:
+        """One multi-row INSERT for the unit's events (their ids come back in order), with no
+        unit-of-work bookkeeping per event; pending changes are flushed first, so new missions
+        exist before their events."""
+        rows = [
+            {
+                "mission_id": e.mission_id,
+                "ts": e.ts,
+                "type": e.type,
+                "step_key": e.step_key,
+                "data": scrub(e.data),
+                "trace_id": e.trace_id,
+            }
+            for e in self._events
+        ]
+        ids = (await self.session.scalars(_INSERT_EVENTS, rows)).all()
+        for event, row, event_id in zip(self._events, rows, ids, strict=True):
+            event.id, event.data = event_id, row["data"]
 
     def add_event(self, event: TimelineEventRow) -> None:
         self._events.append(event)
