@@ -33,7 +33,6 @@ from services.common.settings import Settings, instance_id
 from services.common.telemetry import Telemetry, instrument_app, instrument_engine
 from services.worker.agents import builtin  # noqa: F401  (registers the offline scripts)
 from services.worker.gate import Verdict
-from services.worker.llm.anthropic import AnthropicProvider
 from services.worker.llm.pricing import PriceTable
 from services.worker.llm.providers import model_warnings, select_provider
 from services.worker.metrics import WorkerMetrics
@@ -71,7 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
             sessionmaker, bus = infra.sessionmaker, infra.bus
             instrument_engine(infra.engine)
             provider = select_provider(settings)
-            if isinstance(provider, AnthropicProvider):
+            if provider.name == "anthropic":
                 stack.push_async_callback(provider.close)
                 async with sessionmaker() as session:
                     models = (await session.execute(select(Agent.model).where(Agent.enabled))).scalars().all()

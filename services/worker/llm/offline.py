@@ -90,6 +90,9 @@ def first_user_json(request: ChatRequest) -> dict[str, object]:
 class OfflineProvider:
     name = "offline"
 
+    async def close(self) -> None:
+        """Nothing to release: no connection, no client."""
+
     async def chat(self, request: ChatRequest) -> ModelResponse:
         fn = _SCRIPTS.get(request.agent)
         if fn is None:

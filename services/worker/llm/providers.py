@@ -4,11 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from anthropic._data import DEPRECATED_MODELS
-
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.worker.llm.anthropic import AnthropicProvider
 from services.worker.llm.base import ModelProvider
 from services.worker.llm.offline import OFFLINE_MODEL, OfflineProvider
 from services.worker.llm.pricing import PriceTable
@@ -17,8 +14,11 @@ log = get_logger(__name__)
 
 
 def select_provider(settings: Settings) -> ModelProvider:
-    """``ANTHROPIC_API_KEY`` set → Claude; unset → the offline model. Said once, in the log."""
+    """``ANTHROPIC_API_KEY`` set → Claude; unset → the offline model. Said once, in the log.
+    (The SDK, some 40 MB of memory, is imported only when Claude is used.)"""
     if settings.anthropic_api_key is not None and settings.anthropic_api_key.get_secret_value().strip():
+        from services.worker.llm.anthropic import AnthropicProvider
+
         log.info(
             "model_provider",
             provider="anthropic",
@@ -37,6 +37,8 @@ def select_provider(settings: Settings) -> ModelProvider:
 def model_warnings(models: Iterable[str], prices: PriceTable) -> list[str]:
     """What is wrong with the models agents are configured with: deprecated (the SDK's own list,
     with its end-of-life date) or without a price (their cost will be stored as unknown)."""
+    from anthropic._data import DEPRECATED_MODELS
+
     warnings: list[str] = []
     for model in sorted(set(models) - {OFFLINE_MODEL}):
         if model in DEPRECATED_MODELS:
