@@ -71,7 +71,8 @@ async def claim_attempt(session: AsyncSession, item: WorkItem) -> Verdict:
         "step_id": item.step_id,
         "mission_id": item.mission_id,
     }
-    row = (await session.execute(_CLAIM, params)).one_or_none()
+    connection = await session.connection()  # Core: nothing here needs the ORM's bookkeeping
+    row = (await connection.execute(_CLAIM, params)).one_or_none()
     if row is None:
         return Verdict("drop", "its mission or step no longer exists")
     (mission_status, pause_reason, step_status, attempt, claimed, done, *_) = row

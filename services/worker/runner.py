@@ -227,7 +227,7 @@ class AgentRunner:
             "started_at": started_at,
             "created_at": datetime.now(UTC),  # not now(): the claim's transaction began before the attempt
         }
-        inserted = await session.scalar(_INSERT_RESULT, row)
+        inserted = (await (await session.connection()).execute(_INSERT_RESULT, row)).scalar_one_or_none()
         if inserted is None:  # another delivery of the same attempt finished first: its result stands
             return await self.existing_result(session, item)
         return WorkResult(
