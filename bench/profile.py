@@ -109,11 +109,43 @@ async def _one_by_one(client: CooClient, table: MissionTable, workflow: str, cou
                 latencies.append(1000 * (finished - sent))
                 break
             await asyncio.sleep(0.002)
+    await _latency_breakdown(table, workflow, count)
     latencies.sort()
     log(
         f"one by one, {count} missions: p50 {latencies[len(latencies) // 2]:.1f} ms, "
         f"p90 {latencies[int(len(latencies) * 0.9)]:.1f} ms, max {latencies[-1]:.1f} ms"
     )
+
+
+async def _latency_breakdown(table: MissionTable, workflow: str, count: int) -> None:
+    """Where a lone mission's time goes, from the timestamps COO stores (medians, ms)."""
+    rows = await table.conn.fetch(
+        """
+        SELECT m.id,
+               extract(epoch FROM m.created_at) AS created,
+               extract(epoch FROM s.dispatched_at) AS dispatched,
+               extract(epoch FROM r.started_at) AS started,
+               extract(epoch FROM r.created_at) AS stored,
+               extract(epoch FROM s.finished_at) AS applied,
+               extract(epoch FROM m.finished_at) AS finished
+        FROM missions m JOIN steps s ON s.mission_id = m.id JOIN agent_results r ON r.step_id = s.id
+        WHERE m.workflow_name = $1 AND m.status = 'succeeded'
+        ORDER BY m.created_at DESC LIMIT $2
+        """,
+        workflow,
+        count,
+    )
+    spans = {
+        "submit (transaction start) -> step dispatched": ("created", "dispatched"),
+        "dispatched -> worker started (commit, NATS, claim)": ("dispatched", "started"),
+        "worker started -> result stored (agent, insert)": ("started", "stored"),
+        "result stored -> step succeeded (commit, NATS, engine)": ("stored", "applied"),
+        "step succeeded -> mission finished": ("applied", "finished"),
+    }
+    for label, (a, b) in spans.items():
+        values = sorted(1000 * float(r[b] - r[a]) for r in rows if r[a] is not None and r[b] is not None)
+        if values:
+            log(f"  {label:58s} p50 {values[len(values) // 2]:7.1f} ms")
 
 
 async def _drive(
