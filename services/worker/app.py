@@ -113,7 +113,10 @@ def create_app(settings: Settings) -> FastAPI:
                         worker=worker_id,
                         started_at=started_at,
                     )
-                    await bus.publish(bus.subjects.results, started.to_bytes(), msg_id=f"{item.msg_id}:started")
+                    try:
+                        await bus.publish(bus.subjects.results, started.to_bytes(), msg_id=f"{item.msg_id}:started")
+                    except Exception:  # the result still says who ran it and when it started
+                        log.exception("step_started_publish_failed", step_id=str(item.step_id), attempt=item.attempt)
 
                 async def announce_start() -> None:
                     nonlocal announcement

@@ -61,6 +61,11 @@ _CLAIM = (
 )
 
 
+_STORED = select(
+    exists().where(AgentResult.step_id == bindparam("step_id"), AgentResult.attempt == bindparam("attempt"))
+)
+
+
 async def claim_attempt(session: AsyncSession, item: WorkItem) -> Verdict:
     """Decide, inside ``session``'s transaction, whether this worker runs the attempt now. A ``run``
     verdict holds the attempt's lock until the transaction ends."""
@@ -86,7 +91,9 @@ async def claim_attempt(session: AsyncSession, item: WorkItem) -> Verdict:
         return Verdict("drop", f"the step is {step_status}")
     if not claimed:
         return Verdict("busy", f"attempt {item.attempt} of step {item.step_id} is running elsewhere")
-    if done:
+    if done or (await connection.execute(_STORED, params)).scalar_one():
+        # (Asked again once the lock is held: the first read's snapshot predates the lock, and a
+        # copy that finished in between would otherwise run the attempt a second time.)
         return Verdict("done", "a result of this attempt is already stored")
     if row.name is None:
         return Verdict("run")  # the attempt fails with a clear VALIDATION error

@@ -132,7 +132,7 @@ class AgentRunner:
                 "gen_ai.agent.name": item.agent,
             }
             with tracer().start_as_current_span("agent.execute", attributes=attributes) as span:
-                result = await self._run_once(session, item, verdict.agent, trace_id=trace_id or current_trace_id())
+                result = await self._run_once(item, verdict.agent, trace_id=trace_id or current_trace_id())
                 span.set_attributes(
                     {
                         "coo.success": result.success,
@@ -147,10 +147,8 @@ class AgentRunner:
             log.info("attempt_finished", agent=item.agent, success=result.success, error_type=error_type)
             return result
 
-    async def _run_once(
-        self, session: AsyncSession, item: WorkItem, agent_def: AgentDefinition | None, *, trace_id: str | None
-    ) -> WorkResult:
-        """The agent's loop, then its full result inserted in ``session`` (the claim's transaction)."""
+    async def _run_once(self, item: WorkItem, agent_def: AgentDefinition | None, *, trace_id: str | None) -> WorkResult:
+        """The agent's loop, then its full result stored (while the caller's transaction holds the claim)."""
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
         repo = item.input.get("repo")
@@ -227,9 +225,12 @@ class AgentRunner:
             "started_at": started_at,
             "created_at": datetime.now(UTC),  # not now(): the claim's transaction began before the attempt
         }
-        inserted = (await (await session.connection()).execute(_INSERT_RESULT, row)).scalar_one_or_none()
-        if inserted is None:  # another delivery of the same attempt finished first: its result stands
-            return await self.existing_result(session, item)
+        # Its own short transaction, committed before the claim's ends: the claim's connection has
+        # been idle for the whole attempt, and a result must not be lost with it.
+        async with self.sessionmaker() as stored, stored.begin():
+            inserted = (await (await stored.connection()).execute(_INSERT_RESULT, row)).scalar_one_or_none()
+            if inserted is None:  # another delivery of the same attempt finished first: its result stands
+                return await self.existing_result(stored, item)
         return WorkResult(
             mission_id=item.mission_id,
             step_id=item.step_id,

@@ -96,6 +96,18 @@ async def test_200_missions_survive_sigkills_of_the_worker_and_an_orchestrator(s
 
     try:
         await wait_for(all_final, timeout_s=300, interval_s=0.5, what="every mission to finish")
+    except AssertionError as exc:  # say where the unfinished missions are
+        missions = await db_fetch(settings, "SELECT status, count(*) AS n FROM missions GROUP BY 1")
+        stuck = await db_fetch(
+            settings,
+            "SELECT s.key, s.status, s.attempt, s.dispatched_at::text AS dispatched_at, m.status AS mission, "
+            "(SELECT count(*) FROM agent_results r WHERE r.step_id = s.id) AS results, "
+            "(SELECT string_agg(e.type, ',' ORDER BY e.id) FROM timeline_events e WHERE e.mission_id = m.id) "
+            "AS events FROM steps s JOIN missions m ON m.id = s.mission_id "
+            "WHERE s.status NOT IN ('succeeded', 'pending') LIMIT 5",
+        )
+        where = f"missions {[dict(r) for r in missions]}; stuck {[dict(r) for r in stuck]}"
+        raise AssertionError(f"{exc}; {where}") from exc
     finally:
         stop.set()
         killed = await chaos

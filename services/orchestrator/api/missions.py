@@ -183,10 +183,13 @@ async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep
         if replay is not None:
             return replay
 
+    # Checked before joining a batch: a bad request never costs the submissions it came with.
+    async with state.reads() as session:
+        workflow = await find_workflow_ref(session, body.workflow, body.version)
+        definition = await definition_for(session, workflow.id)
+    _check_input(definition.input_schema, body.input)
+
     async def create(uow: UnitOfWork) -> Mission:
-        workflow = await find_workflow_ref(uow.session, body.workflow, body.version)
-        definition = await definition_for(uow.session, workflow.id)
-        _check_input(definition.input_schema, body.input)
         return await create_mission(
             uow,
             state.settings,
@@ -203,11 +206,12 @@ async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep
 
     try:
         mission = await state.submissions.run(create)  # committed with the submissions that came with it
-        position = None
-        if mission.status == MissionStatus.QUEUED:
-            async with state.sessionmaker() as session:
-                position = await queue_position(session, await _get_mission(session, mission.id))
-        return MissionAccepted(id=mission.id, status=mission.status, queue_position=position)
+        if mission.status != MissionStatus.QUEUED:
+            return MissionAccepted(id=mission.id, status=mission.status, queue_position=None)
+        async with state.reads() as session:  # its place now (status and position from one read)
+            current = await _get_mission(session, mission.id)
+            position = await queue_position(session, current)
+        return MissionAccepted(id=current.id, status=current.status, queue_position=position)
     except IntegrityError:
         if body.idempotency_key is None:
             raise

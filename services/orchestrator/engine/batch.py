@@ -2,13 +2,15 @@
 
 Requests and result messages each need a short transaction on the mission they touch. Run one at a
 time, most of their cost is the transaction itself (begin, commit, admission, publishing), not the
-change. ``UnitBatcher.run(work)`` queues ``work``; a single runner applies every queued piece of
-work, in order, in one unit of work and commits once. While one batch commits the next one gathers,
-so under load batches grow by themselves and when idle a piece of work runs at once.
+change. ``UnitBatcher.run(work)`` queues ``work``; a runner applies every queued piece of work, in
+order, in one unit of work and commits once. While one batch commits the next one gathers, so under
+load batches grow by themselves and when idle a piece of work runs at once.
 
-A failing piece of work must not take the others down: if the batch fails, each of its pieces is run
-again alone, in its own unit of work, and only the one that fails gets the exception. Every piece
-runs in the context it was queued from (its span, trace and log fields)."""
+A failing piece of work must not take the others down: if the batch fails before its commit was
+sent, each of its pieces is run again alone, in its own unit of work, and only the one that fails
+gets the exception. If the commit itself failed, whether it took effect is unknown: every piece
+gets the error rather than being applied a second time. Every piece runs in the context it was
+queued from (its span, trace and log fields); the runners themselves run in an empty one."""
 
 from __future__ import annotations
 
@@ -35,6 +37,18 @@ class _Pending(Generic[T]):
     done: asyncio.Future[T]
     key: str
 
+    def fail(self, exc: BaseException) -> None:
+        if not self.done.done():
+            self.done.set_exception(exc)
+
+    def succeed(self, result: T) -> None:
+        if not self.done.done():
+            self.done.set_result(result)
+
+
+class BatcherClosed(RuntimeError):
+    """Work queued after (or still pending at) shutdown."""
+
 
 @dataclass
 class UnitBatcher:
@@ -47,32 +61,42 @@ class UnitBatcher:
     _queue: list[_Pending[Any]] = field(default_factory=list, init=False)
     _wake: asyncio.Condition = field(default_factory=asyncio.Condition, init=False)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list, init=False)
+    _closed: bool = field(default=False, init=False)
 
     async def run(self, work: Work[T], *, key: str = "") -> T:
         """Queue ``work`` and wait until its batch committed (and published); its result or exception.
 
         Within a batch, work runs in the order of ``key`` (the mission it locks), so that batches in
         flight at once take their row locks in the same order and never deadlock each other."""
-        if not self._tasks:
-            self._tasks = [
-                asyncio.create_task(self._runner(), name=f"{self.name}-runner-{i}") for i in range(self.runners)
-            ]
+        if self._closed:
+            raise BatcherClosed(f"{self.name} is shut down")
+        self._start_runners()
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append(_Pending(work, contextvars.copy_context(), done, key))
         async with self._wake:
             self._wake.notify()
         return await done
 
+    def _start_runners(self) -> None:
+        self._tasks = [task for task in self._tasks if not task.done()]
+        while len(self._tasks) < self.runners:
+            # An empty context: a runner must not carry the trace or log fields of whoever started it.
+            task = asyncio.create_task(
+                self._runner(), name=f"{self.name}-runner-{len(self._tasks)}", context=contextvars.Context()
+            )
+            self._tasks.append(task)
+
     async def close(self) -> None:
+        self._closed = True
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        error = BatcherClosed(f"{self.name} is shutting down")
         for pending in self._queue:
-            if not pending.done.done():
-                pending.done.set_exception(RuntimeError(f"{self.name} is shutting down"))
+            pending.fail(error)
         self._queue.clear()
 
     async def _runner(self) -> None:
@@ -83,28 +107,45 @@ class UnitBatcher:
                 if self._queue:
                     self._wake.notify()  # more than one batch waits: the other runner takes the rest
             batch = sorted((p for p in batch if not p.done.done()), key=lambda p: p.key)  # skip who gave up
-            if batch:
+            if not batch:
+                continue
+            try:
                 await self._apply(batch)
+            except BaseException as exc:
+                # Nobody is left waiting on a batch that broke off, whatever broke it off.
+                cancelled = isinstance(exc, asyncio.CancelledError)
+                error = BatcherClosed(f"{self.name} stopped while applying this") if cancelled else exc
+                for pending in batch:
+                    pending.fail(error)
+                task = asyncio.current_task()
+                if cancelled and task is not None and task.cancelling():
+                    raise  # the runner itself is being stopped
+                if not isinstance(exc, Exception | asyncio.CancelledError):
+                    raise
+                log.exception("batch_runner_error", batch=self.name, size=len(batch))
 
     async def _apply(self, batch: list[_Pending[Any]]) -> None:
         if len(batch) == 1:
             await self._alone(batch[0])
             return
         results: list[Any] = []
+        unit = self.unit()
         try:
-            async with self.unit() as uow:
+            async with unit as uow:
                 for pending in batch:
                     results.append(await asyncio.create_task(pending.work(uow), context=pending.context))
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
+            if unit.commit_sent:  # it may have committed: applying the pieces again could do them twice
+                log.warning("batch_commit_failed", batch=self.name, size=len(batch), error=type(exc).__name__)
+                for pending in batch:
+                    pending.fail(exc)
+                return
             log.info("batch_failed_retrying_alone", batch=self.name, size=len(batch), error=type(exc).__name__)
             for pending in batch:
                 await self._alone(pending)
             return
         for pending, result in zip(batch, results, strict=True):
-            if not pending.done.done():
-                pending.done.set_result(result)
+            pending.succeed(result)
 
     async def _alone(self, pending: _Pending[Any]) -> None:
         async def one() -> Any:
@@ -113,11 +154,7 @@ class UnitBatcher:
 
         try:
             result = await asyncio.create_task(one(), context=pending.context)
-        except asyncio.CancelledError:
-            raise
         except Exception as exc:
-            if not pending.done.done():
-                pending.done.set_exception(exc)
+            pending.fail(exc)
             return
-        if not pending.done.done():
-            pending.done.set_result(result)
+        pending.succeed(result)

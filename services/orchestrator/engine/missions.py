@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
 
@@ -45,6 +46,7 @@ async def create_mission(
     ) as span:
         mission = Mission(
             id=uuid.uuid4(),
+            created_at=datetime.now(UTC),  # not now(): missions of one batch keep their arrival order
             workflow_id=workflow.id,
             workflow_name=workflow.name,
             workflow_version=workflow.version,

@@ -19,7 +19,8 @@ from services.orchestrator.engine.scheduler import (
     advance,
     definition_for,
     error_dict,
-    lock_mission_with_steps,
+    load_steps,
+    lock_mission,
     work_item,
 )
 from services.orchestrator.engine.transitions import (
@@ -36,9 +37,10 @@ _IN_FLIGHT = (StepStatus.DISPATCHED, StepStatus.RUNNING)
 
 
 async def apply_started(uow: UnitOfWork, message: StepStarted) -> None:
-    mission, steps = await lock_mission_with_steps(uow.session, message.mission_id)
+    mission = await lock_mission(uow.session, message.mission_id)
     if mission is None:
         return
+    steps = await load_steps(uow.session, mission.id)  # after the lock: a joined read would be stale
     step = next((s for s in steps if s.id == message.step_id), None)
     if step is None or step.attempt != message.attempt or step.status != StepStatus.DISPATCHED:
         return  # late or duplicate: the result (or a newer attempt) already moved the step on
@@ -47,10 +49,13 @@ async def apply_started(uow: UnitOfWork, message: StepStarted) -> None:
 
 async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) -> None:
     session = uow.session
-    mission, steps = await lock_mission_with_steps(session, result.mission_id)
+    mission = await lock_mission(session, result.mission_id)
     if mission is None:
         log.warning("result_for_unknown_mission", mission_id=str(result.mission_id))
         return
+    # Read after the lock is granted: a statement that waits for the lock keeps its older snapshot
+    # for every row but the locked one, so a joined read could see steps as they were.
+    steps = await load_steps(session, mission.id)
     step = next((s for s in steps if s.id == result.step_id), None)
     if step is None or step.attempt != result.attempt or step.status not in _IN_FLIGHT:
         log.info(

@@ -48,12 +48,6 @@ async def definition_for(session: AsyncSession, workflow_id: uuid.UUID) -> Workf
 
 # The engine's hot statements, built once (only their parameters change).
 _LOCK_MISSION = select(Mission).where(Mission.id == bindparam("mission_id")).with_for_update()
-_LOCK_MISSION_WITH_STEPS = (
-    select(Mission, Step)
-    .join(Step, Step.mission_id == Mission.id)
-    .where(Mission.id == bindparam("mission_id"))
-    .with_for_update(of=Mission)
-)
 _STEPS = select(Step).where(Step.mission_id == bindparam("mission_id"))
 _STEPS_OF = select(Step).where(Step.mission_id.in_(bindparam("mission_ids", expanding=True)))
 _AGENTS = select(Agent).where(Agent.name.in_(bindparam("names", expanding=True)))
@@ -62,15 +56,6 @@ _AGENTS = select(Agent).where(Agent.name.in_(bindparam("names", expanding=True))
 async def lock_mission(session: AsyncSession, mission_id: uuid.UUID) -> Mission | None:
     result = await session.execute(_LOCK_MISSION, {"mission_id": mission_id})
     return result.scalar_one_or_none()
-
-
-async def lock_mission_with_steps(session: AsyncSession, mission_id: uuid.UUID) -> tuple[Mission | None, list[Step]]:
-    """The mission, locked, and its steps, in one round trip."""
-    rows = (await session.execute(_LOCK_MISSION_WITH_STEPS, {"mission_id": mission_id})).all()
-    if not rows:  # unknown (or, never in practice, without steps)
-        mission = await lock_mission(session, mission_id)
-        return mission, []
-    return rows[0][0], [step for _, step in rows]
 
 
 async def load_steps(session: AsyncSession, mission_id: uuid.UUID) -> list[Step]:

@@ -46,6 +46,7 @@ class UnitOfWork:
     _observations: list[Callable[[EngineMetrics], None]] = field(default_factory=list, init=False)
     memo: dict[str, Any] = field(default_factory=dict, init=False)  # reads shared by the unit's changes
     _before_commit: dict[str, Callable[[UnitOfWork], Awaitable[None]]] = field(default_factory=dict, init=False)
+    commit_sent: bool = field(default=False, init=False)  # past this, a failure may still have committed
 
     async def __aenter__(self) -> UnitOfWork:
         if self.trace_id is None:
@@ -65,6 +66,7 @@ class UnitOfWork:
                 await hook(self)
             if self._events:
                 await self._insert_events()
+            self.commit_sent = True
             await self.session.commit()
         finally:
             await self.session.close()
@@ -135,16 +137,16 @@ class UnitOfWork:
         elif self._outgoing:  # independent messages: wait for their acks together
             await asyncio.gather(*(publish(out) for out in self._outgoing))
         for event in self._events:
-            message = TimelineEvent(
-                id=event.id,
-                mission_id=event.mission_id,
-                ts=event.ts,
-                type=event.type,
-                step_key=event.step_key,
-                data=event.data,
-                trace_id=event.trace_id,
-            )
             try:
+                message = TimelineEvent(
+                    id=event.id,
+                    mission_id=event.mission_id,
+                    ts=event.ts,
+                    type=event.type,
+                    step_key=event.step_key,
+                    data=event.data,
+                    trace_id=event.trace_id,
+                )
                 await self.bus.publish_core(self.bus.subjects.timeline(event.mission_id), message.to_bytes())
             except Exception as exc:
                 # Timeline fan-out is best effort: the row is committed and readable via the API.
