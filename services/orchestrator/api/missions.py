@@ -183,13 +183,14 @@ async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep
         if replay is not None:
             return replay
 
-    # Checked before joining a batch: a bad request never costs the submissions it came with.
-    async with state.reads() as session:
-        workflow = await find_workflow_ref(session, body.workflow, body.version)
-        definition = await definition_for(session, workflow.id)
-    _check_input(definition.input_schema, body.input)
-
-    async def create(uow: UnitOfWork) -> Mission:
+    async def create(uow: UnitOfWork) -> Mission | ApiError:
+        # A bad request is answered, not raised: it never costs the submissions it came with.
+        try:
+            workflow = await find_workflow_ref(uow.session, body.workflow, body.version)
+            definition = await definition_for(uow.session, workflow.id)
+            _check_input(definition.input_schema, body.input)
+        except ApiError as refused:
+            return refused
         return await create_mission(
             uow,
             state.settings,
@@ -206,6 +207,8 @@ async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep
 
     try:
         mission = await state.submissions.run(create)  # committed with the submissions that came with it
+        if isinstance(mission, ApiError):
+            raise mission
         if mission.status != MissionStatus.QUEUED:
             return MissionAccepted(id=mission.id, status=mission.status, queue_position=None)
         async with state.reads() as session:  # its place now (status and position from one read)

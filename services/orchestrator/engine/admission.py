@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import and_, bindparam, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import Mission
@@ -45,14 +45,25 @@ async def admit(uow: UnitOfWork, settings: Settings) -> list[uuid.UUID]:
     return [mission.id for mission in missions]
 
 
-def admit_before_commit(uow: UnitOfWork, settings: Settings) -> None:
+_ANY_QUEUED = select(exists().where(Mission.status == MissionStatus.QUEUED))
+
+
+def admit_before_commit(uow: UnitOfWork, settings: Settings, *, only_if_queued: bool = False) -> None:
     """Admit queued missions once, just before ``uow`` commits, however many changes asked for it
-    (a batch of submissions or of results that end missions runs admission once)."""
+    (a batch of submissions or of results that end missions runs admission once).
+
+    ``only_if_queued``: skip the admission lock when no queued mission is visible (a mission that
+    ended frees a slot only if one waits). A mission queued by a transaction that commits meanwhile
+    is admitted by the engine loop's next tick."""
 
     async def hook(unit: UnitOfWork) -> None:
+        if only_if_queued and not await unit.session.scalar(_ANY_QUEUED):
+            return
         await admit(unit, settings)
 
-    uow.before_commit("admit", hook)
+    if only_if_queued and "admit" in uow.before_commit_keys():
+        return
+    uow.before_commit("admit_if_queued" if only_if_queued else "admit", hook)
 
 
 async def queue_position(session: AsyncSession, mission: Mission) -> int | None:

@@ -111,7 +111,7 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
 
     await advance(uow, mission, steps)
     if mission.status in MISSION_TERMINAL:
-        admit_before_commit(uow, settings)
+        admit_before_commit(uow, settings, only_if_queued=True)
 
 
 async def dead_letter_step(uow: UnitOfWork, mission: Mission, step: Step, message: str, error_type: ErrorType) -> None:

@@ -100,6 +100,9 @@ class UnitOfWork:
         (a batch of results that end several missions admits queued ones once)."""
         self._before_commit.setdefault(key, hook)
 
+    def before_commit_keys(self) -> frozenset[str]:
+        return frozenset(self._before_commit)
+
     def after_commit(self, observe: Callable[[EngineMetrics], None]) -> None:
         """Record a metric observation once (and only if) the transaction commits."""
         self._observations.append(observe)
