@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import select
@@ -36,11 +37,23 @@ log = get_logger(__name__)
 _IN_FLIGHT = (StepStatus.DISPATCHED, StepStatus.RUNNING)
 
 
+async def _steps(uow: UnitOfWork, mission_id: uuid.UUID) -> list[Step]:
+    """The mission's steps, read after its lock is granted (a statement that waits for the lock
+    keeps its older snapshot for every row but the locked one, so a joined read could see steps as
+    they were). Read once per unit of work: while it holds the lock, only its own changes move
+    them, and those are made on these very objects (a batch of a fan-out's results reads its 100
+    steps once, not once per result)."""
+    loaded: dict[uuid.UUID, list[Step]] = uow.memo.setdefault("steps", {})
+    if mission_id not in loaded:
+        loaded[mission_id] = await load_steps(uow.session, mission_id)
+    return loaded[mission_id]
+
+
 async def apply_started(uow: UnitOfWork, message: StepStarted) -> None:
     mission = await lock_mission(uow.session, message.mission_id)
     if mission is None:
         return
-    steps = await load_steps(uow.session, mission.id)  # after the lock: a joined read would be stale
+    steps = await _steps(uow, mission.id)
     step = next((s for s in steps if s.id == message.step_id), None)
     if step is None or step.attempt != message.attempt or step.status != StepStatus.DISPATCHED:
         return  # late or duplicate: the result (or a newer attempt) already moved the step on
@@ -53,9 +66,7 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
     if mission is None:
         log.warning("result_for_unknown_mission", mission_id=str(result.mission_id))
         return
-    # Read after the lock is granted: a statement that waits for the lock keeps its older snapshot
-    # for every row but the locked one, so a joined read could see steps as they were.
-    steps = await load_steps(session, mission.id)
+    steps = await _steps(uow, mission.id)
     step = next((s for s in steps if s.id == result.step_id), None)
     if step is None or step.attempt != result.attempt or step.status not in _IN_FLIGHT:
         log.info(
