@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from services.common.contracts import Control, ControlAction, WorkResult
 from services.common.db.models import Mission, Step, TimelineEventRow, Workflow
@@ -29,11 +29,17 @@ CHAIN = {
 }
 
 
-async def _mission(parts: Any, **budget: Any) -> uuid.UUID:
+async def _mission(parts: Any, definition: dict[str, Any] = CHAIN, **budget: Any) -> uuid.UUID:
+    """A mission of ``definition`` (registered as a new workflow version), created by the engine."""
     settings, sessionmaker, bus = parts
-    parsed = parse_definition(CHAIN, known_agents={"echo"})
+    parsed = parse_definition(definition, known_agents={"echo"})
     async with UnitOfWork(sessionmaker, bus) as uow:
-        workflow = Workflow(name=parsed.name, version=1, definition=parsed.model_dump(mode="json", by_alias=True))
+        version = (
+            await uow.session.scalar(select(func.max(Workflow.version)).where(Workflow.name == parsed.name))
+        ) or 0
+        workflow = Workflow(
+            name=parsed.name, version=version + 1, definition=parsed.model_dump(mode="json", by_alias=True)
+        )
         uow.session.add(workflow)
         await uow.session.flush()
         mission = await create_mission(

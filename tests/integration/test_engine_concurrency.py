@@ -13,13 +13,12 @@ import pytest
 from sqlalchemy import select, text
 
 from services.common.contracts import StepStarted, WorkResult
-from services.common.db.models import Mission, Step, Workflow
+from services.common.db.models import Mission, Step
 from services.orchestrator.engine.batch import BatcherClosed, UnitBatcher
-from services.orchestrator.engine.dag import parse_definition
-from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.results import apply_result, apply_started
 from services.orchestrator.engine.unit import UnitOfWork
 from tests.conftest import wait_for
+from tests.integration.test_control_engine import _mission as create_test_mission
 from tests.integration.test_engine_properties import engine_parts  # noqa: F401 (fixture)
 
 JOIN = {
@@ -33,28 +32,10 @@ JOIN = {
 
 
 async def _mission(parts: Any) -> tuple[uuid.UUID, dict[str, uuid.UUID]]:
-    settings, sessionmaker, bus = parts
-    parsed = parse_definition({**JOIN, "name": f"join-{uuid.uuid4().hex[:8]}"}, known_agents={"echo"})
-    async with UnitOfWork(sessionmaker, bus) as uow:
-        workflow = Workflow(name=parsed.name, version=1, definition=parsed.model_dump(mode="json", by_alias=True))
-        uow.session.add(workflow)
-        await uow.session.flush()
-        mission = await create_mission(
-            uow,
-            settings,
-            workflow,
-            parsed,
-            mission_input={},
-            priority=0,
-            caller="t",
-            budget_usd=None,
-            budget_tokens=None,
-            idempotency_key=None,
-            traceparent=None,
-        )
-    async with sessionmaker() as session:
-        steps = (await session.execute(select(Step.key, Step.id).where(Step.mission_id == mission.id))).all()
-    return mission.id, {str(key): step_id for key, step_id in steps}
+    mission_id = await create_test_mission(parts, JOIN)
+    async with parts[1]() as session:
+        steps = (await session.execute(select(Step.key, Step.id).where(Step.mission_id == mission_id))).all()
+    return mission_id, {str(key): step_id for key, step_id in steps}
 
 
 def _result(mission_id: uuid.UUID, step_id: uuid.UUID) -> WorkResult:
