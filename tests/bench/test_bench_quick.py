@@ -46,7 +46,9 @@ def test_the_quick_benchmark_runs_every_workload_and_writes_its_results(tmp_path
         assert coo[key]["completed"] > 0, coo[key]
     assert _positive(coo["b4"]["p50_s"]) and _positive(coo["b4"]["p99_s"]), coo["b4"]
     assert _positive(coo["b5"]["on_over_off"]), coo["b5"]
-    assert _positive(coo["b6"]["statements"]["statements_per_step"]), coo["b6"]
+    assert _positive(coo["b6"]["pg_stat_database_per_step"]["xact_commit"]), coo["b6"]
+    statements = coo["b6"]["statements"]  # an external Postgres without pg_stat_statements cannot say
+    assert _positive(statements["statements_per_step"]) or statements["source"] == "not measured", statements
     assert _positive(coo["b7"]["coo_get_mission"]["requests_per_s"]), coo["b7"]
     assert _positive(coo["b7"]["fastapi_hello"]["requests_per_s"]), coo["b7"]
     assert all(_positive(mib) for mib in coo["b8_rss"]["idle_mib"].values()), coo["b8_rss"]
