@@ -2,24 +2,37 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+UV     := $(BIN)/uv
 STAMP  := $(VENV)/.installed
 FULL   := $(VENV)/.installed-bench
+# uv installs every dependency from uv.lock. This version bootstraps it; the lock pins the same
+# one (the dev extra), so a sync keeps it. tests/unit/test_lock.py checks that the two agree.
+UV_VERSION := 0.13.9
+# `uv sync --locked` fails when uv.lock is out of date with pyproject.toml instead of re-resolving.
+SYNC   := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet
 
-.PHONY: install run test test-unit test-integration test-e2e lint fmt typecheck bench up system-deps clean
+.PHONY: install run test test-unit test-integration test-e2e lint fmt typecheck bench up system-deps upgrade clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(UV):
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(SYNC) --extra dev
 	@touch $(STAMP)
 
 # The peers the benchmark compares COO with (Celery, DBOS, Temporal): for `make test` (its quick
 # benchmark smoke test) and `make bench`, not for `make run`.
 $(FULL): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	$(SYNC) --extra dev --extra bench
 	@touch $(FULL)
+
+## Refresh the whole lock to the newest releases pyproject.toml's ranges allow (PACKAGE=name for one).
+upgrade: | $(UV)
+	$(UV) lock $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
+	@git diff --stat -- uv.lock 2>/dev/null || true
 
 ## Start everything (embedded Postgres and NATS unless COO_DATABASE_URL / COO_NATS_URL are set),
 ## migrate, run the demo mission and keep serving until Ctrl-C.
@@ -43,9 +56,11 @@ test-e2e: install
 system-deps:
 	@./scripts/install-system-deps.sh || echo "system packages not installed; tests that need them are skipped"
 
+## ruff (format and lint) and mypy strict, all from the lock.
 lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 fmt: install
 	$(BIN)/ruff format .

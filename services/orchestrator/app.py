@@ -45,7 +45,7 @@ from services.orchestrator.state import OrchestratorState
 
 log = get_logger(__name__)
 
-_results: TypeAdapter[StepStarted | WorkResult] = TypeAdapter(ResultMessage)  # type: ignore[arg-type]
+_results: TypeAdapter[StepStarted | WorkResult] = TypeAdapter(ResultMessage)
 
 
 def create_app(settings: Settings) -> FastAPI:

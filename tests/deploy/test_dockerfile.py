@@ -81,6 +81,18 @@ def test_exposes_the_service_ports() -> None:
     assert {int(port) for port in of("EXPOSE")[0].split()} == expected
 
 
+def test_installs_exactly_the_locked_set_with_the_makefiles_uv() -> None:
+    runs = of("RUN")
+    syncs = [run for run in runs if run.startswith("uv sync")]
+    assert syncs, "the image installs with uv sync"
+    assert all("--locked" in run and "--extra" not in run for run in syncs), syncs
+    assert not [run for run in runs if "pip install" in run and "uv==" not in run], "nothing bypasses the lock"
+    (uv_arg,) = [line for line in of("ARG") if line.startswith("UV_VERSION=")]
+    makefile = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert makefile is not None and uv_arg == f"UV_VERSION={makefile.group(1)}"
+    assert "UV_PROJECT_ENVIRONMENT=/opt/coo" in " ".join(of("ENV"))
+
+
 def test_environment_suits_a_read_only_root() -> None:
     env = " ".join(of("ENV"))
     for setting in (
@@ -126,7 +138,7 @@ def test_build_context_holds_what_the_dockerfile_copies_and_nothing_else() -> No
         if line.startswith("--from"):
             continue
         sources += line.split()[:-1]
-    assert sources == ["pyproject.toml", "README.md", "services", "examples", "deploy/healthcheck.py"]
+    assert sources == ["pyproject.toml", "uv.lock", "README.md", "services", "examples", "deploy/healthcheck.py"]
     for source in sources:
         assert (ROOT / source).exists(), f"COPY {source}: no such file"
         assert not dockerignore_excludes(source), f".dockerignore excludes {source}, which the Dockerfile copies"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from services.common.logging import get_logger
 from services.common.settings import Settings
@@ -34,16 +34,23 @@ def select_provider(settings: Settings) -> ModelProvider:
     return OfflineProvider()
 
 
-def model_warnings(models: Iterable[str], prices: PriceTable) -> list[str]:
-    """What is wrong with the models agents are configured with: deprecated (the SDK's own list,
-    with its end-of-life date) or without a price (their cost will be stored as unknown)."""
+def sdk_deprecated_models() -> Mapping[str, str]:
+    """The installed ``anthropic`` SDK's own list of deprecated models and their end-of-life dates."""
     from anthropic._data import DEPRECATED_MODELS
 
+    return dict(DEPRECATED_MODELS)
+
+
+def model_warnings(models: Iterable[str], prices: PriceTable, deprecated: Mapping[str, str] | None = None) -> list[str]:
+    """What is wrong with the models agents are configured with: deprecated (``deprecated`` maps a
+    model to its end-of-life date; the SDK's own list by default) or without a price (their cost
+    will be stored as unknown)."""
+    end_of_life = sdk_deprecated_models() if deprecated is None else deprecated
     warnings: list[str] = []
     for model in sorted(set(models) - {OFFLINE_MODEL}):
-        if model in DEPRECATED_MODELS:
+        if model in end_of_life:
             warnings.append(
-                f"model '{model}' is deprecated and reaches end-of-life on {DEPRECATED_MODELS[model]}: "
+                f"model '{model}' is deprecated and reaches end-of-life on {end_of_life[model]}: "
                 "move its agents to a newer model"
             )
         if not prices.knows(model):
