@@ -10,7 +10,10 @@ from typing import Any
 import nats
 import orjson
 
+from services.orchestrator.engine.housekeeping import Housekeeper
 from tests.conftest import Stack, db_fetch, wait_for
+from tests.integration.test_control_engine import _mission as create_test_mission
+from tests.integration.test_engine_properties import engine_parts  # noqa: F401 (fixture)
 
 CHAIN = {
     "name": "chain",
@@ -98,6 +101,34 @@ async def test_a_lost_dispatch_is_published_again_and_runs_once(stack: Stack) ->
     assert [row["attempt"] for row in rows] == [1, 2]  # exactly one result per attempt
     events = await db_fetch(stack.settings, "SELECT type FROM timeline_events WHERE type = 'step.redispatched'")
     assert len(events) == 1
+
+
+async def test_a_lost_dispatch_found_overdue_is_published_again_not_timed_out(
+    engine_parts: Any,  # noqa: F811
+) -> None:
+    """Whichever of the housekeeper's passes sees a lost dispatch first, it is published again: the
+    overdue pass settles an attempt only from a stored result (or once it has started running)."""
+    settings, sessionmaker, bus = engine_parts
+    mission_id = await create_test_mission(engine_parts, {"name": "one", "steps": [{"id": "a", "agent": "echo"}]})
+    (step,) = await db_fetch(
+        settings,
+        "UPDATE steps SET dispatched_at = now() - interval '1 hour' WHERE mission_id = $1 "
+        "RETURNING id, status, attempt",
+        mission_id,
+    )
+    assert (step["status"], step["attempt"]) == ("dispatched", 1)
+    housekeeper = Housekeeper(settings, sessionmaker, bus)
+    await housekeeper.settle_overdue_attempts()  # the overdue pass runs before the republish pass sees it
+    (after,) = await db_fetch(settings, "SELECT status, attempt FROM steps WHERE id = $1", step["id"])
+    assert (after["status"], after["attempt"]) == ("dispatched", 1)
+    await housekeeper.republish_stale_dispatches()
+    events = await db_fetch(
+        settings,
+        "SELECT type FROM timeline_events WHERE mission_id = $1 AND type LIKE 'step.%' ORDER BY id",
+        mission_id,
+    )
+    assert [e["type"] for e in events][-1] == "step.redispatched"
+    assert not [e for e in events if e["type"] == "step.retry_wait"]
 
 
 async def test_an_undecodable_work_item_is_dead_lettered(stack: Stack) -> None:

@@ -157,15 +157,18 @@ class Housekeeper:
                     record(uow, mission.id, "step.redispatched", step_key=step.key, attempt=step.attempt)
 
     async def settle_overdue_attempts(self) -> None:
-        """An attempt with no outcome long after its timeout (a result lost, a work item given up on)
-        is settled: from its stored result when the worker persisted one, else as a TIMEOUT, which
-        the retry policy then handles like any other failure."""
+        """An attempt with no outcome long after its timeout (a result lost, a worker gone) is settled:
+        from its stored result when the worker persisted one, else — once it had started running —
+        as a TIMEOUT, which the retry policy then handles like any other failure. A ``dispatched``
+        attempt with no stored result never reached a worker, as far as anyone knows: it is left to
+        :meth:`republish_stale_dispatches`, so the attempt is published again rather than counted
+        as timed out (which would spend a retry on an attempt that never ran)."""
         grace = timedelta(seconds=self.settings.dispatch_stale_s)
         overdue = Step.dispatched_at + func.make_interval(0, 0, 0, 0, 0, 0, Step.timeout_s) + grace < func.now()
         async with self.sessionmaker() as session:
             rows = (
                 await session.execute(
-                    select(Step.mission_id, Step.id, Step.attempt)
+                    select(Step.mission_id, Step.id, Step.attempt, Step.status)
                     .join(Mission, Mission.id == Step.mission_id)
                     .where(
                         Mission.status == MissionStatus.RUNNING,
@@ -189,8 +192,10 @@ class Housekeeper:
                 if rows
                 else {}
             )
-        for mission_id, step_id, attempt in rows:
+        for mission_id, step_id, attempt, status in rows:
             kept = stored.get((step_id, attempt))
+            if kept is None and status == StepStatus.DISPATCHED:
+                continue
             outcome = (
                 result_from_row(mission_id, kept)
                 if kept is not None
