@@ -7,11 +7,11 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, cast
 
 import structlog
 from fastapi import FastAPI
 from nats.aio.msg import Msg
-from prometheus_client import CollectorRegistry
 from pydantic import TypeAdapter, ValidationError
 
 from services.common.bus import ConsumerLoop, Undeliverable
@@ -27,6 +27,7 @@ from services.common.http import (
 )
 from services.common.infra import open_infra
 from services.common.logging import get_logger
+from services.common.runtime_metrics import register_pool_metrics, service_registry
 from services.common.settings import Settings
 from services.common.telemetry import Telemetry, instrument_app, instrument_engine
 from services.orchestrator.api import agents, alerts, control, dlq, events, missions, workflows
@@ -45,14 +46,16 @@ from services.orchestrator.state import OrchestratorState
 
 log = get_logger(__name__)
 
-_results: TypeAdapter[StepStarted | WorkResult] = TypeAdapter(ResultMessage)
+# ResultMessage is an Annotated union (a discriminator): a value, not a class, to the type checker.
+_results: TypeAdapter[StepStarted | WorkResult] = TypeAdapter(cast(Any, ResultMessage))
 
 
 def create_app(settings: Settings) -> FastAPI:
-    registry = CollectorRegistry()
+    registry = service_registry()
     http_metrics = HttpMetrics(registry)
     metrics = EngineMetrics(registry)
     holder: dict[str, object] = {}
+    register_pool_metrics(registry, holder)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:

@@ -45,6 +45,7 @@ from services.common.http import (
 )
 from services.common.infra import open_infra
 from services.common.logging import get_logger
+from services.common.runtime_metrics import register_pool_metrics, service_registry
 from services.common.scrub import scrub_text
 from services.common.settings import Settings, instance_id
 from services.common.telemetry import StatusCode, Telemetry, exemplar, instrument_app, instrument_engine, tracer
@@ -403,9 +404,10 @@ class SandboxService:
 
 
 def create_app(settings: Settings) -> FastAPI:
-    registry = CollectorRegistry()
+    registry = service_registry()
     http_metrics = HttpMetrics(registry)
     holder: dict[str, object] = {}
+    register_pool_metrics(registry, holder)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:

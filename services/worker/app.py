@@ -12,7 +12,6 @@ from datetime import UTC, datetime
 import structlog
 from fastapi import FastAPI
 from nats.aio.msg import Msg
-from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 from sqlalchemy import select
 
@@ -29,6 +28,7 @@ from services.common.http import (
 )
 from services.common.infra import open_infra
 from services.common.logging import get_logger
+from services.common.runtime_metrics import register_pool_metrics, service_registry
 from services.common.settings import Settings, instance_id
 from services.common.telemetry import Telemetry, instrument_app, instrument_engine
 from services.worker.agents import builtin  # noqa: F401  (registers the offline scripts)
@@ -48,11 +48,12 @@ STARTED_AFTER_S = 0.1
 
 
 def create_app(settings: Settings) -> FastAPI:
-    registry = CollectorRegistry()
+    registry = service_registry()
     metrics = WorkerMetrics(registry)
     prices = PriceTable(settings.model_prices)
     http_metrics = HttpMetrics(registry)
     holder: dict[str, object] = {}
+    register_pool_metrics(registry, holder)
     worker_id = instance_id()
 
     @asynccontextmanager
@@ -91,7 +92,20 @@ def create_app(settings: Settings) -> FastAPI:
                 slack=slack,
             )
 
+            busy = 0
+            metrics.slots_in_use(busy, settings.worker_concurrency)
+
             async def handle_work(msg: Msg) -> None:
+                nonlocal busy
+                busy += 1
+                metrics.slots_in_use(busy, settings.worker_concurrency)
+                try:
+                    await decode_and_run(msg)
+                finally:
+                    busy -= 1
+                    metrics.slots_in_use(busy, settings.worker_concurrency)
+
+            async def decode_and_run(msg: Msg) -> None:
                 try:
                     item = WorkItem.model_validate_json(msg.data)
                 except ValidationError as exc:

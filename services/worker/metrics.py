@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.telemetry import exemplar
 from services.worker.llm.base import Usage
@@ -28,6 +28,7 @@ class WorkerMetrics:
     genai_tokens: Histogram = field(init=False)
     genai_duration: Histogram = field(init=False)
     work_deferred: Counter = field(init=False)
+    slots: Gauge = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -59,9 +60,19 @@ class WorkerMetrics:
             registry=r,
             buckets=_DURATION_BUCKETS,
         )
+        self.slots = Gauge(
+            "coo_worker_slots",
+            "This worker's attempt slots (COO_WORKER_CONCURRENCY): busy running an attempt, or free",
+            ["state"],
+            registry=r,
+        )
         self.work_deferred = Counter(
             "coo_worker_deferred", "Work items left in the queue because their mission is paused", registry=r
         )
+
+    def slots_in_use(self, busy: int, capacity: int) -> None:
+        self.slots.labels("busy").set(busy)
+        self.slots.labels("free").set(max(0, capacity - busy))
 
     def model_call(
         self, *, provider: str, model: str, usage: Usage | None, duration_s: float, error_type: str | None

@@ -152,3 +152,49 @@ async def test_design_metrics_move_by_the_missions_amounts_with_trace_exemplars(
     assert trace_id in exemplar_traces(worker, "gen_ai_client_operation_duration_seconds")
     assert trace_id in exemplar_traces(sandbox, "coo_sandbox_executions_total")
     assert trace_id in exemplar_traces(sandbox, "coo_sandbox_duration_seconds")
+
+
+async def test_operator_metrics_show_the_process_the_pool_the_bus_and_the_slots(stack: Stack) -> None:
+    workflow = {"name": "op", "steps": [{"id": "a", "agent": "echo", "input": {"v": 1}}]}
+    async with stack.client() as client:
+        assert (await client.post("/v1/workflows", json=workflow)).status_code == 201
+        accepted = await client.post("/v1/missions", json={"workflow": "op", "input": {}})
+        mission_id = accepted.json()["id"]
+
+        async def finished() -> bool:
+            return bool((await client.get(f"/v1/missions/{mission_id}")).json()["status"] == "succeeded")
+
+        await wait_for(finished, timeout_s=30, what="mission succeeded")
+
+    work_stream = f"{stack.settings.bus_prefix}_COO_WORK"
+
+    async def sampled() -> dict[str, Metric] | None:  # the bus is sampled every few seconds
+        families = await scrape(stack.orchestrator.url)
+        pending = samples(families, "coo_nats_consumer_pending") if "coo_nats_consumer_pending" in families else []
+        return families if any(s.labels["stream"] == work_stream for s in pending) else None
+
+    orchestrator = await wait_for(sampled, timeout_s=15, what="JetStream consumers sampled")
+    worker = await scrape(stack.worker.url)
+    sandbox = await scrape(stack.sandbox.url)
+    for families in (orchestrator, worker, sandbox):
+        assert value(families, "process_cpu_seconds_total") > 0
+        assert value(families, "process_resident_memory_bytes") > 0
+        assert samples(families, "python_info") and samples(families, "python_gc_collections_total")
+        states = {s.labels["state"]: s.value for s in samples(families, "coo_db_pool_connections")}
+        assert (
+            set(states) == {"in_use", "idle", "waiting"}
+            and states["in_use"] + states["idle"] >= 1
+            and states["waiting"] == 0
+        )
+    consumers = {
+        (s.labels["stream"], s.labels["consumer"]): s.value for s in samples(orchestrator, "coo_nats_consumer_pending")
+    }
+    work = [key for key in consumers if key[0] == work_stream and key[1].endswith("worker-all")]
+    assert len(work) == 1, consumers
+    assert consumers[work[0]] == 0, consumers  # the mission's work item was delivered
+    assert {key for key in consumers if key[0] != work_stream}, "the events stream's consumers are sampled too"
+    assert samples(orchestrator, "coo_nats_consumer_redelivered")
+    started = [s for s in samples(orchestrator, "coo_step_schedule_to_start_seconds") if s.name.endswith("_count")]
+    assert [(s.labels["agent"], s.value) for s in started] == [("echo", 1)]
+    slots = {s.labels["state"]: s.value for s in samples(worker, "coo_worker_slots")}
+    assert slots == {"busy": 0, "free": stack.settings.worker_concurrency}

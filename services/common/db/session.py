@@ -7,6 +7,7 @@ import asyncio
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
+from services.common.runtime_metrics import CountingPool
 from services.common.settings import Settings
 
 
@@ -15,6 +16,7 @@ def create_engine(settings: Settings, *, application_name: str, pool_size: int |
     size = pool_size or settings.db_pool_size
     return create_async_engine(
         url,
+        poolclass=CountingPool,  # counts the requests waiting for a connection (coo_db_pool_connections)
         pool_size=size,
         max_overflow=size,
         hide_parameters=True,

@@ -57,6 +57,8 @@ class Housekeeper:
         self.metrics = metrics
         self.rate_limiter = rate_limiter
         self._ticks = 0
+        # JetStream consumer info is sampled about every 5 s (one API request per stream).
+        self._consumer_sample_every = max(1, round(5.0 / settings.engine_tick_s))
 
     def unit(self) -> UnitOfWork:
         return UnitOfWork(self.sessionmaker, self.bus, metrics=self.metrics)
@@ -80,6 +82,8 @@ class Housekeeper:
         if self.settings.approval_expiry_s > 0:
             await self.expire_approvals()
         await self.refresh_gauges()
+        if self._ticks % self._consumer_sample_every == 0:
+            await self.sample_consumers()
         self._ticks += 1
         if self.rate_limiter is not None and self._ticks % 60 == 1:
             await self.rate_limiter.prune()
@@ -113,6 +117,21 @@ class Housekeeper:
         self.metrics.dlq_messages.set(row.dead_letters)
         self.metrics.approvals_pending.set(row.approvals)
         self.metrics.approval_oldest_age.set(row.approval_age)
+
+    async def sample_consumers(self) -> None:
+        """Backlog (``num_pending``) and redeliveries of every durable consumer of COO's two streams."""
+        if self.metrics is None:
+            return
+        for stream in (self.bus.subjects.work_stream, self.bus.subjects.events_stream):
+            try:
+                consumers = await self.bus.js.consumers_info(stream)
+            except Exception:
+                log.warning("consumer_info_unavailable", stream=stream, exc_info=True)
+                continue
+            for info in consumers:
+                labels = {"stream": stream, "consumer": info.name}
+                self.metrics.nats_pending.labels(**labels).set(info.num_pending or 0)
+                self.metrics.nats_redelivered.labels(**labels).set(info.num_redelivered or 0)
 
     async def _mission_ids(self, *conditions: object) -> list[uuid.UUID]:
         async with self.sessionmaker() as session:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
+_START_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _WAIT_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
 
 
@@ -48,6 +49,25 @@ class EngineMetrics:
             "coo_approval_wait_seconds",
             "Time a step waited for its approval decision.",
             buckets=_WAIT_BUCKETS,
+            registry=registry,
+        )
+        self.schedule_to_start = Histogram(
+            "coo_step_schedule_to_start_seconds",
+            "Time from a step attempt's dispatch to a worker starting it, by agent (queueing and worker backlog).",
+            ["agent"],
+            buckets=_START_BUCKETS,
+            registry=registry,
+        )
+        self.nats_pending = Gauge(
+            "coo_nats_consumer_pending",
+            "Messages of a JetStream stream not yet delivered to its durable consumer (sampled; all replicas).",
+            ["stream", "consumer"],
+            registry=registry,
+        )
+        self.nats_redelivered = Gauge(
+            "coo_nats_consumer_redelivered",
+            "Messages a JetStream consumer has delivered more than once and not yet acknowledged (sampled).",
+            ["stream", "consumer"],
             registry=registry,
         )
         self.retries = Counter(

@@ -49,6 +49,16 @@ async def _steps(uow: UnitOfWork, mission_id: uuid.UUID) -> list[Step]:
     return loaded[mission_id]
 
 
+def _observe_schedule_to_start(uow: UnitOfWork, step: Step, started_at: datetime | None) -> None:
+    """How long the attempt waited between its dispatch and a worker starting it (both clocks'
+    readings: the engine's dispatch time, the worker's start)."""
+    if started_at is None or step.dispatched_at is None:
+        return
+    waited = max(0.0, (started_at - step.dispatched_at).total_seconds())
+    agent = step.agent
+    uow.after_commit(lambda metrics: metrics.schedule_to_start.labels(agent=agent).observe(waited))
+
+
 async def apply_started(uow: UnitOfWork, message: StepStarted) -> None:
     mission = await lock_mission(uow.session, message.mission_id)
     if mission is None:
@@ -58,6 +68,8 @@ async def apply_started(uow: UnitOfWork, message: StepStarted) -> None:
     if step is None or step.attempt != message.attempt or step.status != StepStatus.DISPATCHED:
         return  # late or duplicate: the result (or a newer attempt) already moved the step on
     move_step(uow, step, StepStatus.RUNNING, worker=message.worker)
+    step.started_at = message.started_at
+    _observe_schedule_to_start(uow, step, message.started_at)
 
 
 async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) -> None:
@@ -83,6 +95,7 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
         move_step(uow, step, StepStatus.RUNNING, worker=result.worker)
         if result.started_at is not None:
             step.started_at = result.started_at
+        _observe_schedule_to_start(uow, step, result.started_at)
     budgets.account(uow, mission, result)
 
     if result.success:
