@@ -39,6 +39,7 @@ SUBJECT_CONTROL = "coo.control"  # coo.control.<mission>
 SUBJECT_TIMELINE = "coo.timeline"  # coo.timeline.<mission>
 SUBJECT_SANDBOX_EXEC = "coo.sandbox.exec"
 SANDBOX_QUEUE_GROUP = "sandbox"
+SUBJECT_SANDBOX_CANCEL = "coo.sandbox.cancel"
 
 DUPLICATE_WINDOW_S = 120.0
 EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
@@ -139,6 +140,10 @@ class Subjects:
     @property
     def sandbox_exec(self) -> str:
         return self.settings.subject(SUBJECT_SANDBOX_EXEC)
+
+    @property
+    def sandbox_cancel(self) -> str:
+        return self.settings.subject(SUBJECT_SANDBOX_CANCEL)
 
     @property
     def work_stream(self) -> str:
@@ -407,9 +412,26 @@ class ConsumerLoop:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
 
-    async def drain(self, timeout_s: float = 10.0) -> None:
+    async def drain(self, timeout_s: float = 10.0) -> int:
+        """Shut down gracefully (call it once :meth:`run` is cancelled, so nothing more is pulled):
+        wait up to ``timeout_s`` for the messages in hand, then hand back those still running
+        (nak without delay: another consumer gets them at once instead of after the ack wait).
+        Returns how many were handed back."""
+        if self._sub is not None:
+            # Withdraw the inbox first: a pull request still open on the server would otherwise take
+            # the handed-back messages straight back to this closing consumer.
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout_s)
+        unfinished = [task for task in self._tasks if not task.done()]
+        for task in unfinished:
+            task.cancel()
+        if unfinished:
+            log.warning("consumer.handed_back", consumer=self.name, count=len(unfinished), waited_s=timeout_s)
+            await asyncio.wait(unfinished, timeout=5.0)
+        return len(unfinished)
 
     async def _keep_alive(self, msg: Msg) -> None:
         while True:
@@ -441,6 +463,9 @@ class ConsumerLoop:
                 await msg.term()
                 return
             except asyncio.CancelledError:
+                # Shutting down with the message in hand: redeliver it now, to whoever is left.
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(msg.nak(), timeout=2.0)
                 raise
             except Exception as exc:
                 log.exception("consumer.handler_failed", consumer=self.name, subject=msg.subject, deliveries=deliveries)

@@ -199,6 +199,17 @@ class VerificationCheck(BaseModel):
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
 
 
+class SandboxCancel(Contract):
+    """A worker gave up an attempt while the sandbox ran its commands (it is shutting down and handed
+    the attempt back to the queue): every sandbox replica stops that attempt's commands and keeps its
+    workspace for whoever runs the attempt next. Core publish on ``coo.sandbox.cancel`` (no queue
+    group, no reply)."""
+
+    kind: Literal["sandbox_cancel"] = "sandbox_cancel"
+    step_id: uuid.UUID
+    attempt: int = Field(ge=1)
+
+
 class SandboxVerifyRequest(Contract):
     """Run a step attempt's checks in its workspace (request/reply on ``coo.sandbox.exec``)."""
 

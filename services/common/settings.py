@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     # --- worker ---------------------------------------------------------------------------
     worker_concurrency: int = Field(default=8, ge=1, le=1024, description="Work items one worker runs at once.")
     worker_agents: str = Field(default=">", description="Agents this worker serves: `>` for all, or one agent's name.")
+    worker_drain_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="On shutdown (SIGTERM), how long a worker lets its running attempts finish before handing "
+        "them back to the queue for another worker (keep it below the pod's termination grace period).",
+    )
     ack_wait_s: float = Field(default=30.0, gt=0, description="JetStream ack wait; heartbeats keep long work alive.")
     max_deliver: int = Field(default=5, ge=1, description="Deliveries of one message before it is dead-lettered.")
     max_agent_turns: int = Field(default=12, ge=1, le=200, description="Model turns per agent run.")

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import SANDBOX_QUEUE_GROUP, Bus, process_span
 from services.common.contracts import (
+    SandboxCancel,
     SandboxExecRequest,
     SandboxExecResult,
     SandboxVerifyRequest,
@@ -120,12 +121,46 @@ class SandboxService:
         self.metrics = SandboxMetrics(registry or CollectorRegistry())
         self._slots = asyncio.Semaphore(settings.sandbox_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        # The requests running for each attempt, so that a worker giving an attempt up can stop them.
+        self._attempts: dict[tuple[uuid.UUID, int], set[asyncio.Task[Any]]] = {}
 
     async def on_message(self, msg: Msg) -> None:
         arrived = time.monotonic()
         task = asyncio.create_task(self._serve(msg, arrived))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def on_cancel(self, msg: Msg) -> None:
+        """``coo.sandbox.cancel``: stop the given attempt's commands (their processes are killed,
+        their runs recorded as cancelled); its workspace stays for whoever runs the attempt next."""
+        try:
+            cancel = SandboxCancel.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.warning("sandbox_cancel_unreadable", error=_validation_message(exc))
+            return
+        running = self._attempts.get((cancel.step_id, cancel.attempt), set())
+        for task in running:
+            task.cancel()
+        log.info(
+            "sandbox_attempt_cancelled", step_id=str(cancel.step_id), attempt=cancel.attempt, requests=len(running)
+        )
+
+    @contextlib.contextmanager
+    def _attempt_running(self, step_id: uuid.UUID | None, attempt: int) -> Iterator[None]:
+        task = asyncio.current_task()
+        if step_id is None or task is None:
+            yield
+            return
+        key = (step_id, attempt)
+        self._attempts.setdefault(key, set()).add(task)
+        try:
+            yield
+        finally:
+            tasks = self._attempts.get(key)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    del self._attempts[key]
 
     async def drain(self) -> None:
         if self._tasks:
@@ -214,7 +249,8 @@ class SandboxService:
             network=request.network,
         )
         try:
-            result = await self.run_in(workspace, command)
+            with self._attempt_running(request.step_id, request.attempt):
+                result = await self.run_in(workspace, command)
         finally:
             if workspace.adhoc:
                 await self._release(workspace)
@@ -249,10 +285,17 @@ class SandboxService:
             return await self.run_in(workspace, command)
 
         try:
-            return await run_checks(request.checks, run_check)
-        finally:
+            with self._attempt_running(request.step_id, request.attempt):
+                report = await run_checks(request.checks, run_check)
+        except asyncio.CancelledError:
+            raise  # given up by its worker: the workspace stays for the attempt's next run
+        except BaseException:
             if request.cleanup:
                 await self._release(workspace)
+            raise
+        if request.cleanup:
+            await self._release(workspace)
+        return report
 
     async def _release(self, workspace: Workspace) -> None:
         """The workspace is done with: whatever its user still runs is killed, its files deleted."""
@@ -316,6 +359,12 @@ class SandboxService:
                 uid=workspace.uid,
                 workspace_cap=self.settings.sandbox_workspace_cap_bytes,
             )
+        except asyncio.CancelledError:
+            await asyncio.shield(
+                self._finish(run_id, status="cancelled", error="cancelled: its worker gave the attempt up")
+            )
+            self._observe("cancelled", started)
+            raise
         except Exception as exc:
             error = (
                 StepError(type=exc.error_type, message=exc.message)
@@ -427,6 +476,8 @@ def create_app(settings: Settings) -> FastAPI:
             stack.callback(sweeper.cancel)
             sub = await bus.nc.subscribe(bus.subjects.sandbox_exec, queue=SANDBOX_QUEUE_GROUP, cb=service.on_message)
             stack.push_async_callback(sub.drain)  # stop taking requests; those received still finish
+            cancels = await bus.nc.subscribe(bus.subjects.sandbox_cancel, cb=service.on_cancel)
+            stack.push_async_callback(cancels.unsubscribe)
             log.info(
                 "sandbox_started",
                 subject=bus.subjects.sandbox_exec,

@@ -181,10 +181,13 @@ def create_app(settings: Settings) -> FastAPI:
             task = asyncio.create_task(loop.run(), name="work-consumer")
 
             async def stop() -> None:
+                """Stop pulling, let running attempts finish within COO_WORKER_DRAIN_S, hand back the rest."""
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-                await loop.drain()
+                log.info("worker_draining", running=busy, drain_s=settings.worker_drain_s)
+                handed_back = await loop.drain(settings.worker_drain_s)
+                log.info("worker_drained", handed_back=handed_back)
 
             stack.push_async_callback(stop)
             log.info("worker_started", worker=worker_id, agents=agents, concurrency=settings.worker_concurrency)

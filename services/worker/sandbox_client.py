@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
@@ -18,6 +20,7 @@ from pydantic import ValidationError
 
 from services.common.bus import Bus
 from services.common.contracts import (
+    SandboxCancel,
     SandboxExecRequest,
     SandboxExecResult,
     SandboxVerifyRequest,
@@ -43,10 +46,21 @@ class SandboxClient:
     def __init__(self, bus: Bus) -> None:
         self.bus = bus
 
-    async def _request(self, data: bytes, *, timeout_s: float, headers: dict[str, str] | None) -> bytes:
+    async def _request(
+        self,
+        data: bytes,
+        *,
+        timeout_s: float,
+        headers: dict[str, str] | None,
+        attempt: tuple[uuid.UUID, int] | None = None,
+    ) -> bytes:
         subject = self.bus.subjects.sandbox_exec
         try:
             reply = await self.bus.request(subject, data, timeout_s=timeout_s, headers=headers)
+        except asyncio.CancelledError:
+            if attempt is not None:  # the attempt is given up: its commands must not run on for nobody
+                await self._cancel(*attempt)
+            raise
         except nats.errors.NoRespondersError as exc:
             raise CooError(ErrorType.SANDBOX_UNAVAILABLE, f"no sandbox is serving {subject}") from exc
         except (nats.errors.TimeoutError, TimeoutError) as exc:
@@ -57,6 +71,11 @@ class SandboxClient:
             raise CooError(ErrorType.SANDBOX_UNAVAILABLE, "NATS connection closed") from exc
         return bytes(reply.data)
 
+    async def _cancel(self, step_id: uuid.UUID, attempt: int) -> None:
+        message = SandboxCancel(step_id=step_id, attempt=attempt)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.bus.publish_core(self.bus.subjects.sandbox_cancel, message.to_bytes()), 2.0)
+
     async def execute(
         self,
         request: SandboxExecRequest,
@@ -64,7 +83,10 @@ class SandboxClient:
         headers: dict[str, str] | None = None,
         raise_on_timeout: bool = False,
     ) -> SandboxExecResult:
-        data = await self._request(request.to_bytes(), timeout_s=request.timeout_s + _MARGIN_S, headers=headers)
+        key = (request.step_id, request.attempt) if request.step_id is not None else None
+        data = await self._request(
+            request.to_bytes(), timeout_s=request.timeout_s + _MARGIN_S, headers=headers, attempt=key
+        )
         try:
             result = SandboxExecResult.model_validate_json(data)
         except ValueError as exc:
@@ -110,7 +132,9 @@ class SandboxClient:
             where = ".".join(map(str, first["loc"])) or "checks"
             raise CooError(ErrorType.VALIDATION, f"bad verification checks: {where}: {first['msg']}") from exc
         timeout_s = sum(c.timeout_s for c in request.checks) + _MARGIN_S
-        data = await self._request(request.to_bytes(), timeout_s=timeout_s, headers=headers)
+        data = await self._request(
+            request.to_bytes(), timeout_s=timeout_s, headers=headers, attempt=(request.step_id, request.attempt)
+        )
         try:
             report = VerificationReport.model_validate_json(data)
         except ValueError:
