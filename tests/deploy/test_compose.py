@@ -95,8 +95,91 @@ def test_coo_services_start_after_migrations_and_healthy_infrastructure(compose:
     for name in COO_SERVICES:
         needs = compose["services"][name]["depends_on"]
         assert needs["migrate"]["condition"] == "service_completed_successfully"
-        for infra in ("postgres", "nats", "otel-collector"):
+        for infra in ("postgres", "nats"):
             assert needs[infra]["condition"] == "service_healthy", f"{name} must wait for {infra}"
+        # Telemetry is not a start-up dependency: the OTLP exporters retry in the background.
+        assert "otel-collector" not in needs, f"{name} waits for the collector"
+
+
+def test_one_path_per_signal(compose: dict[str, Any]) -> None:
+    """Traces and logs go to the collector over OTLP; metrics only by Prometheus scraping /metrics."""
+    for name in COO_SERVICES:
+        env = compose["services"][name]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317", name
+        assert env["OTEL_METRICS_EXPORTER"] == "none", f"{name} would push its metrics a second time"
+        assert env.get("OTEL_TRACES_EXPORTER", "otlp") == "otlp" and env.get("OTEL_LOGS_EXPORTER", "otlp") == "otlp"
+
+
+def memory_bytes(value: str | int) -> int:
+    """A compose byte value ("512M", "1G", "64m", 1048576) in bytes."""
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([kmg]?)b?", str(value).strip().lower())
+    assert match, f"not a byte value: {value!r}"
+    return int(float(match.group(1)) * 1024 ** " kmg".index(match.group(2) or " "))
+
+
+def limits(service: dict[str, Any]) -> tuple[float | None, int | None]:
+    """(CPUs, memory bytes) a service may use, from deploy.resources.limits or cpus/mem_limit."""
+    declared = service.get("deploy", {}).get("resources", {}).get("limits", {})
+    cpus = declared.get("cpus", service.get("cpus"))
+    memory = declared.get("memory", service.get("mem_limit"))
+    return (float(cpus) if cpus is not None else None, memory_bytes(memory) if memory is not None else None)
+
+
+def test_memory_bytes() -> None:
+    assert memory_bytes("512M") == 512 * 2**20 and memory_bytes("1G") == 2**30 and memory_bytes("64m") == 64 * 2**20
+    assert memory_bytes(1048576) == 2**20
+
+
+def test_every_service_has_cpu_and_memory_limits(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        cpus, memory = limits(service)
+        assert cpus is not None and 0 < cpus <= 2, f"{name}: no CPU limit (or more than the machine's 2 cores)"
+        assert memory is not None and 32 * 2**20 <= memory <= 2 * 2**30, f"{name}: no sensible memory limit"
+
+
+def test_the_collector_refuses_data_before_its_container_runs_out_of_memory(compose: dict[str, Any]) -> None:
+    _, container = limits(compose["services"]["otel-collector"])
+    config = yaml.safe_load((ROOT / "observability" / "otel-collector.yaml").read_text())
+    limiter = config["processors"]["memory_limiter"]
+    assert container is not None
+    assert "limit_percentage" not in limiter, "a fixed limit, checked here against the container's"
+    limit, spike = limiter["limit_mib"] * 2**20, limiter["spike_limit_mib"] * 2**20
+    # The limiter's hard limit stays under the container's, leaving room for the Go runtime.
+    assert limit <= 0.8 * container, f"memory_limiter {limit} B against a {container} B container"
+    assert 0 < spike < limit
+
+
+def test_prometheus_keeps_35_days(compose: dict[str, Any]) -> None:
+    command = compose["services"]["prometheus"]["command"]
+    assert "--storage.tsdb.retention.time=35d" in command
+    assert "--web.enable-remote-write-receiver" in command, "Tempo's metrics generator writes span metrics"
+
+
+def test_slack_reaches_the_orchestrator_and_the_worker(compose: dict[str, Any]) -> None:
+    """Both post to Slack (approvals and alerts; notifier agents): the webhook is passed on from
+    deploy/.env or the shell, and is never a value of the compose file (unset stays unset)."""
+    for name in ("orchestrator", "worker"):
+        env = compose["services"][name]["environment"]
+        assert "COO_SLACK_WEBHOOK_URL" in env, f"{name} does not get the Slack webhook"
+        assert env["COO_SLACK_WEBHOOK_URL"] is None, f"{name}: the webhook is passed through, not set here"
+
+
+def test_a_stopping_worker_has_time_to_drain(compose: dict[str, Any]) -> None:
+    from services.common.settings import Settings
+
+    drain = compose["services"]["worker"]["environment"].get("COO_WORKER_DRAIN_S", Settings().worker_drain_s)
+    grace = re.fullmatch(r"(\d+)s", compose["services"]["worker"].get("stop_grace_period", "10s"))
+    assert grace is not None and int(grace.group(1)) > float(drain), "compose would kill a draining worker"
+
+
+def test_postgres_data_lives_where_its_image_keeps_it(compose: dict[str, Any]) -> None:
+    postgres = compose["services"]["postgres"]
+    major = int(postgres["image"].rsplit(":", 1)[1].split(".")[0])
+    # From 18 on the image keeps PGDATA in /var/lib/postgresql/<major>/docker and refuses a volume
+    # at the old /var/lib/postgresql/data.
+    target = "/var/lib/postgresql" if major >= 18 else "/var/lib/postgresql/data"
+    assert f"postgres-data:{target}" in postgres["volumes"]
+    assert "PGDATA" not in postgres.get("environment", {})
 
 
 def test_dependencies_are_declared_and_acyclic(compose: dict[str, Any]) -> None:
@@ -190,6 +273,8 @@ def test_prometheus_keeps_exemplars_and_grafana_lets_viewers_in(compose: dict[st
     grafana = compose["services"]["grafana"]["environment"]
     assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
     assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    # Trace to metrics is no feature toggle any more: the datasource's tracesToMetrics configures it.
+    assert "GF_FEATURE_TOGGLES_ENABLE" not in grafana
     published = ("prometheus", "alertmanager", "grafana")
     ports = {svc: compose["services"][svc]["ports"][0].rsplit(":", 1)[1] for svc in published}
     assert ports == {"prometheus": "9090", "alertmanager": "9093", "grafana": "3000"}

@@ -18,6 +18,32 @@ OBSERVABILITY = ROOT / "observability"
 ALERTS = ROOT / "alerts"
 DASHBOARDS = ROOT / "dashboards"
 RUNBOOKS = ROOT / "docs" / "runbooks.md"
+COMPOSE = ROOT / "deploy" / "docker-compose.yml"
+REFERENCE = Path(__file__).resolve().parent / "reference"
+
+# Compose service -> (image it must run, the config file of observability/ written for it, the name
+# of the reference file of a version: the field lists of tests/observability/reference/).
+PINNED_CONFIGS = {
+    "otel-collector": ("otel/opentelemetry-collector-contrib", "otel-collector.yaml", "otelcol-contrib-{}.yaml"),
+    "tempo": ("grafana/tempo", "tempo.yaml", "tempo-{}.txt"),
+    "loki": ("grafana/loki", "loki.yaml", "loki-{}.txt"),
+}
+
+
+def image_version(service: str) -> str:
+    """The version the compose file pins for ``service``'s image (its tag without a leading ``v``)."""
+    image = str(load_yaml(COMPOSE)["services"][service]["image"])
+    repository, _, tag = image.rpartition(":")
+    expected = PINNED_CONFIGS[service][0]
+    assert repository == expected, f"{service} runs {image}, not an image of {expected}"
+    assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{service}: {image} is not pinned to a release"
+    return tag.removeprefix("v")
+
+
+def reference_file(service: str) -> Path:
+    """The field list of the version of ``service`` the compose file pins (it may not exist)."""
+    return REFERENCE / PINNED_CONFIGS[service][2].format(image_version(service))
+
 
 # Names the services export; histograms also export _bucket, _count and _sum.
 COUNTERS_AND_GAUGES = {
@@ -37,6 +63,24 @@ COUNTERS_AND_GAUGES = {
     "coo_sandbox_executions_total",
     "coo_http_requests_total",
     "coo_alert_notifications_total",
+    "coo_rate_limited_requests_total",
+    "coo_llm_cost_unknown_total",
+    "coo_worker_deferred_total",
+    "coo_db_pool_connections",
+    "coo_nats_consumer_pending",
+    "coo_nats_consumer_redelivered",
+    "coo_worker_slots",
+    # prometheus-client's process, platform and garbage-collector collectors (runtime_metrics.py)
+    "process_cpu_seconds_total",
+    "process_open_fds",
+    "process_max_fds",
+    "process_virtual_memory_bytes",
+    "process_resident_memory_bytes",
+    "process_start_time_seconds",
+    "python_info",
+    "python_gc_objects_collected_total",
+    "python_gc_objects_uncollectable_total",
+    "python_gc_collections_total",
     "up",
 }
 HISTOGRAMS = {
@@ -47,6 +91,7 @@ HISTOGRAMS = {
     "gen_ai_client_operation_duration_seconds",
     "coo_sandbox_duration_seconds",
     "coo_http_request_duration_seconds",
+    "coo_step_schedule_to_start_seconds",
 }
 SLO_RECORDS = {
     "slo:objective:ratio",
@@ -66,6 +111,7 @@ _NOT_METRICS = {
     "group_left", "group_right", "histogram_quantile", "vector", "or", "and", "unless", "le", "without", "absent",
     "workflow", "agent", "service", "status", "model", "type", "slo", "error_type", "route", "job", "instance",
     "gen_ai_request_model", "gen_ai_token_type", "gen_ai_provider_name", "stream_name", "outcome",
+    "label_replace",
 }  # fmt: skip
 
 
@@ -98,10 +144,12 @@ def panels(board: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 def panel_queries(board: dict[str, Any]) -> Iterator[tuple[str, str]]:
-    """(panel title, PromQL) of every Prometheus target."""
+    """(panel title, PromQL) of every Prometheus target (Loki's LogQL targets have an ``expr`` too)."""
     for panel in panels(board):
+        if panel.get("datasource", {}).get("type", "prometheus") != "prometheus":
+            continue
         for target in panel.get("targets", []):
-            if target.get("expr"):
+            if target.get("expr") and target.get("datasource", {}).get("type", "prometheus") == "prometheus":
                 yield panel["title"], target["expr"]
 
 
