@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs Prometheus and Alertmanager (with promtool and amtool), Chromium for the console's
-# browser tests, and wrk for the API benchmark (B7), from the system package manager when they are missing and this machine allows it.
+# browser tests, wrk for the API benchmark (B7) and PgBouncer for the transaction-pooling test, from the system package manager when they are missing and this machine allows it.
 # Never fails the build: tests that need them skip with a clear message when they are absent.
 set -u
 need=()
@@ -10,6 +10,7 @@ browser=()
 [ -x /usr/bin/chromium ] || browser+=(chromium)
 tools=()
 [ -x /usr/bin/wrk ] || tools+=(wrk)
+[ -x /usr/sbin/pgbouncer ] || tools+=(pgbouncer)
 [ ${#need[@]} -eq 0 ] && [ ${#browser[@]} -eq 0 ] && [ ${#tools[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
   echo "apt-get not found: install ${need[*]} yourself to run the Prometheus/Alertmanager tests" >&2
@@ -40,10 +41,10 @@ if [ ${#browser[@]} -gt 0 ]; then
 fi
 if [ ${#tools[@]} -gt 0 ]; then
   timeout 600 $sudo apt-get install -y -qq --no-install-recommends "${tools[@]}" >/dev/null 2>&1 ||
-    echo "could not install wrk: the benchmark's B7 uses its own Python load generator" >&2
+    echo "could not install ${tools[*]}: B7 uses its own load generator, the PgBouncer test is skipped" >&2
 fi
 # Debian starts the daemons on install; COO's tests run their own instances.
-for svc in prometheus prometheus-alertmanager; do
+for svc in prometheus prometheus-alertmanager pgbouncer; do
   pkill -x "$svc" >/dev/null 2>&1 || true
 done
 exit $rc

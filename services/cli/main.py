@@ -291,6 +291,26 @@ def db_upgrade(revision: Annotated[str, typer.Argument(help="Target revision.")]
     typer.echo(f"database at {revision}")
 
 
+@db_app.command("wait")
+def db_wait(
+    timeout_s: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds.")] = 600.0,
+) -> None:
+    """Wait until the database schema is the one this release needs (an init container's job: new pods
+    start once the migration Job has run), then exit 0; exit 1 at the deadline, saying what it saw."""
+    import asyncio
+
+    from services.common.infra import wait_until_migrated
+
+    settings = _settings()
+    if settings.database_url is None:
+        _fail("COO_DATABASE_URL is not set")
+    try:
+        revision = asyncio.run(wait_until_migrated(settings, timeout_s=timeout_s))
+    except TimeoutError as exc:
+        _fail(str(exc))
+    typer.echo(f"database at {revision}")
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Argument(help="A name for the key (who uses it).")],

@@ -63,6 +63,32 @@ async def check_migrated(engine: AsyncEngine, settings: Settings) -> None:
         )
 
 
+async def wait_until_migrated(settings: Settings, *, timeout_s: float, interval_s: float = 2.0) -> str:
+    """Wait until Postgres answers with the schema this release needs (``coo db wait``); return its
+    revision, or raise ``TimeoutError`` naming what was seen last."""
+    engine = create_engine(settings, application_name="coo-db-wait", pool_size=1)
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + timeout_s
+    last = "nothing yet"
+    try:
+        while True:
+            try:
+                await ping(engine, timeout_s=5.0)
+                await check_migrated(engine, settings)
+                heads = ScriptDirectory.from_config(alembic_config(settings)).get_heads()
+                return ", ".join(sorted(heads))
+            except RuntimeError as exc:
+                last = str(exc)
+            except (OSError, DBAPIError, TimeoutError) as exc:
+                last = f"Postgres unreachable: {scrub_text(str(exc))}"
+            if loop.time() >= give_up:
+                raise TimeoutError(f"the database is not migrated after {timeout_s:g}s: {last}")
+            log.info("waiting_for_migrations", detail=last)
+            await asyncio.sleep(interval_s)
+    finally:
+        await engine.dispose()
+
+
 async def open_infra(
     stack: AsyncExitStack,
     settings: Settings,

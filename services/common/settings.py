@@ -31,6 +31,17 @@ class Settings(BaseSettings):
     )
     db_schema: str = Field(default="public", description="Postgres schema holding COO's tables.")
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per process.")
+    db_max_overflow: int | None = Field(
+        default=None,
+        ge=0,
+        le=200,
+        description="Connections a process may open beyond its pool under load (default: as many as the pool).",
+    )
+    db_pgbouncer: bool = Field(
+        default=False,
+        description="Postgres is reached through PgBouncer in transaction mode: no server-side prepared "
+        "statement cache, and each prepared statement gets a name of its own.",
+    )
     nats_url: str | None = Field(
         default=None, description="NATS URL with JetStream (nats://host:4222). Unset: `coo up` embeds one."
     )

@@ -29,9 +29,14 @@ class OrchestratorState:
     results: UnitBatcher = field(init=False)  # what workers report, likewise
 
     def __post_init__(self) -> None:
-        self.reads = async_sessionmaker(
-            self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
-        )
+        if self.settings.db_pgbouncer:
+            # Through PgBouncer in transaction mode a statement's prepare and execute reach the same
+            # server connection only inside a transaction.
+            self.reads = self.sessionmaker
+        else:
+            self.reads = async_sessionmaker(
+                self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
+            )
         self.submissions = UnitBatcher(self.unit, name="submissions")
         self.results = UnitBatcher(self.unit, name="results")
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
+from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
@@ -14,23 +16,36 @@ from services.common.settings import Settings
 def create_engine(settings: Settings, *, application_name: str, pool_size: int | None = None) -> AsyncEngine:
     url, _ = settings.require_infra()
     size = pool_size or settings.db_pool_size
+    overflow = settings.db_max_overflow if settings.db_max_overflow is not None else size
+    connect_args: dict[str, Any] = {
+        "timeout": 5,
+        "command_timeout": 60,
+        # Batches give statements of many shapes (IN lists, multi-row inserts): keep their plans.
+        "prepared_statement_cache_size": 1024,
+        "server_settings": {"search_path": settings.db_schema, "application_name": application_name},
+    }
+    if settings.db_pgbouncer:
+        # In transaction mode consecutive statements may reach different server connections: a
+        # prepared statement must not be reused, nor its name collide with another client's. Nor can
+        # a session setting stick: PgBouncer refuses search_path at connect, so the schema comes from
+        # PgBouncer's connect_query or the role's own search_path (docs/deploy.md).
+        connect_args |= {
+            "prepared_statement_cache_size": 0,
+            "statement_cache_size": 0,
+            "prepared_statement_name_func": lambda: f"__coo_{uuid.uuid4().hex}__",
+            "server_settings": {"application_name": application_name},
+        }
     return create_async_engine(
         url,
         poolclass=CountingPool,  # counts the requests waiting for a connection (coo_db_pool_connections)
         pool_size=size,
-        max_overflow=size,
+        max_overflow=overflow,
         hide_parameters=True,
         # No ping per checkout (a round trip each time): a dropped connection fails one operation,
         # and SQLAlchemy then refreshes the whole pool.
         pool_pre_ping=False,
         pool_recycle=1800,
-        connect_args={
-            "timeout": 5,
-            "command_timeout": 60,
-            # Batches give statements of many shapes (IN lists, multi-row inserts): keep their plans.
-            "prepared_statement_cache_size": 1024,
-            "server_settings": {"search_path": settings.db_schema, "application_name": application_name},
-        },
+        connect_args=connect_args,
     )
 
 
