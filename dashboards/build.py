@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grafana_foundation_sdk.builders import dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import dashboard, logs, loki, prometheus, stat, table, tempo, timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import (
     DashboardCursorSync,
@@ -31,6 +31,10 @@ from grafana_foundation_sdk.models.dashboard import (
 
 HERE = Path(__file__).resolve().parent
 PROMETHEUS = DataSourceRef(type_val="prometheus", uid="coo-prometheus")
+LOKI = DataSourceRef(type_val="loki", uid="coo-loki")
+TEMPO = DataSourceRef(type_val="tempo", uid="coo-tempo")
+COO_JOBS = 'job=~"orchestrator|worker|sandbox"'
+
 RATE = "$__rate_interval"
 
 
@@ -80,6 +84,44 @@ def single(title: str, query: Q, *, unit: str = "short", width: int = 6, descrip
     return panel.with_target(_target(Q(query.expr, query.legend), "A").instant())
 
 
+def log_panel(title: str, expr: str, *, width: int = 24, description: str = "") -> Any:
+    """COO's logs from Loki (the collector ships each service's structlog lines, labelled service_name)."""
+    panel = logs.Panel().title(title).datasource(LOKI).span(width).height(10)
+    if description:
+        panel = panel.description(description)
+    return panel.with_target(loki.Dataquery().expr(expr).ref_id("A").datasource(LOKI).query_type("range"))
+
+
+def trace_search(title: str, traceql: str, *, width: int = 24, description: str = "") -> Any:
+    """A Tempo search (TraceQL) as a table of traces, each opening the trace view."""
+    panel = table.Panel().title(title).datasource(TEMPO).span(width).height(8)
+    if description:
+        panel = panel.description(description)
+    query = tempo.TempoQuery().query_type("traceql").query(traceql).limit(20).ref_id("A").datasource(TEMPO)
+    return panel.with_target(query)
+
+
+def annotations() -> list[Any]:
+    """Marks on every graph: a COO process (re)started — a deploy or a crash — and critical alerts firing."""
+    restarts = (
+        dashboard.AnnotationQuery()
+        .name("Deploys and restarts")
+        .datasource(PROMETHEUS)
+        .enable(True)
+        .icon_color("blue")
+        .expr(f"changes(process_start_time_seconds{{{COO_JOBS}}}[2m]) > 0")
+    )
+    alerts = (
+        dashboard.AnnotationQuery()
+        .name("Critical alerts")
+        .datasource(PROMETHEUS)
+        .enable(True)
+        .icon_color("red")
+        .expr('ALERTS{alertstate="firing", severity="critical"}')
+    )
+    return [restarts, alerts]
+
+
 def variable(name: str, label: str, query: str) -> Any:
     """A multi-value variable over a label's values, "All" meaning any value (``.*``)."""
     return (
@@ -109,6 +151,7 @@ def board(
         .timezone("browser")
         .tooltip(DashboardCursorSync.CROSSHAIR)
         .readonly()
+        .annotations(annotations())
     )
     for var in variables:
         built = built.with_variable(var)
@@ -236,6 +279,21 @@ def workflow_overview() -> Any:
                         [Q(f"sum by (workflow) (increase(coo_budget_exceeded_total{{{WF}}}[{RATE}]))", "{{workflow}}")],
                     ),
                     graph("Dead letters waiting", [Q("max(coo_dlq_messages)", "dead letters")]),
+                ],
+            ),
+            (
+                "Traces and logs",
+                [
+                    trace_search(
+                        "Recent missions (traces)",
+                        '{resource.service.namespace="coo" && name="mission.execute"}',
+                        description="One trace per mission across the three services; open one for its spans.",
+                    ),
+                    log_panel(
+                        "Warnings and errors of COO's services",
+                        '{service_name=~"coo-.+"} | severity_text=~"(?i)warn.*|error|critical"',
+                        description='Each line carries trace_id and mission_id: filter with | mission_id="<id>".',
+                    ),
                 ],
             ),
         ],
@@ -493,6 +551,85 @@ def system_health() -> Any:
                 ],
             ),
             (
+                "Processes",
+                [
+                    graph(
+                        "CPU, by process",
+                        [Q(f"rate(process_cpu_seconds_total{{{COO_JOBS}}}[{RATE}])", "{{job}} {{instance}}")],
+                        unit="percentunit",
+                        description="CPU seconds per second (1 = one core).",
+                    ),
+                    graph(
+                        "Resident memory, by process",
+                        [Q(f"process_resident_memory_bytes{{{COO_JOBS}}}", "{{job}} {{instance}}")],
+                        unit="bytes",
+                    ),
+                    graph(
+                        "Open file descriptors, by process",
+                        [Q(f"process_open_fds{{{COO_JOBS}}}", "{{job}} {{instance}}")],
+                    ),
+                    graph(
+                        "Python garbage collections, by generation",
+                        [
+                            Q(
+                                f"sum by (job, generation) (rate(python_gc_collections_total{{{COO_JOBS}}}[{RATE}]))",
+                                "{{job}} gen {{generation}}",
+                            )
+                        ],
+                        unit="ops",
+                    ),
+                ],
+            ),
+            (
+                "Database pools and the bus",
+                [
+                    graph(
+                        "Postgres connections of COO's pools, by state",
+                        [Q(f"sum by (job, state) (coo_db_pool_connections{{{COO_JOBS}}})", "{{job}} {{state}}")],
+                        description="waiting > 0 means requests queue for a connection: raise COO_DB_POOL_SIZE "
+                        "within Postgres's max_connections (see docs/deploy.md).",
+                    ),
+                    graph(
+                        "JetStream backlog, by consumer",
+                        [Q("max by (stream, consumer) (coo_nats_consumer_pending)", "{{consumer}}")],
+                        description="Messages not yet delivered: a growing work backlog means too few workers.",
+                    ),
+                    graph(
+                        "JetStream redeliveries pending, by consumer",
+                        [Q("max by (stream, consumer) (coo_nats_consumer_redelivered)", "{{consumer}}")],
+                    ),
+                    graph(
+                        "Requests refused by the rate limit",
+                        [Q(f"sum(rate(coo_rate_limited_requests_total[{RATE}]))", "429s")],
+                        unit="reqps",
+                    ),
+                ],
+            ),
+            (
+                "Workers",
+                [
+                    graph(
+                        "Worker slots, busy and free",
+                        [Q(f"sum by (state) (coo_worker_slots{{{COO_JOBS}}})", "{{state}}")],
+                        description="Attempts running now against COO_WORKER_CONCURRENCY of every worker.",
+                    ),
+                    graph(
+                        "Schedule to start (p50, p95), by agent",
+                        [
+                            Q(quantile(0.5, "coo_step_schedule_to_start_seconds", "agent"), "p50 {{agent}}"),
+                            Q(quantile(0.95, "coo_step_schedule_to_start_seconds", "agent"), "p95 {{agent}}"),
+                        ],
+                        unit="s",
+                        description="From a step's dispatch to a worker starting it: queueing in JetStream.",
+                    ),
+                    graph(
+                        "Work items deferred (paused missions)",
+                        [Q(f"sum(rate(coo_worker_deferred_total[{RATE}]))", "deferred")],
+                        unit="ops",
+                    ),
+                ],
+            ),
+            (
                 "NATS and Postgres (optional: need prometheus-nats-exporter / postgres_exporter)",
                 [
                     graph(
@@ -572,7 +709,12 @@ def cost() -> Any:
                     graph(
                         "Budget pauses, by workflow",
                         [Q(f"sum by (workflow) (increase(coo_budget_exceeded_total{{{WF}}}[{RATE}]))", "{{workflow}}")],
-                        width=24,
+                    ),
+                    graph(
+                        "Model calls of unknown cost, by model",
+                        [Q(f"sum by (model) (increase(coo_llm_cost_unknown_total[{RATE}]))", "{{model}}")],
+                        description="Calls to a model with no price: their spend is missing from every figure "
+                        "here and from budgets. Price the model with COO_MODEL_PRICES.",
                     ),
                 ],
             ),
