@@ -119,6 +119,8 @@ async def test_200_missions_survive_sigkills_of_the_worker_and_an_orchestrator(s
         "SELECT m.error::text AS error, r.tool_calls::text AS calls, r.stderr FROM missions m "
         "LEFT JOIN agent_results r ON r.mission_id = m.id AND NOT r.success WHERE m.status <> 'succeeded' LIMIT 3",
     )
+    if failures:  # in full: pytest cuts a long assertion message short
+        print("failed missions:", json.dumps([dict(r) for r in failures], indent=2, default=str))  # noqa: T201
     assert {r["status"]: r["n"] for r in statuses} == {"succeeded": MISSIONS}, [dict(r) for r in failures]
     steps = await db_fetch(settings, "SELECT status, count(*) AS n FROM steps GROUP BY 1")
     assert {r["status"]: r["n"] for r in steps} == {"succeeded": MISSIONS * 3}
