@@ -30,7 +30,8 @@ from services.common.logging import get_logger
 from services.common.runtime_metrics import register_pool_metrics, service_registry
 from services.common.settings import Settings
 from services.common.telemetry import Telemetry, instrument_app, instrument_engine
-from services.orchestrator.api import agents, alerts, control, dlq, events, missions, workflows
+from services.orchestrator.api import agents, alerts, audit, control, dlq, events, keys, missions, workflows
+from services.orchestrator.audit import AuditTrail
 from services.orchestrator.auth import KeyStore
 from services.orchestrator.console import install_console
 from services.orchestrator.engine.approvals import ApprovalAnnouncer
@@ -78,7 +79,7 @@ def create_app(settings: Settings) -> FastAPI:
             await _start_engine(state, stack)
             log.info("orchestrator_started", port=settings.orchestrator_port, bus_prefix=settings.bus_prefix)
             alert_delivery = await alerts.start_alert_delivery(state, stack)
-            yield {"coo": state, "keys": KeyStore(settings, sessionmaker), "alerts": alert_delivery}
+            yield {"coo": state, "keys": KeyStore(settings, state.reads), "alerts": alert_delivery}
             log.info("orchestrator_stopping")
 
     app = FastAPI(
@@ -99,7 +100,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(control.router)
     app.include_router(dlq.router)
     app.include_router(alerts.router)
+    app.include_router(keys.router)
+    app.include_router(audit.router)
     install_console(app)
+    app.add_middleware(AuditTrail)
     return app
 
 

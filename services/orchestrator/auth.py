@@ -1,26 +1,67 @@
-"""Bearer API keys: from ``COO_API_KEYS`` or the ``api_keys`` table (stored as SHA-256)."""
+"""Bearer API keys and their scopes: from ``COO_API_KEYS`` (admin) or the ``api_keys`` table
+(stored as SHA-256).
+
+A database key is looked up on every request, so a revoked or expired key is refused by every
+replica as soon as the revocation commits (or the expiry passes on the database's clock).
+"""
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import hmac
 import secrets
-import time
+import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db.models import ApiKey
 from services.common.settings import Settings
 
+TOUCH_EVERY_S = 60  # last_used_at is kept to the minute: one write per key per minute at most
+
+
+class Scope(enum.StrEnum):
+    """What a key may do; each scope includes the ones below it."""
+
+    VIEWER = "viewer"  # read everything
+    OPERATOR = "operator"  # and submit missions, pause/resume/cancel, approve/reject, replay dead letters
+    ADMIN = "admin"  # and manage keys, agents and workflows
+
+    @property
+    def rank(self) -> int:
+        return _RANKS[self]
+
+    def allows(self, needed: Scope) -> bool:
+        return self.rank >= needed.rank
+
+
+_RANKS = {Scope.VIEWER: 0, Scope.OPERATOR: 1, Scope.ADMIN: 2}
+
+
+def scope_of(stored: Collection[Any]) -> Scope:
+    """The scope a key's stored ``scopes`` list grants: the highest one it names (viewer if none).
+    ``*`` is what keys were given before scopes existed: they could do everything, and still can."""
+    if "*" in stored:
+        return Scope.ADMIN
+    known = [Scope(s) for s in stored if s in Scope._value2member_map_]
+    return max(known, key=lambda s: s.rank, default=Scope.VIEWER)
+
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is calling: the key's name (never the key itself)."""
+    """Who is calling: the key's name (never the key itself), its scope and, for a stored key, its id."""
 
     name: str
-    scopes: tuple[str, ...] = ("*",)
+    scope: Scope = Scope.ADMIN
+    key_id: uuid.UUID | None = None
+
+    def can(self, needed: Scope) -> bool:
+        return self.scope.allows(needed)
 
 
 def hash_key(raw: str) -> str:
@@ -32,31 +73,43 @@ def new_key() -> str:
 
 
 class KeyStore:
-    """Checks keys; database keys are cached briefly so that a revocation lands within seconds."""
+    """Checks keys: ``COO_API_KEYS`` in memory, stored keys in the database on every call."""
 
-    def __init__(self, settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], ttl_s: float = 5.0) -> None:
+    def __init__(self, settings: Settings, reads: async_sessionmaker[AsyncSession]) -> None:
         self._static = {
             hash_key(k.get_secret_value()): f"env-{hash_key(k.get_secret_value())[:8]}" for k in settings.api_keys
         }
-        self._sessionmaker = sessionmaker
-        self._ttl_s = ttl_s
-        self._cache: dict[str, tuple[float, Caller | None]] = {}
+        self._reads = reads
 
     async def authenticate(self, raw: str) -> Caller | None:
+        """The caller a key belongs to; None for an unknown, revoked or expired key."""
         digest = hash_key(raw)
         for known, name in self._static.items():
             if hmac.compare_digest(known, digest):
-                return Caller(name=name)
-        now = time.monotonic()
-        cached = self._cache.get(digest)
-        if cached is not None and cached[0] > now:
-            return cached[1]
-        async with self._sessionmaker() as session:
+                return Caller(name=name, scope=Scope.ADMIN)
+        now = func.clock_timestamp()
+        stale = or_(
+            ApiKey.last_used_at.is_(None),
+            ApiKey.last_used_at < now - func.make_interval(0, 0, 0, 0, 0, 0, TOUCH_EVERY_S),
+        )
+        async with self._reads() as session:
             row = (
-                await session.execute(select(ApiKey).where(ApiKey.hash == digest, ApiKey.revoked_at.is_(None)))
-            ).scalar_one_or_none()
-        caller = Caller(name=row.name, scopes=tuple(row.scopes or ["*"])) if row is not None else None
-        if len(self._cache) > 10_000:
-            self._cache.clear()
-        self._cache[digest] = (now + self._ttl_s, caller)
-        return caller
+                await session.execute(
+                    select(ApiKey.id, ApiKey.name, ApiKey.scopes, stale.label("stale")).where(
+                        ApiKey.hash == digest,
+                        ApiKey.revoked_at.is_(None),
+                        or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
+                    )
+                )
+            ).one_or_none()
+            if row is None:
+                return None
+            if row.stale:
+                await session.execute(
+                    update(ApiKey)
+                    .where(and_(ApiKey.id == row.id, stale))
+                    .values(last_used_at=now)
+                    .execution_options(synchronize_session=False)
+                )
+                await session.commit()
+        return Caller(name=row.name, scope=scope_of(row.scopes or []), key_id=row.id)

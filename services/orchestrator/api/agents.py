@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.db.models import Agent
 from services.common.http import ApiError
-from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.deps import AdminDep, CallerDep, StateDep
 from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.state import OrchestratorState
 
@@ -81,7 +81,7 @@ async def get_agent(name: str, state: StateDep, _: CallerDep) -> AgentOut:
 
 
 @router.put("/{name}", summary="Create or update an agent (the version grows on each change)")
-async def put_agent(name: str, spec: AgentSpec, state: StateDep, _: CallerDep) -> AgentOut:
+async def put_agent(name: str, spec: AgentSpec, state: StateDep, _: AdminDep) -> AgentOut:
     require_storable(spec.model_dump(mode="json"), "body")
     if not re.match(NAME_PATTERN, name):
         raise ApiError(422, "validation", f"name: must match {NAME_PATTERN}", field="name")

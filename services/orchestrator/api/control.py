@@ -20,7 +20,7 @@ from sqlalchemy import select
 from services.common.contracts import Control, ControlAction
 from services.common.db.models import Mission, TimelineEventRow
 from services.common.http import ApiError
-from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.deps import OperatorDep, StateDep
 from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.engine.control import ControlRefused, check_control
 from services.orchestrator.engine.scheduler import load_steps
@@ -63,7 +63,7 @@ _RESPONSES: dict[int | str, dict[str, str]] = {
 
 @router.post("/{mission_id}/pause", summary="Pause a running mission", responses=_RESPONSES)
 async def pause(
-    mission_id: uuid.UUID, state: StateDep, caller: CallerDep, body: ReasonBody | None = None
+    mission_id: uuid.UUID, state: StateDep, caller: OperatorDep, body: ReasonBody | None = None
 ) -> JSONResponse:
     reason = body.reason if body else None
     control = Control(mission_id=mission_id, action=ControlAction.PAUSE, actor=caller.name, reason=reason)
@@ -72,7 +72,7 @@ async def pause(
 
 @router.post("/{mission_id}/resume", summary="Resume a paused mission, optionally adding budget", responses=_RESPONSES)
 async def resume(
-    mission_id: uuid.UUID, state: StateDep, caller: CallerDep, body: ResumeBody | None = None
+    mission_id: uuid.UUID, state: StateDep, caller: OperatorDep, body: ResumeBody | None = None
 ) -> JSONResponse:
     body = body or ResumeBody()
     control = Control(
@@ -87,7 +87,7 @@ async def resume(
 
 @router.post("/{mission_id}/cancel", summary="Cancel a mission", responses=_RESPONSES)
 async def cancel(
-    mission_id: uuid.UUID, state: StateDep, caller: CallerDep, body: ReasonBody | None = None
+    mission_id: uuid.UUID, state: StateDep, caller: OperatorDep, body: ReasonBody | None = None
 ) -> JSONResponse:
     reason = body.reason if body else None
     control = Control(mission_id=mission_id, action=ControlAction.CANCEL, actor=caller.name, reason=reason)
@@ -96,14 +96,14 @@ async def cancel(
 
 @router.post("/{mission_id}/steps/{key}/approve", summary="Approve a step waiting for approval", responses=_RESPONSES)
 async def approve(
-    mission_id: uuid.UUID, key: str, state: StateDep, caller: CallerDep, body: ReasonBody | None = None
+    mission_id: uuid.UUID, key: str, state: StateDep, caller: OperatorDep, body: ReasonBody | None = None
 ) -> JSONResponse:
     return await _decide(state, ControlAction.APPROVE, mission_id, key, caller.name, body)
 
 
 @router.post("/{mission_id}/steps/{key}/reject", summary="Reject a step waiting for approval", responses=_RESPONSES)
 async def reject(
-    mission_id: uuid.UUID, key: str, state: StateDep, caller: CallerDep, body: ReasonBody | None = None
+    mission_id: uuid.UUID, key: str, state: StateDep, caller: OperatorDep, body: ReasonBody | None = None
 ) -> JSONResponse:
     return await _decide(state, ControlAction.REJECT, mission_id, key, caller.name, body)
 

@@ -1,14 +1,20 @@
-"""Dependencies, as ``Annotated`` aliases so routes read like sentences."""
+"""Dependencies, as ``Annotated`` aliases so routes read like sentences.
+
+``CallerDep`` is any valid key (viewer and up: the reads); ``OperatorDep`` and ``AdminDep`` also
+require that scope and answer 403 naming it otherwise.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.http import ApiError
-from services.orchestrator.auth import Caller, KeyStore
+from services.orchestrator.audit import note_caller
+from services.orchestrator.auth import Caller, KeyStore, Scope
 from services.orchestrator.state import OrchestratorState
 
 _bearer = HTTPBearer(auto_error=False, description="COO API key")
@@ -31,7 +37,8 @@ async def get_caller(
     keys: KeyStore = request.state.keys
     caller = await keys.authenticate(credentials.credentials)
     if caller is None:
-        raise ApiError(401, "unauthorized", "invalid or revoked API key", headers=challenge)
+        raise ApiError(401, "unauthorized", "invalid, revoked or expired API key", headers=challenge)
+    note_caller(caller)
     state: OrchestratorState = request.state.coo
     if state.rate_limiter.enabled:
         decision = await state.rate_limiter.hit(caller.name)
@@ -47,4 +54,21 @@ async def get_caller(
     return caller
 
 
-CallerDep = Annotated[Caller, Depends(get_caller)]
+def require(needed: Scope) -> Callable[[Caller], Awaitable[Caller]]:
+    """A dependency: the caller, if its key has the ``needed`` scope; 403 naming the scope otherwise."""
+
+    async def check(caller: Annotated[Caller, Depends(get_caller)]) -> Caller:
+        if not caller.can(needed):
+            raise ApiError(
+                403,
+                "forbidden",
+                f"this needs an API key with the '{needed}' scope; key '{caller.name}' has '{caller.scope}'",
+            )
+        return caller
+
+    return check
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]  # viewer and up
+OperatorDep = Annotated[Caller, Depends(require(Scope.OPERATOR))]
+AdminDep = Annotated[Caller, Depends(require(Scope.ADMIN))]

@@ -15,7 +15,7 @@ from sqlalchemy import select
 
 from services.common.db.models import DeadLetter, Step
 from services.common.http import ApiError
-from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.deps import CallerDep, OperatorDep, StateDep
 from services.orchestrator.api.paging import after_cursor, encode_cursor
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.engine import dlq
@@ -124,7 +124,7 @@ async def find_dead_letters(
         409: {"description": "Already replayed, or not replayable now"},
     },
 )
-async def replay_dead_letter(dead_letter_id: uuid.UUID, state: StateDep, caller: CallerDep) -> ReplayAnswer:
+async def replay_dead_letter(dead_letter_id: uuid.UUID, state: StateDep, caller: OperatorDep) -> ReplayAnswer:
     return await replay_letter(state, dead_letter_id, caller.name)
 
 

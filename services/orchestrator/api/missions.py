@@ -16,10 +16,12 @@ from sqlalchemy.exc import IntegrityError
 from services.common.db.models import AgentResult, Mission, Step, TimelineEventRow
 from services.common.http import ApiError
 from services.common.scrub import scrub
-from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.deps import CallerDep, OperatorDep, StateDep
 from services.orchestrator.api.paging import after_cursor, encode_cursor
 from services.orchestrator.api.storable import require_storable, storable_params
 from services.orchestrator.api.workflows import find_workflow_ref
+from services.orchestrator.audit import note_target
+from services.orchestrator.auth import Caller
 from services.orchestrator.engine.admission import queue_position
 from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.scheduler import definition_for
@@ -176,7 +178,13 @@ def _mission_out(mission: Mission, position: int | None, steps: list[Step] | Non
     summary="Submit a mission",
     responses={409: {"description": "The idempotency key was used for a different request"}},
 )
-async def submit_mission(body: MissionCreate, state: StateDep, caller: CallerDep) -> MissionAccepted:
+async def submit_mission(body: MissionCreate, state: StateDep, caller: OperatorDep) -> MissionAccepted:
+    accepted = await _submit(body, state, caller)
+    note_target("mission", accepted.id)  # the audit row names the mission made
+    return accepted
+
+
+async def _submit(body: MissionCreate, state: OrchestratorState, caller: Caller) -> MissionAccepted:
     require_storable(body.model_dump(mode="json"), "body")
     if body.idempotency_key is not None:
         replay = await _replay(state, caller.name, body)

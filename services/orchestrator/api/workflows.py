@@ -15,8 +15,9 @@ from sqlalchemy.exc import IntegrityError
 
 from services.common.db.models import Agent, Workflow
 from services.common.http import ApiError
-from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.deps import AdminDep, CallerDep, StateDep
 from services.orchestrator.api.storable import require_storable, storable_params
+from services.orchestrator.audit import note_target
 from services.orchestrator.engine.dag import DefinitionError, WorkflowDefinition, parse_definition
 from services.orchestrator.engine.missions import WorkflowRef
 from services.orchestrator.state import OrchestratorState
@@ -90,7 +91,7 @@ _BODY_DOC: dict[str, Any] = {
     openapi_extra=_BODY_DOC,
     responses={422: {"description": "Invalid definition; `field` is a JSON pointer to the offending field"}},
 )
-async def register_workflow(request: Request, state: StateDep, _: CallerDep) -> WorkflowOut:
+async def register_workflow(request: Request, state: StateDep, _: AdminDep) -> WorkflowOut:
     raw = await read_definition_body(request)
     require_storable(raw, "body")
     async with state.sessionmaker() as session:
@@ -99,6 +100,7 @@ async def register_workflow(request: Request, state: StateDep, _: CallerDep) -> 
         definition = parse_definition(raw, known_agents=known)
     except DefinitionError as exc:
         raise ApiError(422, "validation", f"{exc.pointer}: {exc.message}", field=exc.pointer) from exc
+    note_target("workflow", definition.name)
     stored = definition.model_dump(mode="json", by_alias=True, exclude_defaults=False)
     for _attempt in range(5):
         try:

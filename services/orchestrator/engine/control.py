@@ -118,7 +118,15 @@ async def apply_control(uow: UnitOfWork, settings: Settings, control: Control, c
     try:
         step = check_control(mission, steps, control)
     except ControlRefused as exc:
-        record(uow, mission.id, "control.refused", control_id=control_id, action=control.action, message=exc.message)
+        record(
+            uow,
+            mission.id,
+            "control.refused",
+            control_id=control_id,
+            action=control.action,
+            actor=control.actor,
+            message=exc.message,
+        )
         return ControlOutcome(control_id, False, mission.status, exc.message)
 
     actor = control.actor
@@ -148,7 +156,9 @@ async def apply_control(uow: UnitOfWork, settings: Settings, control: Control, c
         await _decide(uow, mission, steps, step, control, control_id)
         if mission.status in MISSION_TERMINAL:
             await admit(uow, settings)
-    record(uow, mission.id, "control.applied", control_id=control_id, action=action, step_key=control.step_key)
+    record(
+        uow, mission.id, "control.applied", control_id=control_id, action=action, step_key=control.step_key, actor=actor
+    )
     return ControlOutcome(control_id, True, mission.status)
 
 

@@ -82,6 +82,7 @@ async def create_mission(
             version=workflow.version,
             priority=priority,
             caller=caller,
+            actor=caller,
         )
         admit_before_commit(uow, settings)
         span.set_attribute("coo.mission_id", str(mission.id))

@@ -1,0 +1,63 @@
+"""``GET /v1/audit``: the audit trail of mutating calls (admin only)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import BaseModel, Field
+
+from services.orchestrator.api.deps import AdminDep, StateDep
+from services.orchestrator.api.storable import storable_params
+from services.orchestrator.audit import find_audit_events
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[Depends(storable_params)])
+
+
+class AuditEventOut(BaseModel):
+    id: uuid.UUID
+    time: datetime
+    key_id: uuid.UUID | None
+    key_name: str
+    scope: str
+    method: str
+    route: str = Field(description="The route template, such as /v1/missions/{mission_id}/pause.")
+    path: str
+    target: str | None = Field(description="What the call acted on, such as mission:<id> or key:<id>.")
+    outcome: int = Field(description="The HTTP status answered.")
+
+
+class AuditPageOut(BaseModel):
+    items: list[AuditEventOut]
+    next_cursor: str | None
+
+
+@router.get("", summary="Mutating calls and their outcome, newest first (cursor paging)")
+async def list_audit(
+    state: StateDep,
+    _: AdminDep,
+    limit: int = Query(default=50, ge=1, le=500),
+    cursor: str | None = Query(default=None, max_length=200),
+    key: str | None = Query(default=None, max_length=100, description="Only calls made with this key name."),
+    route: str | None = Query(default=None, max_length=300, description="Only calls of this route template."),
+) -> AuditPageOut:
+    page = await find_audit_events(state, limit=limit, cursor=cursor, key=key, route=route)
+    return AuditPageOut(
+        items=[
+            AuditEventOut(
+                id=e.id,
+                time=e.created_at,
+                key_id=e.key_id,
+                key_name=e.key_name,
+                scope=e.scope,
+                method=e.method,
+                route=e.route,
+                path=e.path,
+                target=e.target,
+                outcome=e.outcome,
+            )
+            for e in page.items
+        ],
+        next_cursor=page.next_cursor,
+    )

@@ -1,0 +1,76 @@
+"""Revoked and expired keys are refused at once by every orchestrator replica."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import pytest
+
+from services.cli.embedded import free_port
+from services.common.settings import Settings
+from tests.conftest import API_KEY, RunningApp, wait_for
+
+
+@pytest.fixture
+async def orchestrators(settings: Settings) -> AsyncIterator[list[RunningApp]]:
+    from services.orchestrator.app import create_app
+
+    apps: list[RunningApp] = []
+    try:
+        for _ in range(2):
+            app = RunningApp(create_app(settings), free_port())
+            await app.start()
+            apps.append(app)
+        yield apps
+    finally:
+        for app in reversed(apps):
+            await app.stop()
+
+
+def _client(key: str) -> httpx.AsyncClient:
+    return httpx.AsyncClient(headers={"Authorization": f"Bearer {key}"}, timeout=10)
+
+
+async def _statuses(replicas: list[RunningApp], key: str) -> list[int]:
+    async with _client(key) as client:
+        return [(await client.get(f"{app.url}/v1/missions")).status_code for app in replicas]
+
+
+async def test_a_revoked_key_is_refused_by_both_replicas_at_once(orchestrators: list[RunningApp]) -> None:
+    first, second = orchestrators
+    async with _client(API_KEY) as admin:
+        made = (await admin.post(f"{first.url}/v1/keys", json={"name": "leaked", "scope": "operator"})).json()
+        assert await _statuses(orchestrators, made["key"]) == [200, 200]
+
+        revoked = await admin.delete(f"{second.url}/v1/keys/{made['id']}")
+        assert revoked.status_code == 200, revoked.text
+        assert revoked.json()["revoked_at"] is not None
+        assert await _statuses(orchestrators, made["key"]) == [401, 401]
+        async with _client(made["key"]) as leaked:
+            refused = await leaked.post(f"{first.url}/v1/missions", json={"workflow": "x", "input": {}})
+            assert refused.status_code == 401 and "revoked" in refused.json()["error"]["message"]
+
+        again = await admin.delete(f"{first.url}/v1/keys/{made['id']}")  # revoking twice changes nothing
+        assert again.status_code == 200 and again.json()["revoked_at"] == revoked.json()["revoked_at"]
+        listed = (await admin.get(f"{first.url}/v1/keys")).json()
+        assert [(k["name"], k["revoked_at"]) for k in listed] == [("leaked", revoked.json()["revoked_at"])]
+
+
+async def test_an_expired_key_is_refused_by_both_replicas(orchestrators: list[RunningApp]) -> None:
+    first, second = orchestrators
+    expires = datetime.now(UTC) + timedelta(seconds=3)
+    async with _client(API_KEY) as admin:
+        answer = await admin.post(
+            f"{first.url}/v1/keys", json={"name": "brief", "scope": "viewer", "expires_at": expires.isoformat()}
+        )
+        assert answer.status_code == 201, answer.text
+    key = answer.json()["key"]
+    assert await _statuses(orchestrators, key) == [200, 200]
+
+    async def refused_by_second() -> bool:
+        return (await _statuses([second], key)) == [401]
+
+    await wait_for(refused_by_second, timeout_s=15, interval_s=0.1, what="the key to expire")
+    assert await _statuses(orchestrators, key) == [401, 401]
