@@ -21,10 +21,10 @@ from services.orchestrator.api.missions import MissionCreate, submit_mission
 from services.orchestrator.console import views
 from services.orchestrator.console.session import safe_next
 from services.orchestrator.console.web import (
+    ActorDep,
     ConsoleError,
     FormDep,
     Operator,
-    OperatorDep,
     api_error,
     flash,
     is_htmx,
@@ -79,14 +79,14 @@ def _reason(form: dict[str, str]) -> str | None:
 
 
 @router.post("/console/missions/{mission_id}/pause")
-async def pause(request: Request, mission_id: str, operator: OperatorDep, form: FormDep) -> Response:
+async def pause(request: Request, mission_id: str, operator: ActorDep, form: FormDep) -> Response:
     ident = parse_uuid(mission_id, "mission")
     control = Control(mission_id=ident, action=ControlAction.PAUSE, actor=operator.caller.name, reason=_reason(form))
     return await _control(request, operator, form, control, f"/console/missions/{ident}")
 
 
 @router.post("/console/missions/{mission_id}/cancel")
-async def cancel(request: Request, mission_id: str, operator: OperatorDep, form: FormDep) -> Response:
+async def cancel(request: Request, mission_id: str, operator: ActorDep, form: FormDep) -> Response:
     ident = parse_uuid(mission_id, "mission")
     control = Control(mission_id=ident, action=ControlAction.CANCEL, actor=operator.caller.name, reason=_reason(form))
     return await _control(request, operator, form, control, f"/console/missions/{ident}")
@@ -104,7 +104,7 @@ def _number(form: dict[str, str], field: str, label: str, kind: type[Decimal] | 
 
 
 @router.post("/console/missions/{mission_id}/resume")
-async def resume(request: Request, mission_id: str, operator: OperatorDep, form: FormDep) -> Response:
+async def resume(request: Request, mission_id: str, operator: ActorDep, form: FormDep) -> Response:
     ident = parse_uuid(mission_id, "mission")
     labels = {"add_budget_usd": "Add budget (USD)", "add_budget_tokens": "Add budget (tokens)"}
     try:
@@ -125,12 +125,12 @@ async def resume(request: Request, mission_id: str, operator: OperatorDep, form:
 
 
 @router.post("/console/missions/{mission_id}/steps/{key}/approve")
-async def approve(request: Request, mission_id: str, key: str, operator: OperatorDep, form: FormDep) -> Response:
+async def approve(request: Request, mission_id: str, key: str, operator: ActorDep, form: FormDep) -> Response:
     return await _decide(request, operator, form, ControlAction.APPROVE, mission_id, key)
 
 
 @router.post("/console/missions/{mission_id}/steps/{key}/reject")
-async def reject(request: Request, mission_id: str, key: str, operator: OperatorDep, form: FormDep) -> Response:
+async def reject(request: Request, mission_id: str, key: str, operator: ActorDep, form: FormDep) -> Response:
     return await _decide(request, operator, form, ControlAction.REJECT, mission_id, key)
 
 
@@ -143,7 +143,7 @@ async def _decide(
 
 
 @router.post("/console/dlq/{letter_id}/replay")
-async def replay(request: Request, letter_id: str, operator: OperatorDep, form: FormDep) -> Response:
+async def replay(request: Request, letter_id: str, operator: ActorDep, form: FormDep) -> Response:
     ident = parse_uuid(letter_id, "dead letter")
     try:
         done = await replay_letter(state_of(request), ident, operator.caller.name)
@@ -160,7 +160,7 @@ async def replay(request: Request, letter_id: str, operator: OperatorDep, form: 
 
 
 @router.post("/console/workflows/{name}/missions")
-async def submit(request: Request, name: str, operator: OperatorDep, form: FormDep) -> Response:
+async def submit(request: Request, name: str, operator: ActorDep, form: FormDep) -> Response:
     raw_input = form.get("input", "").strip() or "{}"
     try:
         mission_input = json.loads(raw_input)

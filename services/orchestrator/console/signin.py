@@ -46,7 +46,9 @@ async def sign_in(request: Request) -> Response:
     keys: KeyStore = request.state.keys
     if key is None or await keys.authenticate(key) is None:
         message = (
-            "Paste an API key." if not form.get("api_key", "").strip() else "That API key is not valid or was revoked."
+            "Paste an API key."
+            if not form.get("api_key", "").strip()
+            else "That API key is not valid or was revoked (or it has expired)."
         )
         context = {"next": target, "error": message}
         return render(request, "sign_in.html", context, operator=None, status=401)

@@ -14,7 +14,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from services.common.http import ApiError
-from services.orchestrator.auth import Caller, KeyStore
+from services.orchestrator.audit import note_caller
+from services.orchestrator.auth import Caller, KeyStore, Scope
 from services.orchestrator.console import queries, views
 from services.orchestrator.console.session import (
     COOKIE_NAME,
@@ -78,6 +79,11 @@ class Operator:
     def csrf_token(self) -> str:
         return self.session.csrf_token
 
+    @property
+    def can_act(self) -> bool:
+        """Whether the key may steer (operator and up); pages show a viewer no action forms."""
+        return self.caller.can(Scope.OPERATOR)
+
 
 def is_htmx(request: Request) -> bool:
     return request.headers.get("HX-Request") == "true"
@@ -94,10 +100,26 @@ async def current_operator(request: Request) -> Operator:
     caller = await keys.authenticate(session.key) if session is not None else None
     if session is None or caller is None:
         raise SignInRequired(wanted_path(request))
+    note_caller(caller)
     return Operator(caller=caller, session=session)
 
 
 OperatorDep = Annotated[Operator, Depends(current_operator)]
+
+
+async def acting_operator(operator: OperatorDep) -> Operator:
+    """The signed-in operator, if their key may act (operator scope and up); a 403 page otherwise."""
+    if not operator.can_act:
+        raise ConsoleError(
+            403,
+            f"API key '{operator.caller.name}' has the '{operator.caller.scope}' scope: "
+            f"this action needs the '{Scope.OPERATOR}' scope.",
+            title="Not allowed",
+        )
+    return operator
+
+
+ActorDep = Annotated[Operator, Depends(acting_operator)]
 
 
 async def read_form(request: Request) -> dict[str, str]:
@@ -182,7 +204,7 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
 
 def api_error(exc: ApiError) -> ConsoleError:
     """An error of the REST layer's shared functions, for a console page."""
-    titles = {404: "Not found", 409: "Not allowed now", 422: "Invalid input"}
+    titles = {403: "Not allowed", 404: "Not found", 409: "Not allowed now", 422: "Invalid input"}
     return ConsoleError(exc.status_code, exc.message, title=titles.get(exc.status_code, "Something went wrong"))
 
 
