@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import sys
 from collections.abc import Callable
@@ -311,35 +312,120 @@ def db_wait(
     typer.echo(f"database at {revision}")
 
 
-@keys_app.command("create")
-def keys_create(
-    name: Annotated[str, typer.Argument(help="A name for the key (who uses it).")],
-) -> None:
-    """Create an API key; it is printed once and stored only as a hash."""
-    import asyncio
-
-    from services.common.db.models import ApiKey
+def _key_store() -> Any:
+    """A sessionmaker on the database (the keys commands work there: they make the first admin key)."""
     from services.common.db.session import create_engine, create_sessionmaker
-    from services.orchestrator.auth import hash_key, new_key
 
     settings = _settings()
     if settings.database_url is None:
         _fail("COO_DATABASE_URL is not set")
-    raw = new_key()
+    engine = create_engine(settings, application_name="coo-cli")
+    return engine, create_sessionmaker(engine)
 
-    async def store() -> None:
-        engine = create_engine(settings, application_name="coo-cli")
+
+def _run_on_keys(work: Callable[[Any], Any]) -> Any:
+    import asyncio
+
+    async def run() -> Any:
+        engine, sessionmaker = _key_store()
         try:
-            async with create_sessionmaker(engine)() as session, session.begin():
-                session.add(ApiKey(name=name, hash=hash_key(raw), scopes=["*"]))
+            return await work(sessionmaker)
         finally:
             await engine.dispose()
 
+    return asyncio.run(run())
+
+
+class KeyScope(enum.StrEnum):
+    admin = "admin"
+    operator = "operator"
+    viewer = "viewer"
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="A name for the key (who uses it).")],
+    scope: Annotated[
+        KeyScope, typer.Option(help="viewer reads; operator also submits and steers; admin does everything.")
+    ] = KeyScope.admin,
+    expires_in_days: Annotated[
+        int | None, typer.Option(min=1, help="Days until the key stops working (default: never).")
+    ] = None,
+) -> None:
+    """Create an API key in the database; it is printed once (on stdout) and stored only as a hash."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.orchestrator.auth import Scope
+    from services.orchestrator.keys import KeyNameTaken, create_key
+
+    expires_at = datetime.now(UTC) + timedelta(days=expires_in_days) if expires_in_days else None
     try:
-        asyncio.run(store())
+        made = _run_on_keys(lambda sm: create_key(sm, name, Scope(scope.value), expires_at))
+    except KeyNameTaken as exc:
+        _fail(str(exc))
     except Exception as exc:
         _fail(f"could not store the key: {exc}")
-    typer.echo(raw)
+    until = f", expires {made.row.expires_at.isoformat()}" if made.row.expires_at else ""
+    typer.echo(f"created {scope.value} key '{name}' ({made.row.id}{until})", err=True)
+    typer.echo(made.raw)
+
+
+@keys_app.command("list")
+def keys_list(as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """List API keys (never the keys themselves): name, scope, expiry, revocation, last use."""
+    from services.orchestrator.auth import scope_of
+    from services.orchestrator.keys import list_keys
+
+    def when(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    try:
+        rows = _run_on_keys(list_keys)
+    except Exception as exc:
+        _fail(f"could not read the keys: {exc}")
+    keys = [
+        {
+            "id": str(r.id),
+            "name": r.name,
+            "scope": str(scope_of(r.scopes)),
+            "created_at": when(r.created_at),
+            "expires_at": when(r.expires_at),
+            "revoked_at": when(r.revoked_at),
+            "last_used_at": when(r.last_used_at),
+        }
+        for r in rows
+    ]
+    if as_json:
+        typer.echo(json.dumps(keys, indent=2))
+        return
+    if not keys:
+        typer.echo("no API keys in the database (keys of COO_API_KEYS are not listed)")
+        return
+    typer.echo(f"{'ID':36}  {'NAME':24} {'SCOPE':8} {'STATE':8} {'EXPIRES':25} LAST USED")
+    for k in keys:
+        state = "revoked" if k["revoked_at"] else "active"
+        typer.echo(
+            f"{k['id']:36}  {k['name']:24} {k['scope']:8} {state:8} {k['expires_at'] or 'never':25} "
+            f"{k['last_used_at'] or '-'}"
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key: Annotated[str, typer.Argument(help="The key's id or name.")]) -> None:
+    """Revoke an API key: every orchestrator refuses it from the next request on."""
+    from services.orchestrator.keys import find_key, revoke_key
+
+    async def revoke(sessionmaker: Any) -> Any:
+        found = await find_key(sessionmaker, key)
+        return None if found is None else await revoke_key(sessionmaker, found.id)
+
+    try:
+        row = _run_on_keys(revoke)
+    except Exception as exc:
+        _fail(f"could not revoke the key: {exc}")
+    if row is None:
+        _fail(f"no API key with id or name '{key}'")
+    typer.echo(f"revoked key '{row.name}' ({row.id}) at {row.revoked_at.isoformat()}")
 
 
 if __name__ == "__main__":
