@@ -37,7 +37,7 @@ async def get_caller(
     keys: KeyStore = request.state.keys
     caller = await keys.authenticate(credentials.credentials)
     if caller is None:
-        raise ApiError(401, "unauthorized", "invalid, revoked or expired API key", headers=challenge)
+        raise ApiError(401, "unauthorized", "invalid or revoked API key (or it has expired)", headers=challenge)
     note_caller(caller)
     state: OrchestratorState = request.state.coo
     if state.rate_limiter.enabled:

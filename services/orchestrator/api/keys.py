@@ -36,7 +36,15 @@ class KeyCreate(BaseModel):
     @field_validator("expires_at")
     @classmethod
     def _future(cls, value: datetime | None) -> datetime | None:
-        if value is not None and value <= datetime.now(UTC):
+        if value is None:
+            return None
+        try:
+            value = value.astimezone(UTC)
+        except OverflowError as exc:
+            raise ValueError("out of range") from exc
+        if value.year > 9000:
+            raise ValueError("out of range: before the year 9000, please")
+        if value <= datetime.now(UTC):
             raise ValueError("must be in the future")
         return value
 
