@@ -15,7 +15,7 @@ import yaml
 from tests.deploy.conftest import COO_IMAGE, K8S, OVERLAYS, ROOT, assert_real_command, kustomize
 
 SERVICES = {"orchestrator": 8000, "worker": 8001, "sandbox": 8002}
-CRD_KINDS = {"ServiceMonitor", "PrometheusRule"}
+CRD_KINDS = {"ServiceMonitor", "PrometheusRule", "AlertmanagerConfig"}
 
 # The Kubernetes release the manifests are validated against (docs/deploy.md says so): fixed here, not
 # "the newest schema the installed validator knows", so a new validator release cannot change the verdict.
@@ -260,19 +260,69 @@ def test_prometheus_operator_component(tmp_path: Path) -> None:
     rules = objects(docs, "PrometheusRule")
     assert set(rules) == {"coo-alerts", "coo-slo"}
     assert all(rule["metadata"]["namespace"] == "coo" for rule in rules.values())
+    (routing,) = objects(docs, "AlertmanagerConfig").values()
+    assert routing["metadata"]["namespace"] == "coo"
+    # its secrets are keys of the Secret the overlay tells operators to create, in the same namespace
+    text = yaml.safe_dump(routing["spec"])
+    assert set(re.findall(r"name: (coo-secrets)", text)) == {"coo-secrets"}
+    hooks = [h for r in routing["spec"]["receivers"] for h in r.get("webhookConfigs", []) if "url" in h]
+    assert {h["url"] for h in hooks} == {"http://orchestrator.coo.svc.cluster.local:8000/webhooks/alertmanager"}
 
 
-def test_prometheus_rules_match_alerts() -> None:
-    """The PrometheusRule objects carry exactly the groups of alerts/alerts.yml and alerts/slo.yml."""
+def generator_module() -> Any:
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("gen_prometheusrule", K8S / "gen_prometheusrule.py")
     assert spec is not None and spec.loader is not None
     generator = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(generator)
+    return generator
+
+
+def test_prometheus_rules_match_alerts() -> None:
+    """The PrometheusRule objects carry exactly the groups of alerts/alerts.yml and alerts/slo.yml."""
+    generator = generator_module()
     generated = K8S / "components" / "prometheus-operator" / "prometheusrule.yaml"
     assert generated.read_text() == generator.render(), "run python deploy/k8s/gen_prometheusrule.py"
     docs = {doc["metadata"]["name"]: doc for doc in yaml.safe_load_all(generated.read_text())}
     for stem in ("alerts", "slo"):
         source = yaml.safe_load((ROOT / "alerts" / f"{stem}.yml").read_text())
         assert docs[f"coo-{stem}"]["spec"]["groups"] == source["groups"]
+
+
+def test_alertmanager_config_matches_the_compose_alertmanager() -> None:
+    """The AlertmanagerConfig routes, inhibits and delivers as observability/alertmanager.yml does:
+    criticals to COO's webhook and on to Slack directly, the Watchdog to the dead man's switch."""
+    generator = generator_module()
+    generated = K8S / "components" / "prometheus-operator" / "alertmanagerconfig.yaml"
+    assert generated.read_text() == generator.render_alertmanager_config(), (
+        "run python deploy/k8s/gen_prometheusrule.py"
+    )
+    spec = yaml.safe_load(generated.read_text())["spec"]
+    source = yaml.safe_load((ROOT / "observability" / "alertmanager.yml").read_text())
+
+    def flat(route: dict[str, Any]) -> list[tuple[str, bool, list[str]]]:
+        matchers = [f'{m["name"]}{m.get("matchType", "=")}"{m["value"]}"' for m in route.get("matchers", [])]
+        own = [(route["receiver"], bool(route.get("continue")), matchers)]
+        return own + [r for child in route.get("routes", []) for r in flat(child)]
+
+    def flat_source(route: dict[str, Any]) -> list[tuple[str, bool, list[str]]]:
+        own = [(route["receiver"], bool(route.get("continue")), list(route.get("matchers", [])))]
+        return own + [r for child in route.get("routes", []) for r in flat_source(child)]
+
+    assert flat(spec["route"]) == flat_source(source["route"])
+    assert len(spec["inhibitRules"]) == len(source["inhibit_rules"])
+    for ours, theirs in zip(spec["inhibitRules"], source["inhibit_rules"], strict=True):
+        assert [f'{m["name"]}{m.get("matchType", "=")}"{m["value"]}"' for m in ours["sourceMatch"]] == theirs[
+            "source_matchers"
+        ]
+        assert ours.get("equal", []) == theirs.get("equal", [])
+    receivers = {r["name"]: r for r in spec["receivers"]}
+    assert set(receivers) == {r["name"] for r in source["receivers"]}
+    (slack,) = receivers["slack-direct"]["slackConfigs"]
+    assert slack["apiURL"] == {"name": "coo-secrets", "key": "COO_SLACK_WEBHOOK_URL"}
+    (switch,) = receivers["deadmansswitch"]["webhookConfigs"]
+    assert switch["urlSecret"] == {"name": "coo-secrets", "key": "DEADMANSSWITCH_URL"}
+    (hook,) = receivers["coo-critical"]["webhookConfigs"]
+    credentials = hook["httpConfig"]["authorization"]["credentials"]
+    assert credentials == {"name": "coo-secrets", "key": "COO_ALERTMANAGER_TOKEN"}
