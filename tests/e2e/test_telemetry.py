@@ -103,7 +103,14 @@ async def test_a_two_step_mission_is_one_trace_across_the_three_services(service
             spans = otlp.trace(trace_id)
             names = [s.name for s in spans]
             enough = names.count("sandbox.exec") >= 2 and names.count("agent.execute") >= 2
-            return spans if enough and "mission.execute" in names and names.count("step.dispatch") >= 2 else None
+            if not (enough and "mission.execute" in names and names.count("step.dispatch") >= 2):
+                return None
+            # Each service exports in its own batches: a span's parents may arrive after it (a consumer
+            # span ends after its handler). Wait until every sandbox span's chain reaches the root.
+            by_id = {s.span_id: s for s in spans}
+            roots = ("mission.execute", "POST /v1/missions")
+            chains = [ancestors(s, by_id) for s in spans if s.name == "sandbox.exec"]
+            return spans if all(chain[-1] in roots for chain in chains) else None
 
         spans = await wait_for(complete, timeout_s=20, what="the mission's spans exported")
         assert {s.service for s in spans} >= {"coo-orchestrator", "coo-worker", "coo-sandbox"}
