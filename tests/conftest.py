@@ -174,6 +174,21 @@ async def start_stack(settings: Settings) -> Stack:
     return Stack(settings, orchestrator, worker, sandbox)
 
 
+@contextlib.asynccontextmanager
+async def running_apps(settings: Settings, *factories: Callable[[Settings], Any]) -> AsyncIterator[list[RunningApp]]:
+    """One app per factory (e.g. two orchestrators: replicas), each on a free port; stopped in reverse."""
+    apps: list[RunningApp] = []
+    try:
+        for factory in factories:
+            app = RunningApp(factory(settings), free_port())
+            await app.start()
+            apps.append(app)
+        yield apps
+    finally:
+        for app in reversed(apps):
+            await app.stop()
+
+
 async def stop_stack(stack: Stack) -> None:
     for app in (stack.worker, stack.orchestrator, stack.sandbox):
         await app.stop()

@@ -420,8 +420,10 @@ class ConsumerLoop:
         if self._sub is not None:
             # Withdraw the inbox first: a pull request still open on the server would otherwise take
             # the handed-back messages straight back to this closing consumer.
-            with contextlib.suppress(Exception):
+            try:
                 await self._sub.unsubscribe()
+            except Exception as exc:  # the connection is closing anyway: its inbox goes with it
+                log.warning("consumer.unsubscribe_failed", consumer=self.name, error=str(exc))
             self._sub = None
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout_s)
@@ -463,9 +465,12 @@ class ConsumerLoop:
                 await msg.term()
                 return
             except asyncio.CancelledError:
-                # Shutting down with the message in hand: redeliver it now, to whoever is left.
-                with contextlib.suppress(Exception):
+                # Shutting down with the message in hand: redeliver it now, to whoever is left (if the
+                # nak is lost, JetStream redelivers it after the ack wait all the same).
+                try:
                     await asyncio.wait_for(msg.nak(), timeout=2.0)
+                except Exception as exc:
+                    log.warning("consumer.hand_back_failed", consumer=self.name, subject=msg.subject, error=str(exc))
                 raise
             except Exception as exc:
                 log.exception("consumer.handler_failed", consumer=self.name, subject=msg.subject, deliveries=deliveries)

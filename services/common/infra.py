@@ -47,8 +47,9 @@ async def wait_for_postgres(engine: AsyncEngine, settings: Settings) -> None:
             delay = min(delay * 2, 2.0)
 
 
-async def check_migrated(engine: AsyncEngine, settings: Settings) -> None:
-    """Refuse to start on a schema older (or newer) than this release, with the command that fixes it."""
+async def check_migrated(engine: AsyncEngine, settings: Settings) -> list[str]:
+    """Refuse to start on a schema older (or newer) than this release, with the command that fixes it;
+    the revision(s) it is at otherwise."""
     expected = set(ScriptDirectory.from_config(alembic_config(settings)).get_heads())
     async with engine.connect() as conn:
         current: set[str]
@@ -61,6 +62,7 @@ async def check_migrated(engine: AsyncEngine, settings: Settings) -> None:
             f"database schema '{settings.db_schema}' is at {sorted(current) or 'no revision'}, "
             f"this release needs {sorted(expected)}: run `coo db upgrade`"
         )
+    return sorted(current)
 
 
 async def wait_until_migrated(settings: Settings, *, timeout_s: float, interval_s: float = 2.0) -> str:
@@ -74,9 +76,7 @@ async def wait_until_migrated(settings: Settings, *, timeout_s: float, interval_
         while True:
             try:
                 await ping(engine, timeout_s=5.0)
-                await check_migrated(engine, settings)
-                heads = ScriptDirectory.from_config(alembic_config(settings)).get_heads()
-                return ", ".join(sorted(heads))
+                return ", ".join(await check_migrated(engine, settings))
             except RuntimeError as exc:
                 last = str(exc)
             except (OSError, DBAPIError, TimeoutError) as exc:

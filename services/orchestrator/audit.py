@@ -10,7 +10,6 @@ not kept.
 
 from __future__ import annotations
 
-import re
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.db.models import AuditEvent
 from services.common.logging import get_logger
 from services.orchestrator.api.paging import after_cursor, encode_cursor
+from services.orchestrator.api.storable import storable_text
 from services.orchestrator.auth import Caller
 from services.orchestrator.state import OrchestratorState
 
@@ -29,11 +29,6 @@ log = get_logger(__name__)
 MUTATING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 AUDITED_PREFIXES = ("/v1/", "/console/")
 _TARGET_CHARS = 300
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")  # what Postgres text cannot hold
-
-
-def _storable(text: str, cap: int | None = None) -> str:
-    return _UNSTORABLE.sub("\ufffd", text[:cap] if cap else text)
 
 
 @dataclass
@@ -121,9 +116,9 @@ async def _write(scope: Scope, note: AuditNote, status: int) -> None:
         key_name=caller.name,
         scope=str(caller.scope),
         method=str(scope["method"]),
-        route=_storable(route, 300),
-        path=_storable(str(scope["path"]), 2000),
-        target=_storable(target, _TARGET_CHARS) if target else None,
+        route=storable_text(route, 300),
+        path=storable_text(str(scope["path"]), 2000),
+        target=storable_text(target, _TARGET_CHARS) if target else None,
         outcome=status,
     )
     try:

@@ -34,13 +34,10 @@ class Scope(enum.StrEnum):
 
     @property
     def rank(self) -> int:
-        return _RANKS[self]
+        return list(Scope).index(self)  # the order above
 
     def allows(self, needed: Scope) -> bool:
         return self.rank >= needed.rank
-
-
-_RANKS = {Scope.VIEWER: 0, Scope.OPERATOR: 1, Scope.ADMIN: 2}
 
 
 def scope_of(stored: Collection[Any]) -> Scope:

@@ -284,18 +284,16 @@ class SandboxService:
             )
             return await self.run_in(workspace, command)
 
+        given_up = False
         try:
             with self._attempt_running(request.step_id, request.attempt):
-                report = await run_checks(request.checks, run_check)
+                return await run_checks(request.checks, run_check)
         except asyncio.CancelledError:
-            raise  # given up by its worker: the workspace stays for the attempt's next run
-        except BaseException:
-            if request.cleanup:
-                await self._release(workspace)
+            given_up = True  # by its worker: the workspace stays for the attempt's next run
             raise
-        if request.cleanup:
-            await self._release(workspace)
-        return report
+        finally:
+            if request.cleanup and not given_up:
+                await self._release(workspace)
 
     async def _release(self, workspace: Workspace) -> None:
         """The workspace is done with: whatever its user still runs is killed, its files deleted."""

@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NoReturn
@@ -29,6 +28,9 @@ from services.common.contracts import (
     VerificationReport,
 )
 from services.common.errors import CooError, ErrorType
+from services.common.logging import get_logger
+
+log = get_logger(__name__)
 
 # Time the sandbox needs beyond the command's own wall clock (workspace, bookkeeping, reply).
 _MARGIN_S = 15.0
@@ -72,9 +74,13 @@ class SandboxClient:
         return bytes(reply.data)
 
     async def _cancel(self, step_id: uuid.UUID, attempt: int) -> None:
+        """Best effort: the attempt is being given up either way; a lost cancel leaves its command to
+        run out its own timeout."""
         message = SandboxCancel(step_id=step_id, attempt=attempt)
-        with contextlib.suppress(Exception):
+        try:
             await asyncio.wait_for(self.bus.publish_core(self.bus.subjects.sandbox_cancel, message.to_bytes()), 2.0)
+        except Exception as exc:
+            log.warning("sandbox_cancel_not_sent", step_id=str(step_id), attempt=attempt, error=str(exc))
 
     async def execute(
         self,

@@ -35,8 +35,8 @@ async def test_waits_for_the_migration_then_answers_with_the_revision(infra: Inf
         assert "not migrated after 1s" in refused.stderr and "coo db upgrade" in refused.stderr, refused.stderr
 
         waiting = asyncio.create_task(wait_until_migrated(settings, timeout_s=60, interval_s=0.2))
-        await asyncio.sleep(0)  # it starts on an empty schema
-        assert not waiting.done()
+        done, _ = await asyncio.wait({waiting}, timeout=1.0)  # an empty schema: it keeps waiting
+        assert not done
         await upgrade_async(settings)  # what the migration Job does meanwhile
         revision = await asyncio.wait_for(waiting, timeout=30)
         assert revision

@@ -8,25 +8,16 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from services.cli.embedded import free_port
 from services.common.settings import Settings
-from tests.conftest import API_KEY, RunningApp, wait_for
+from tests.conftest import API_KEY, RunningApp, running_apps, wait_for
 
 
 @pytest.fixture
 async def orchestrators(settings: Settings) -> AsyncIterator[list[RunningApp]]:
     from services.orchestrator.app import create_app
 
-    apps: list[RunningApp] = []
-    try:
-        for _ in range(2):
-            app = RunningApp(create_app(settings), free_port())
-            await app.start()
-            apps.append(app)
+    async with running_apps(settings, create_app, create_app) as apps:
         yield apps
-    finally:
-        for app in reversed(apps):
-            await app.stop()
 
 
 def _client(key: str) -> httpx.AsyncClient:

@@ -9,9 +9,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from services.cli.embedded import free_port
 from services.common.settings import Settings
-from tests.conftest import API_KEY, RunningApp, db_fetch, wait_for
+from tests.conftest import API_KEY, RunningApp, db_fetch, running_apps, wait_for
 
 MISSIONS = 40
 WORKFLOW = {
@@ -30,16 +29,9 @@ async def replicas(settings: Settings) -> AsyncIterator[list[RunningApp]]:
     from services.sandbox.app import create_app as sandbox_app
     from services.worker.app import create_app as worker_app
 
-    apps: list[RunningApp] = []
-    try:
-        for factory in (sandbox_app, sandbox_app, orchestrator_app, orchestrator_app, worker_app, worker_app):
-            app = RunningApp(factory(settings), free_port())
-            await app.start()
-            apps.append(app)
+    factories = (sandbox_app, sandbox_app, orchestrator_app, orchestrator_app, worker_app, worker_app)
+    async with running_apps(settings, *factories) as apps:
         yield apps
-    finally:
-        for app in reversed(apps):
-            await app.stop()
 
 
 async def test_two_of_each_service_complete_every_mission_exactly_once(

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.orchestrator.api.deps import AdminDep, StateDep
 from services.orchestrator.api.storable import storable_params
@@ -16,8 +16,10 @@ router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[Depends(sto
 
 
 class AuditEventOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     id: uuid.UUID
-    time: datetime
+    time: datetime = Field(validation_alias="created_at")
     key_id: uuid.UUID | None
     key_name: str
     scope: str
@@ -44,20 +46,6 @@ async def list_audit(
 ) -> AuditPageOut:
     page = await find_audit_events(state, limit=limit, cursor=cursor, key=key, route=route)
     return AuditPageOut(
-        items=[
-            AuditEventOut(
-                id=e.id,
-                time=e.created_at,
-                key_id=e.key_id,
-                key_name=e.key_name,
-                scope=e.scope,
-                method=e.method,
-                route=e.route,
-                path=e.path,
-                target=e.target,
-                outcome=e.outcome,
-            )
-            for e in page.items
-        ],
+        items=[AuditEventOut.model_validate(e) for e in page.items],
         next_cursor=page.next_cursor,
     )

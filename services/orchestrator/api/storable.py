@@ -13,6 +13,12 @@ from services.common.http import ApiError
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
+def storable_text(text: str, cap: int | None = None) -> str:
+    """``text`` (cut to ``cap`` characters) with what Postgres cannot store replaced by U+FFFD: for
+    what COO records itself (an audit row), where refusing is not an option."""
+    return _UNSTORABLE.sub("\ufffd", text[:cap] if cap else text)
+
+
 def _bad(text: str) -> str | None:
     found = _UNSTORABLE.search(text)
     if found is None:
