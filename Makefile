@@ -11,7 +11,7 @@ UV_VERSION := 0.13.9
 # `uv sync --locked` fails when uv.lock is out of date with pyproject.toml instead of re-resolving.
 SYNC   := UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --locked --quiet
 
-.PHONY: install run test test-unit test-integration test-e2e lint fmt typecheck bench up system-deps upgrade clean
+.PHONY: sandbox-deps install run test test-unit test-integration test-e2e lint fmt typecheck bench up system-deps upgrade clean
 
 install: $(STAMP)
 
@@ -36,7 +36,7 @@ upgrade: | $(UV)
 
 ## Start everything (embedded Postgres and NATS unless COO_DATABASE_URL / COO_NATS_URL are set),
 ## migrate, run the demo mission and keep serving until Ctrl-C.
-run: install
+run: install sandbox-deps
 	$(BIN)/coo up --demo
 
 ## Install what is needed and run the whole suite.
@@ -52,7 +52,11 @@ test-integration: install
 test-e2e: install
 	$(BIN)/python -m pytest tests/e2e
 
-## Prometheus and Alertmanager (promtool, amtool) from the system packages, when this machine can.
+## bubblewrap and socat, the sandbox's jail, from the system packages when this machine can.
+sandbox-deps:
+	@./scripts/install-system-deps.sh --sandbox || echo "bubblewrap/socat not installed: see README (Troubleshooting)"
+
+## The jail, Prometheus and Alertmanager (promtool, amtool) from the system packages, when this machine can.
 system-deps:
 	@./scripts/install-system-deps.sh || echo "system packages not installed; tests that need them are skipped"
 

@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Installs Prometheus and Alertmanager (with promtool and amtool), Chromium for the console's
-# browser tests, wrk for the API benchmark (B7) and PgBouncer for the transaction-pooling test, from the system package manager when they are missing and this machine allows it.
+# Installs bubblewrap and socat (the sandbox's jail and its egress bridge), Prometheus and
+# Alertmanager (with promtool and amtool), Chromium for the console's browser tests, wrk for the
+# API benchmark (B7) and PgBouncer for the transaction-pooling test, from the system package
+# manager when they are missing and this machine allows it. `--sandbox` installs only the first two
+# (what `make run` needs).
 # Never fails the build: tests that need them skip with a clear message when they are absent.
 set -u
+jail=()
+command -v bwrap >/dev/null 2>&1 || jail+=(bubblewrap)
+command -v socat >/dev/null 2>&1 || jail+=(socat)
+sandbox_only=0
+[ "${1:-}" = "--sandbox" ] && sandbox_only=1
 need=()
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v amtool >/dev/null 2>&1 || need+=(prometheus-alertmanager)
@@ -11,23 +19,30 @@ browser=()
 tools=()
 [ -x /usr/bin/wrk ] || tools+=(wrk)
 [ -x /usr/sbin/pgbouncer ] || tools+=(pgbouncer)
-[ ${#need[@]} -eq 0 ] && [ ${#browser[@]} -eq 0 ] && [ ${#tools[@]} -eq 0 ] && exit 0
+if [ $sandbox_only -eq 1 ]; then need=(); browser=(); tools=(); fi
+[ ${#jail[@]} -eq 0 ] && [ ${#need[@]} -eq 0 ] && [ ${#browser[@]} -eq 0 ] && [ ${#tools[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
-  echo "apt-get not found: install ${need[*]} yourself to run the Prometheus/Alertmanager tests" >&2
+  echo "apt-get not found: install ${jail[*]} ${need[*]} yourself (the sandbox jail; the Prometheus/Alertmanager tests)" >&2
   exit 1
 fi
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then
   if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then sudo="sudo -n"; else
-    echo "not root: install ${need[*]} yourself to run the Prometheus/Alertmanager tests" >&2
+    echo "not root: install ${jail[*]} ${need[*]} yourself (the sandbox jail; the Prometheus/Alertmanager tests)" >&2
     exit 1
   fi
 fi
 export DEBIAN_FRONTEND=noninteractive
-echo "installing ${need[*]} ${browser[*]} ${tools[*]} ..."
+echo "installing ${jail[*]} ${need[*]} ${browser[*]} ${tools[*]} ..."
 timeout 600 $sudo apt-get update -qq >/dev/null 2>&1 || true
 # --no-install-recommends keeps it small; the services are not started (policy-rc.d style guard).
 rc=0
+if [ ${#jail[@]} -gt 0 ]; then
+  timeout 600 $sudo apt-get install -y -qq --no-install-recommends "${jail[@]}" >/dev/null 2>&1 || {
+    rc=$?
+    echo "could not install ${jail[*]}: the sandbox stays unready (or set COO_SANDBOX_ISOLATION=weak)" >&2
+  }
+fi
 if [ ${#need[@]} -gt 0 ]; then
   timeout 900 $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null 2>&1
   rc=$?

@@ -154,18 +154,28 @@ def wait_until_ready(
     service died (then this raises with it); ``check_interrupted`` may raise to stop waiting."""
     give_up = time.monotonic() + deadline_s
     pending = set(urls)
+    last: dict[str, str] = {}  # what each pending service's /readyz said last
     with httpx.Client(timeout=2.0) as client:
         while pending:
             for service in sorted(pending):
                 reason = exited(service)
                 if reason is not None:
                     raise RuntimeError(reason)
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get(urls[service]).status_code == 200:
+                with contextlib.suppress(httpx.HTTPError, ValueError):
+                    answer = client.get(urls[service])
+                    if answer.status_code == 200:
                         pending.discard(service)
+                        continue
+                    checks = answer.json().get("checks", {})
+                    down = {name: state for name, state in checks.items() if state != "ok"}
+                    last[service] = "; ".join(f"{name} {state}" for name, state in sorted(down.items()))
+                    if "isolation" in down and "not probed yet" not in down["isolation"]:
+                        # not transient: the host cannot jail commands
+                        raise RuntimeError(f"the {service} is not ready: isolation {down['isolation']}")
             check_interrupted()
             if pending and time.monotonic() > give_up:
-                raise RuntimeError(f"not ready after {deadline_s:g}s: {', '.join(sorted(pending))}")
+                said = "".join(f"\n  {service}: {last[service]}" for service in sorted(pending) if last.get(service))
+                raise RuntimeError(f"not ready after {deadline_s:g}s: {', '.join(sorted(pending))}{said}")
             if pending:
                 time.sleep(0.2)
 

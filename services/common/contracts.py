@@ -12,6 +12,7 @@ from typing import Annotated, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from services.common.egress import parse_pattern
 from services.common.errors import ErrorType
 
 SCHEMA_VERSION: Literal[1] = 1
@@ -50,6 +51,7 @@ class WorkItem(Contract):
     timeout_s: float = Field(gt=0)
     workflow: str
     checks: list[JsonDict] = Field(default_factory=list)
+    egress: list[str] = Field(default_factory=list, description="host:port patterns its commands may reach.")
 
     @property
     def msg_id(self) -> str:
@@ -143,7 +145,12 @@ class SandboxExecRequest(Contract):
     env: dict[str, str] = Field(default_factory=dict)
     stdin: str | None = None
     timeout_s: float = Field(default=30.0, gt=0, le=3600)
-    network: bool = False
+    network: bool = Field(
+        default=False, description="Egress to everything the sandbox allows (COO_SANDBOX_EGRESS_ALLOW)."
+    )
+    egress: list[str] = Field(
+        default_factory=list, max_length=100, description="host:port patterns this command may reach."
+    )
     workspace_source: str | None = Field(
         default=None, description="Directory copied (or git repository cloned) into a new attempt workspace."
     )
@@ -153,9 +160,21 @@ class SandboxExecRequest(Contract):
     def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
         return check_sandbox_env(env)
 
+    @field_validator("egress")
+    @classmethod
+    def _check_egress(cls, egress: list[str]) -> list[str]:
+        return check_egress(egress)
+
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _RESERVED_ENV = ("COO_", "ANTHROPIC_", "OTEL_")
+
+
+def check_egress(entries: list[str]) -> list[str]:
+    """Egress allow-list entries, each a valid ``host:port`` pattern."""
+    for entry in entries:
+        parse_pattern(entry)
+    return entries
 
 
 def check_sandbox_env(env: dict[str, str]) -> dict[str, str]:
@@ -220,6 +239,7 @@ class SandboxVerifyRequest(Contract):
     checks: list[VerificationCheck] = Field(min_length=1, max_length=50)
     env: dict[str, str] = Field(default_factory=dict)
     network: bool = False
+    egress: list[str] = Field(default_factory=list, max_length=100)
     workspace_source: str | None = None
     cleanup: bool = Field(default=True, description="Delete the attempt's workspace once the checks ran.")
 
@@ -227,6 +247,11 @@ class SandboxVerifyRequest(Contract):
     @classmethod
     def _check_env(cls, env: dict[str, str]) -> dict[str, str]:
         return check_sandbox_env(env)
+
+    @field_validator("egress")
+    @classmethod
+    def _check_egress(cls, egress: list[str]) -> list[str]:
+        return check_egress(egress)
 
     @field_validator("checks")
     @classmethod

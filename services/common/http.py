@@ -210,7 +210,8 @@ def install_health_routes(app: FastAPI, *, checks: dict[str, ReadinessCheck], re
             "checks": {name: ("ok" if error is None else f"down: {error}") for name, error in results},
         }
         if down:
-            body["error"] = error_body("unavailable", "not ready: " + ", ".join(sorted(down)) + " unreachable")["error"]
+            said = "; ".join(f"{name}: {error}" for name, error in sorted(down.items()))
+            body["error"] = error_body("unavailable", f"not ready: {said}")["error"]
         return JSONResponse(body, status_code=200 if not down else 503)
 
     @app.get("/metrics", tags=["health"], summary="Prometheus metrics", include_in_schema=False)

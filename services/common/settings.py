@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from services.common.egress import parse_pattern
+
 ServiceName = Literal["orchestrator", "worker", "sandbox", "cli"]
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]*$")
@@ -146,6 +148,24 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated directories workspace sources may come from (empty: sources refused).",
     )
+    sandbox_isolation: Literal["strict", "weak"] = Field(
+        default="strict",
+        description="strict: every command runs in a bubblewrap jail, and a sandbox whose host cannot "
+        "provide one is not ready; weak: run commands without the jail where it is unavailable, said in "
+        "every result and by coo_sandbox_isolation_weak.",
+    )
+    sandbox_egress_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated host:port patterns ('api.example.com:443', '*.example.org:443', "
+        "'10.0.0.5:8080', 'host:*') that jailed commands asking for network may reach through the "
+        "sandbox's proxy (empty: none).",
+    )
+    sandbox_bwrap: str = Field(
+        default="bwrap", description="The bubblewrap program: a name looked up in PATH, or a path."
+    )
+    sandbox_tmp_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024 * 1024, description="Size of a jailed command's own /tmp."
+    )
     output_cap_bytes: int = Field(default=1024 * 1024, ge=1024, description="Bytes kept per output stream.")
     reply_cap_bytes: int = Field(
         default=256 * 1024,
@@ -198,11 +218,18 @@ class Settings(BaseSettings):
                     raise ValueError(f"prices of '{model}': {sorted(bad)} must be numbers >= 0")
         return value
 
-    @field_validator("sandbox_source_roots", mode="before")
+    @field_validator("sandbox_source_roots", "sandbox_egress_allow", mode="before")
     @classmethod
     def _split_roots(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("sandbox_egress_allow")
+    @classmethod
+    def _check_egress(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            parse_pattern(entry)
         return value
 
     @field_validator("bus_prefix")

@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -36,6 +39,7 @@ from services.common.contracts import (
     VerificationReport,
 )
 from services.common.db.models import SandboxRun
+from services.common.egress import EgressRule, parse_pattern
 from services.common.errors import CooError, ErrorType
 from services.common.http import (
     HttpMetrics,
@@ -50,8 +54,10 @@ from services.common.runtime_metrics import register_pool_metrics, service_regis
 from services.common.scrub import scrub_text
 from services.common.settings import Settings, instance_id
 from services.common.telemetry import StatusCode, Telemetry, exemplar, instrument_app, instrument_engine, tracer
+from services.sandbox.egress import Decision, EgressProxy
 from services.sandbox.executor import execute
 from services.sandbox.isolation import HostSupport, kill_user_processes, probe
+from services.sandbox.jail import Jail, JailUnavailable, probe_jail
 from services.sandbox.metrics import SandboxMetrics
 from services.sandbox.recovery import fail_stale_runs
 from services.sandbox.verify import run_checks
@@ -93,6 +99,14 @@ class Command:
     env: dict[str, str] = field(default_factory=dict)
     stdin: str | None = None
     network: bool = False
+    egress: list[str] = field(default_factory=list)
+
+    def allow_list(self, ceiling: list[EgressRule]) -> list[EgressRule] | None:
+        """What this command asked to reach (``None``: no network): its ``egress`` entries, or with
+        ``network`` alone everything the sandbox allows."""
+        if self.egress:
+            return [parse_pattern(entry) for entry in self.egress]
+        return list(ceiling) if self.network else None
 
 
 class SandboxService:
@@ -104,6 +118,7 @@ class SandboxService:
         *,
         registry: CollectorRegistry | None = None,
         support: HostSupport | None = None,
+        jail: Jail | None = None,
     ) -> None:
         self.settings = settings
         self.sessionmaker = sessionmaker
@@ -111,6 +126,9 @@ class SandboxService:
         self.instance_id = instance_id()
         self.root = settings.workspaces_dir.resolve()
         self.support = support or HostSupport.none("isolation not probed")
+        self.jail = jail
+        self.egress_ceiling = [parse_pattern(entry) for entry in settings.sandbox_egress_allow]
+        self._egress_dir: Path | None = None
         self.workspaces = Workspaces(
             self.root,
             cap_bytes=settings.sandbox_workspace_cap_bytes,
@@ -119,6 +137,7 @@ class SandboxService:
             support=self.support,
         )
         self.metrics = SandboxMetrics(registry or CollectorRegistry())
+        self.metrics.isolation_weak.set(0 if jail is not None else 1)
         self._slots = asyncio.Semaphore(settings.sandbox_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         # The requests running for each attempt, so that a worker giving an attempt up can stop them.
@@ -247,6 +266,7 @@ class SandboxService:
             env=request.env,
             stdin=request.stdin,
             network=request.network,
+            egress=request.egress,
         )
         try:
             with self._attempt_running(request.step_id, request.attempt):
@@ -281,6 +301,7 @@ class SandboxService:
                 attempt=request.attempt,
                 env=request.env,
                 network=request.network,
+                egress=request.egress,
             )
             return await self.run_in(workspace, command)
 
@@ -342,7 +363,14 @@ class SandboxService:
             )
         heartbeat = asyncio.create_task(self._heartbeat(run_id))
         started = time.perf_counter()
+        rules = command.allow_list(self.egress_ceiling)
+        proxy: EgressProxy | None = None
+        socket_path: Path | None = None
         try:
+            if rules is not None and self.jail is not None:
+                proxy = EgressProxy(step_rules=rules, ceiling=self.egress_ceiling, on_decision=self._count_egress)
+                socket_path = self._egress_socket(run_id)
+                await proxy.start(socket_path)
             execution = await execute(
                 command.argv,
                 workspace=workspace.path,
@@ -356,6 +384,9 @@ class SandboxService:
                 support=self.support,
                 uid=workspace.uid,
                 workspace_cap=self.settings.sandbox_workspace_cap_bytes,
+                jail=self.jail,
+                egress=None if rules is None else [str(rule) for rule in rules],
+                egress_socket=socket_path,
             )
         except asyncio.CancelledError:
             await asyncio.shield(
@@ -378,6 +409,10 @@ class SandboxService:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
+            if proxy is not None:
+                await proxy.close()
+            if socket_path is not None:
+                socket_path.unlink(missing_ok=True)
         stdout, stderr = scrub_text(execution.stdout.text()), scrub_text(execution.stderr.text())
         await self._finish(
             run_id,
@@ -406,6 +441,19 @@ class SandboxService:
             if timed_out
             else None,
         )
+
+    def _egress_socket(self, run_id: uuid.UUID) -> Path:
+        """A short path (Unix socket paths are limited to 107 bytes) in a directory of the service's own."""
+        if self._egress_dir is None:
+            self._egress_dir = Path(tempfile.mkdtemp(prefix="coo-egress-"))
+        return self._egress_dir / f"{run_id.hex[:16]}.sock"
+
+    def _count_egress(self, decision: Decision) -> None:
+        self.metrics.egress.labels(outcome="allowed" if decision.allowed else "refused").inc()
+
+    def close(self) -> None:
+        if self._egress_dir is not None:
+            shutil.rmtree(self._egress_dir, ignore_errors=True)
 
     def _observe(self, status: str, started: float) -> None:
         sample = exemplar()
@@ -466,23 +514,35 @@ def create_app(settings: Settings) -> FastAPI:
             failed = await fail_stale_runs(sessionmaker, stale_after_s=settings.sandbox_stale_after_s)
             if failed:
                 log.warning("stale_sandbox_runs_failed", count=failed)
+            jail, missing = await _isolation(settings)
+            holder["isolation_missing"] = missing
             support = await asyncio.to_thread(probe)
-            service = SandboxService(settings, sessionmaker, bus, registry=registry, support=support)
+            service = SandboxService(settings, sessionmaker, bus, registry=registry, support=support, jail=jail)
+            stack.callback(service.close)
+            # 1 only while commands really run without the jail (a sandbox that serves nothing: 0)
+            service.metrics.isolation_weak.set(1 if jail is None and missing is None else 0)
             await asyncio.to_thread(service.workspaces.prepare_root)
             stack.push_async_callback(service.drain)
             sweeper = asyncio.create_task(service.sweep_forever(), name="workspace-sweeper")
             stack.callback(sweeper.cancel)
-            sub = await bus.nc.subscribe(bus.subjects.sandbox_exec, queue=SANDBOX_QUEUE_GROUP, cb=service.on_message)
-            stack.push_async_callback(sub.drain)  # stop taking requests; those received still finish
-            cancels = await bus.nc.subscribe(bus.subjects.sandbox_cancel, cb=service.on_cancel)
-            stack.push_async_callback(cancels.unsubscribe)
-            log.info(
-                "sandbox_started",
-                subject=bus.subjects.sandbox_exec,
-                workspaces=str(service.root),
-                network_namespace=support.network_namespace or "available",
-                user_switch=support.user_switch or "available",
-            )
+            if missing is None:
+                sub = await bus.nc.subscribe(
+                    bus.subjects.sandbox_exec, queue=SANDBOX_QUEUE_GROUP, cb=service.on_message
+                )
+                stack.push_async_callback(sub.drain)  # stop taking requests; those received still finish
+                cancels = await bus.nc.subscribe(bus.subjects.sandbox_cancel, cb=service.on_cancel)
+                stack.push_async_callback(cancels.unsubscribe)
+                log.info(
+                    "sandbox_started",
+                    subject=bus.subjects.sandbox_exec,
+                    workspaces=str(service.root),
+                    isolation="jail" if jail is not None else "weak",
+                    network_namespace=support.network_namespace or "available",
+                    user_switch=support.user_switch or "available",
+                )
+            else:
+                # Fail closed: take no command at all, and say why on /readyz.
+                log.error("sandbox_not_isolated", missing=missing)
             yield
 
     app = FastAPI(title="COO sandbox", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None)
@@ -490,5 +550,24 @@ def create_app(settings: Settings) -> FastAPI:
     install_http_metrics(app, http_metrics, "sandbox")
     instrument_app(app)
 
-    install_health_routes(app, checks=infra_checks(holder), registry=registry)
+    async def isolation() -> None:
+        if "isolation_missing" not in holder:
+            raise RuntimeError("isolation not probed yet")
+        if holder["isolation_missing"] is not None:
+            raise RuntimeError(str(holder["isolation_missing"]))
+
+    install_health_routes(app, checks={**infra_checks(holder), "isolation": isolation}, registry=registry)
     return app
+
+
+async def _isolation(settings: Settings) -> tuple[Jail | None, str | None]:
+    """The jail, or why there is none; the second value is set when the sandbox must not serve
+    (no jail, and ``COO_SANDBOX_ISOLATION`` is not ``weak``)."""
+    try:
+        jail = await asyncio.to_thread(probe_jail, bwrap=settings.sandbox_bwrap, tmp_bytes=settings.sandbox_tmp_bytes)
+    except JailUnavailable as exc:
+        if settings.sandbox_isolation == "weak":
+            log.warning("sandbox_isolation_weak", reason=str(exc))
+            return None, None
+        return None, f"commands cannot be isolated: {exc}"
+    return jail, None

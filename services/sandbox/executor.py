@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import psutil
 
 from services.common.errors import CooError, ErrorType
 from services.sandbox.isolation import HostSupport, Limits, child_setup
+from services.sandbox.jail import WORKSPACE, Jail
 from services.sandbox.workspaces import disk_usage
 
 __all__ = ["Capture", "Execution", "Limits", "execute", "resolve_inside"]
@@ -70,6 +72,11 @@ def resolve_inside(workspace: Path, relative: str) -> Path:
     return target
 
 
+def _relative(workspace: Path, workdir: Path) -> str:
+    """``workdir`` (already resolved inside ``workspace``) relative to it, as the jail sees it."""
+    return workdir.relative_to(workspace.resolve()).as_posix()
+
+
 def _make_workdir(root: Path, workdir: Path, uid: int | None) -> None:
     """Create ``workdir`` (inside ``root``); directories made here belong to the command's user."""
     root = root.resolve()
@@ -84,10 +91,38 @@ def _make_workdir(root: Path, workdir: Path, uid: int | None) -> None:
             os.chown(made, uid, uid, follow_symlinks=False)
 
 
+def _jail_notes(
+    limits: Limits, *, uid: int | None, workspace_cap: int | None, egress: Sequence[str] | None
+) -> list[str]:
+    notes = [
+        "jail: bubblewrap with new user, pid, mount, network, ipc, uts and cgroup namespaces; "
+        "no capabilities, no nested user namespaces; only its own processes are visible",
+        "filesystem: system directories read-only, own /proc, minimal /dev, own empty /tmp; "
+        f"only the workspace ({WORKSPACE}) is writable; nothing else of the host is visible",
+        "seccomp: ptrace, process_vm_*, mount, bpf, keyctl, kexec, modules, io_uring, namespaces refused",
+        "environment: only PATH, LANG, LC_ALL, HOME, TMPDIR and the requested variables",
+        f"rlimits: cpu {limits.cpu_s}s, address space {limits.memory_bytes // MIB} MiB, "
+        f"file size {limits.file_size_bytes} bytes, processes {limits.processes}, open files {limits.open_files}",
+        "processes: whatever the command leaves running is killed when it ends",
+    ]
+    if uid is not None:
+        notes.append(f"user: unprivileged uid {uid}, owner of this workspace only")
+    if egress is None:
+        notes.append("network: none (loopback only)")
+    elif egress:
+        notes.append("network: egress only through the sandbox's proxy (HTTP_PROXY), to " + ", ".join(egress))
+    else:
+        notes.append("network: the request asked for egress, but nothing is allowed (COO_SANDBOX_EGRESS_ALLOW)")
+    if workspace_cap is not None:
+        notes.append(f"workspace: capped at {workspace_cap} bytes")
+    return notes
+
+
 def _isolation_notes(
     limits: Limits, *, network: bool, support: HostSupport | None, uid: int | None, workspace_cap: int | None
 ) -> list[str]:
     notes = [
+        "weaker: COO_SANDBOX_ISOLATION=weak: no jail (the command sees the host's filesystem and processes)",
         "own session and process group; the whole process tree is killed when the command ends",
         "environment: only PATH, LANG, LC_ALL, HOME, TMPDIR and the requested variables",
         f"rlimits: cpu {limits.cpu_s}s, address space {limits.memory_bytes // MIB} MiB, "
@@ -176,10 +211,15 @@ async def execute(
     support: HostSupport | None = None,
     uid: int | None = None,
     workspace_cap: int | None = None,
+    jail: Jail | None = None,
+    egress: Sequence[str] | None = None,
+    egress_socket: Path | None = None,
 ) -> Execution:
-    """Run ``argv`` in ``workspace``. With ``network=False`` the command gets a private network
-    namespace when ``support`` says the host allows it; the returned ``isolation`` says what was
-    really applied. ``uid`` runs it as that user; ``workspace_cap`` bounds the workspace's size."""
+    """Run ``argv`` in ``workspace``: in ``jail`` when given (``egress`` lists what its proxy at
+    ``egress_socket`` lets it reach; ``None``: no network); else with the weaker isolation of
+    ``COO_SANDBOX_ISOLATION=weak`` (with ``network=False`` a private network namespace when
+    ``support`` says the host allows it). The returned ``isolation`` says what was really applied.
+    ``uid`` runs it as that user; ``workspace_cap`` bounds the workspace's size."""
     limits = limits or Limits(cpu_s=max(1, int(timeout_s) + 1))
     workdir = resolve_inside(workspace, cwd)
     _make_workdir(workspace, workdir, uid)
@@ -191,27 +231,51 @@ async def execute(
             err.feed(f"[sandbox] the workspace is full (cap {workspace_cap} bytes)\n".encode())
             return Execution("failed", None, out, err, 0, [], stopped_by="workspace_cap")
         limits = replace(limits, file_size_bytes=min(limits.file_size_bytes, room))
-    isolation = _isolation_notes(limits, network=network, support=support, uid=uid, workspace_cap=workspace_cap)
-    private_network = not network and support is not None and support.network_namespace is None
-    child_env = {**BASE_ENV, "HOME": str(workspace), "TMPDIR": str(workspace), **(env or {})}
     program = ["/bin/sh", "-c", argv[0], "sh", *argv[1:]] if shell else argv
+    stdin_pipe = asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *program,
-            cwd=workdir,
-            env=child_env,
-            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=child_setup(limits, private_network=private_network, uid=uid),
-        )
+        if jail is not None:
+            isolation = _jail_notes(limits, uid=uid, workspace_cap=workspace_cap, egress=egress)
+            relative = _relative(workspace, workdir)
+            with jail.launch(
+                program,
+                workspace=workspace,
+                workdir=relative,
+                env={**BASE_ENV, **(env or {})},
+                limits=limits,
+                uid=uid,
+                egress_socket=egress_socket if egress else None,
+            ) as launch:
+                proc = await asyncio.create_subprocess_exec(
+                    *launch.argv,
+                    env=launch.env,
+                    pass_fds=launch.pass_fds,
+                    stdin=stdin_pipe,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                    start_new_session=True,
+                    preexec_fn=launch.preexec,
+                )
+        else:
+            isolation = _isolation_notes(limits, network=network, support=support, uid=uid, workspace_cap=workspace_cap)
+            private_network = not network and support is not None and support.network_namespace is None
+            child_env = {**BASE_ENV, "HOME": str(workspace), "TMPDIR": str(workspace), **(env or {})}
+            proc = await asyncio.create_subprocess_exec(
+                *program,
+                cwd=workdir,
+                env=child_env,
+                stdin=stdin_pipe,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=child_setup(limits, private_network=private_network, uid=uid),
+            )
     except FileNotFoundError:
         err.feed(f"command not found: {program[0]}\n".encode())
-        return Execution("failed", 127, out, err, int((time.perf_counter() - start) * 1000), isolation)
+        return Execution("failed", 127, out, err, int((time.perf_counter() - start) * 1000), [])
     except PermissionError as exc:
         err.feed(f"permission denied: {exc}\n".encode())
-        return Execution("failed", 126, out, err, int((time.perf_counter() - start) * 1000), isolation)
+        return Execution("failed", 126, out, err, int((time.perf_counter() - start) * 1000), [])
     except subprocess.SubprocessError as exc:
         # the isolation promised could not be applied in the child: the command did not run
         raise CooError(ErrorType.SANDBOX_FAILED, f"could not isolate the command ({exc})") from exc
@@ -266,10 +330,16 @@ async def execute(
     if stopped_by == "workspace_cap":
         err.feed(f"\n[sandbox] stopped: the workspace grew past its cap of {workspace_cap} bytes\n".encode())
     stopped_by = stopped_by or _stopped_by(proc.returncode)
+    returncode = proc.returncode
+    if jail is not None and returncode == 1 and err.data.startswith(b"bwrap: execvp "):
+        # bubblewrap could not start the program: say so as a shell would (127)
+        err = Capture(output_cap)
+        err.feed(f"command not found: {program[0]}\n".encode())
+        returncode = 127
     if stopped_by == "timeout":
         status, exit_code = "timeout", None
     else:
-        status = "succeeded" if proc.returncode == 0 and stopped_by is None else "failed"
-        exit_code = proc.returncode
+        status = "succeeded" if returncode == 0 and stopped_by is None else "failed"
+        exit_code = returncode
     duration_ms = int((time.perf_counter() - start) * 1000)
     return Execution(status, exit_code, out, err, duration_ms, isolation, stopped_by)

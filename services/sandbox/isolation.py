@@ -65,10 +65,24 @@ def _unshare_network() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH", b"lo", IFF_UP | IFF_LOOPBACK | IFF_RUNNING))
 
 
-def _switch_user(uid: int) -> None:
+def switch_user(uid: int) -> None:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
+
+
+def apply_limits(limits: Limits) -> None:
+    """The command's rlimits (inherited by everything it starts)."""
+    for which, value in (
+        (resource.RLIMIT_CPU, limits.cpu_s),
+        (resource.RLIMIT_AS, limits.memory_bytes),
+        (resource.RLIMIT_FSIZE, limits.file_size_bytes),
+        (resource.RLIMIT_NPROC, limits.processes),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(which, (value, value))
 
 
 def child_setup(limits: Limits, *, private_network: bool, uid: int | None) -> Callable[[], None]:
@@ -77,20 +91,11 @@ def child_setup(limits: Limits, *, private_network: bool, uid: int | None) -> Ca
     parent = os.getpid()
 
     def setup() -> None:
-        for which, value in (
-            (resource.RLIMIT_CPU, limits.cpu_s),
-            (resource.RLIMIT_AS, limits.memory_bytes),
-            (resource.RLIMIT_FSIZE, limits.file_size_bytes),
-            (resource.RLIMIT_NPROC, limits.processes),
-            (resource.RLIMIT_NOFILE, limits.open_files),
-            (resource.RLIMIT_CORE, 0),
-        ):
-            with contextlib.suppress(ValueError, OSError):
-                resource.setrlimit(which, (value, value))
+        apply_limits(limits)
         if private_network:
             _unshare_network()
         if uid is not None:
-            _switch_user(uid)
+            switch_user(uid)
         # After the user switch (which clears it): the command dies with the sandbox.
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:

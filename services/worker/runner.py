@@ -159,6 +159,7 @@ class AgentRunner:
             sandbox=self.sandbox,
             slack=self.slack,
             workspace_source=repo if isinstance(repo, str) and repo else None,
+            egress=list(item.egress),
         )
         calls: list[ToolCall] = []
         spend = Spend()
@@ -355,6 +356,7 @@ class AgentRunner:
             checks=item.checks,
             mission_id=item.mission_id,
             workspace_source=ctx.workspace_source,
+            egress=ctx.egress,
             headers=ctx.headers,
         )
         data: dict[str, Any] = report.model_dump(mode="json")

@@ -113,6 +113,7 @@ class SandboxClient:
         workspace_source: str | None = None,
         env: Mapping[str, str] | None = None,
         network: bool = False,
+        egress: Sequence[str] = (),
         cleanup: bool = True,
         headers: dict[str, str] | None = None,
     ) -> VerificationReport:
@@ -129,6 +130,7 @@ class SandboxClient:
                     "checks": [c.model_dump() if isinstance(c, VerificationCheck) else dict(c) for c in checks],
                     "env": dict(env or {}),
                     "network": network,
+                    "egress": list(egress),
                     "workspace_source": workspace_source,
                     "cleanup": cleanup,
                 }

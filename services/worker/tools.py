@@ -85,6 +85,7 @@ class ToolContext:
     sandbox: SandboxClient
     slack: SlackPoster | None = None
     workspace_source: str | None = None  # a directory copied into the attempt's workspace on first use
+    egress: list[str] = field(default_factory=list)  # host:port patterns its commands may reach
     headers: dict[str, str] = field(default_factory=dict)
     transcript_out: list[str] = field(default_factory=list)
     transcript_err: list[str] = field(default_factory=list)
@@ -127,7 +128,7 @@ async def call_tool(ctx: ToolContext, name: str, raw_input: dict[str, Any]) -> T
         stdin=args.stdin,
         cwd=args.cwd,
         timeout_s=args.timeout_s,
-        network=False,
+        egress=ctx.egress,
         workspace_source=ctx.workspace_source,
     )
     try:

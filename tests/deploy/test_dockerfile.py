@@ -100,13 +100,15 @@ def runtime_stage() -> list[tuple[str, str]]:
     return steps[start + 1 :]
 
 
-def test_the_runtime_has_git_for_the_sandboxs_workspaces() -> None:
-    """The sandbox makes repository workspaces with `git clone --local`: git is in the image, alone
-    (no recommended packages), and the package lists are not left in a layer."""
+def test_the_runtime_has_git_and_the_sandboxs_jail() -> None:
+    """The sandbox makes repository workspaces with `git clone --local` and runs every command in
+    bubblewrap (seccomp from libseccomp, egress bridged by socat): they are in the image, with no
+    recommended packages, and the package lists are not left in a layer."""
     installs = [rest for key, rest in runtime_stage() if key == "RUN" and "apt-get install" in rest]
     assert len(installs) == 1, installs
     (install,) = installs
-    assert re.search(r"apt-get update\s+&& apt-get install -y --no-install-recommends git\s", install), install
+    packages = "git bubblewrap socat libseccomp2"
+    assert re.search(rf"apt-get update\s+&& apt-get install -y --no-install-recommends {packages}\s", install), install
     assert install.rstrip().endswith("rm -rf /var/lib/apt/lists/*")
     # Unpinned on purpose (security updates replace Debian revisions): the rule is waived for this
     # one instruction, never for the whole file.

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
 import pytest
 
 from services.common.bus import Bus
@@ -19,7 +18,7 @@ from services.common.db.migrate import upgrade
 from services.common.settings import Settings
 from services.worker.sandbox_client import SandboxClient
 from tests.conftest import Infra, db_fetch, delete_streams, drop_schema, make_settings, wait_for
-from tests.e2e.test_sandbox_security import start_sandbox, stop
+from tests.e2e.test_sandbox_security import processes_with, start_sandbox, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -41,13 +40,6 @@ def installation(infra: Infra, tmp_path: Path) -> Iterator[Installation]:
         asyncio.run(delete_streams(infra.nats_url, settings.bus_prefix))
 
 
-def alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 async def test_a_run_left_by_a_killed_sandbox_is_failed_at_restart_and_the_retry_succeeds(
     installation: Installation,
 ) -> None:
@@ -60,8 +52,13 @@ async def test_a_run_left_by_a_killed_sandbox_is_failed_at_restart_and_the_retry
     try:
         inbox = bus.nc.new_inbox()
         replies = await bus.nc.subscribe(inbox)
+        marker = f"long-run-{uuid.uuid4().hex}"
         long_run = SandboxExecRequest(
-            step_id=step, attempt=1, argv=["echo $$ > cmd.pid; exec sleep 60"], shell=True, timeout_s=120
+            step_id=step,
+            attempt=1,
+            argv=[f"echo started > cmd.pid; exec sh -c 'sleep 60' {marker}"],
+            shell=True,
+            timeout_s=120,
         )
         await bus.nc.publish(settings.subject("coo.sandbox.exec"), long_run.to_bytes(), reply=inbox)
 
@@ -72,11 +69,11 @@ async def test_a_run_left_by_a_killed_sandbox_is_failed_at_restart_and_the_retry
         await wait_for(running, timeout_s=15, what="the long run to start")
         pid_file = settings.workspaces_dir / f"{step}-1" / "cmd.pid"
         await wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(), timeout_s=10, what="its pid")
-        command = int(pid_file.read_text())
+        await wait_for(lambda: processes_with(marker), timeout_s=10, what="the command to run")
 
         first.send_signal(signal.SIGKILL)
         await asyncio.to_thread(first.wait, 10)
-        await wait_for(lambda: not alive(command), timeout_s=5, what="the command to die with its sandbox")
+        await wait_for(lambda: not processes_with(marker), timeout_s=5, what="the command to die with its sandbox")
 
         async def stale() -> bool:
             rows = await db_fetch(

@@ -9,8 +9,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from services.common.contracts import check_egress
 from services.orchestrator.engine import templates
 
 _ID = r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"
@@ -47,6 +48,17 @@ class StepDefinition(BaseModel):
     timeout_s: float = Field(default=600.0, gt=0, le=86400)
     when: str | None = None
     checks: list[Check] = Field(default_factory=list)
+    egress: list[str] = Field(
+        default_factory=list,
+        max_length=100,
+        description="host:port patterns the step's commands may reach through the sandbox's proxy "
+        "(within COO_SANDBOX_EGRESS_ALLOW); empty: no network.",
+    )
+
+    @field_validator("egress")
+    @classmethod
+    def _check_egress(cls, egress: list[str]) -> list[str]:
+        return check_egress(egress)
 
 
 class WorkflowDefinition(BaseModel):

@@ -135,6 +135,7 @@ def work_item(mission: Mission, step: Step, definition: WorkflowDefinition) -> W
         timeout_s=step.timeout_s,
         workflow=mission.workflow_name,
         checks=[check.model_dump() for check in spec.checks],
+        egress=list(spec.egress),
     )
 
 
