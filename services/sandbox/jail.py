@@ -60,7 +60,7 @@ FIX_HINT = (
     "install bubblewrap and socat (Debian/Ubuntu: apt install bubblewrap socat) and allow unprivileged "
     "user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04+ also "
     "kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap; in a container, "
-    "the seccomp profile and /proc options of docs/deploy.md), or set COO_SANDBOX_ISOLATION=weak to run "
+    "the seccomp profile and /proc options of docs/sandbox.md), or set COO_SANDBOX_ISOLATION=weak to run "
     "commands with weaker isolation, said in every result"
 )
 
@@ -272,7 +272,12 @@ def probe_jail(
                     timeout=30,
                     check=False,
                 )
-            except (OSError, subprocess.SubprocessError) as exc:
+            except subprocess.SubprocessError as exc:
+                # as root: the private mount namespace or the switch to the workspace's user was refused
+                raise JailUnavailable(
+                    f"could not prepare a jailed command (mount namespace or user switch refused: {exc}): {FIX_HINT}"
+                ) from exc
+            except OSError as exc:
                 raise JailUnavailable(f"bubblewrap could not start ({exc}): {FIX_HINT}") from exc
         if done.returncode != 0:
             said = (done.stderr or done.stdout).decode(errors="replace").strip()[-500:]

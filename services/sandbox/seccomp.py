@@ -16,8 +16,9 @@ import errno
 import functools
 import os
 import tempfile
+from collections.abc import Iterable
 
-__all__ = ["DENIED_SYSCALLS", "SeccompUnavailable", "filter_program"]
+__all__ = ["DENIED_SYSCALLS", "SeccompUnavailable", "container_profile", "filter_program", "load_deny_list"]
 
 SCMP_ACT_ALLOW = 0x7FFF0000
 SCMP_CMP_EQ = 4
@@ -95,6 +96,45 @@ CLONE_NAMESPACE_FLAGS = (
 TIOCSTI = 0x5412  # pushing characters into a terminal's input
 
 
+# What bubblewrap itself calls to build the jail: allowed in the sandbox *container's* profile
+# (deploy/sandbox-seccomp.json), refused to the commands inside the jail.
+JAIL_BUILDING_SYSCALLS = frozenset(
+    {
+        "mount",
+        "umount2",
+        "pivot_root",
+        "chroot",
+        "move_mount",
+        "open_tree",
+        "fsopen",
+        "fsconfig",
+        "fsmount",
+        "fspick",
+        "mount_setattr",
+        "setns",
+        "unshare",
+    }
+)
+
+
+def container_profile() -> dict[str, object]:
+    """The seccomp profile (Docker / OCI runtime format) for the sandbox's container: everything
+    the commands are refused except what bubblewrap needs to build their jail, and namespaces
+    through ``clone``; the commands then run under ``filter_program()`` as well."""
+    return {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "defaultErrnoRet": errno.EPERM,
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_AARCH64"],
+        "syscalls": [
+            {
+                "names": sorted(set(DENIED_SYSCALLS) - JAIL_BUILDING_SYSCALLS),
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": errno.EPERM,
+            }
+        ],
+    }
+
+
 class SeccompUnavailable(RuntimeError):
     """libseccomp is missing or refused to build the filter."""
 
@@ -137,6 +177,30 @@ def _check(rc: int, what: str) -> None:
         raise SeccompUnavailable(f"libseccomp: {what}: {os.strerror(-rc)}")
 
 
+def _deny_all(lib: ctypes.CDLL, ctx: int, names: Iterable[str]) -> None:
+    deny = SCMP_ACT_ERRNO(errno.EPERM)
+    for name in names:
+        number = lib.seccomp_syscall_resolve_name(name.encode())
+        if number < 0:
+            continue  # not a call on this architecture (iopl on arm64, say)
+        _check(lib.seccomp_rule_add_array(ctx, deny, number, 0, None), f"rule for {name}")
+
+
+def load_deny_list(names: Iterable[str]) -> None:
+    """Put the calling process (and what it starts) under an allow-by-default filter refusing
+    ``names`` with EPERM: how a runtime applies ``container_profile()``."""
+    lib = _library()
+    lib.seccomp_load.argtypes = [ctypes.c_void_p]
+    ctx = lib.seccomp_init(SCMP_ACT_ALLOW)
+    if not ctx:
+        raise SeccompUnavailable("libseccomp: seccomp_init failed")
+    try:
+        _deny_all(lib, ctx, names)
+        _check(lib.seccomp_load(ctx), "load")
+    finally:
+        lib.seccomp_release(ctx)
+
+
 @functools.cache
 def filter_program() -> bytes:
     """The compiled BPF program for this machine's architecture (built once per process)."""
@@ -146,11 +210,7 @@ def filter_program() -> bytes:
         raise SeccompUnavailable("libseccomp: seccomp_init failed")
     try:
         deny = SCMP_ACT_ERRNO(errno.EPERM)
-        for name in DENIED_SYSCALLS:
-            number = lib.seccomp_syscall_resolve_name(name.encode())
-            if number < 0:
-                continue  # not a call on this architecture (iopl on arm64, say)
-            _check(lib.seccomp_rule_add_array(ctx, deny, number, 0, None), f"rule for {name}")
+        _deny_all(lib, ctx, DENIED_SYSCALLS)
         clone = lib.seccomp_syscall_resolve_name(b"clone")
         for flag in CLONE_NAMESPACE_FLAGS:
             cmp = (_ArgCmp * 1)(_ArgCmp(0, SCMP_CMP_MASKED_EQ, flag, flag))

@@ -309,3 +309,18 @@ def test_no_literal_secrets_in_the_compose_file() -> None:
             assert not re.search(r"://[^:/@\s]+:[^@$\s]+@", node), f"{where}: credentials in a URL: {node!r}"
 
     walk(raw, "compose")
+
+
+def test_the_sandbox_gets_what_its_jail_needs_and_no_route_out(compose: dict[str, Any]) -> None:
+    sandbox = compose["services"]["sandbox"]
+    options = sandbox["security_opt"]
+    assert "no-new-privileges:true" in options
+    assert "apparmor=unconfined" in options and "systempaths=unconfined" in options
+    (seccomp,) = [o.split("=", 1)[1] for o in options if o.startswith("seccomp=")]
+    assert (DEPLOY / seccomp).resolve() == (DEPLOY / "sandbox-seccomp.json").resolve()
+    assert sandbox["cap_drop"] == ["ALL"] and not sandbox.get("cap_add") and not sandbox.get("privileged")
+    assert sandbox["read_only"] is True
+    assert sandbox["networks"] == ["internal"]
+    assert compose["networks"]["internal"] == {"internal": True}
+    for peer in ("postgres", "nats", "otel-collector", "prometheus"):  # what it talks to, and its scraper
+        assert "internal" in compose["services"][peer]["networks"], peer
