@@ -1,6 +1,7 @@
-"""Writes deploy/sandbox-seccomp.json, the seccomp profile of the sandbox's container (compose's
-`security_opt: seccomp=...`, Kubernetes' `seccompProfile: Localhost`), from
-services/sandbox/seccomp.py: `python deploy/gen_sandbox_seccomp.py`. A test keeps the two equal."""
+"""Writes the seccomp profile of the sandbox's container, from services/sandbox/seccomp.py, where
+compose (`security_opt: seccomp=./sandbox-seccomp.json`) and Kubernetes' node setup
+(`deploy/k8s/node-setup`, for `seccompProfile: Localhost`) take it:
+`python deploy/gen_sandbox_seccomp.py`. A test keeps them equal."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ sys.path.insert(0, str(ROOT))
 from services.sandbox.seccomp import container_profile  # noqa: E402
 
 TARGET = ROOT / "deploy" / "sandbox-seccomp.json"
+TARGETS = (TARGET, ROOT / "deploy" / "k8s" / "node-setup" / "sandbox-seccomp.json")
 
 
 def render() -> str:
@@ -21,5 +23,6 @@ def render() -> str:
 
 
 if __name__ == "__main__":
-    TARGET.write_text(render())
-    print(f"wrote {TARGET.relative_to(ROOT)}")  # noqa: T201
+    for target in TARGETS:
+        target.write_text(render())
+        print(f"wrote {target.relative_to(ROOT)}")  # noqa: T201
