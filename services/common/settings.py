@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     approval_expiry_s: float = Field(
         default=0, ge=0, description="An approval not decided within this time fails its step (0: never expires)."
     )
+    audit_retention_days: int = Field(
+        default=400, ge=0, description="Audit events older than this many days are deleted (0: kept forever)."
+    )
     slack_webhook_url: SecretStr | None = Field(
         default=None, description="Slack incoming-webhook URL for approvals, alerts and notifier agents."
     )

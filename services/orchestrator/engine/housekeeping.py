@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import func, select, text, tuple_
+from sqlalchemy import CursorResult, func, select, text, tuple_
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import Bus
@@ -42,6 +43,15 @@ _GAUGES = text(
 )
 
 
+AUDIT_PRUNE_BATCH = 10_000
+_PRUNE_AUDIT = text(
+    """
+    DELETE FROM audit_events
+    WHERE id IN (SELECT id FROM audit_events WHERE created_at < :cutoff ORDER BY created_at LIMIT :batch)
+    """
+)
+
+
 class Housekeeper:
     def __init__(
         self,
@@ -59,6 +69,8 @@ class Housekeeper:
         self._ticks = 0
         # JetStream consumer info is sampled about every 5 s (one API request per stream).
         self._consumer_sample_every = max(1, round(5.0 / settings.engine_tick_s))
+        # Old audit events are pruned at the second tick, then about every hour.
+        self._audit_prune_every = max(2, round(3600.0 / settings.engine_tick_s))
 
     def unit(self) -> UnitOfWork:
         return UnitOfWork(self.sessionmaker, self.bus, metrics=self.metrics)
@@ -87,6 +99,25 @@ class Housekeeper:
         self._ticks += 1
         if self.rate_limiter is not None and self._ticks % 60 == 1:
             await self.rate_limiter.prune()
+        if self.settings.audit_retention_days > 0 and self._ticks % self._audit_prune_every == 1:
+            await self.prune_audit()
+
+    async def prune_audit(self) -> int:
+        """Delete audit events past ``COO_AUDIT_RETENTION_DAYS``, in bounded batches (any replica may
+        run it: deleting the same rows twice is harmless)."""
+        cutoff = datetime.now(UTC) - timedelta(days=self.settings.audit_retention_days)
+        deleted = 0
+        while True:
+            async with self.sessionmaker() as session, session.begin():
+                params = {"cutoff": cutoff, "batch": AUDIT_PRUNE_BATCH}
+                result = cast("CursorResult[Any]", await session.execute(_PRUNE_AUDIT, params))
+                batch = result.rowcount
+            deleted += batch
+            if batch < AUDIT_PRUNE_BATCH:
+                break
+        if deleted:
+            log.info("audit_events_pruned", deleted=deleted, older_than=cutoff.isoformat())
+        return deleted
 
     async def expire_approvals(self) -> None:
         cutoff = datetime.now(UTC) - timedelta(seconds=self.settings.approval_expiry_s)
