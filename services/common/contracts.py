@@ -282,6 +282,9 @@ class VerificationReport(Contract):
     checks: list[CheckResult] = Field(default_factory=list)
     duration_ms: int = 0
     error: StepError | None = None
+    isolation: list[str] = Field(
+        default_factory=list, description="What isolation the checks ran under, and where it is weaker than asked."
+    )
 
     def failure(self) -> StepError | None:
         """``VERIFICATION_FAILED`` naming the checks that failed, or ``None`` when all passed."""

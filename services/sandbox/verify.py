@@ -41,9 +41,15 @@ def check_result(check: VerificationCheck, result: SandboxExecResult) -> CheckRe
 async def run_checks(checks: Sequence[VerificationCheck], run_check: RunCheck) -> VerificationReport:
     """Every check runs (a failure does not hide what the later ones would say)."""
     started = time.perf_counter()
-    results = [check_result(check, await run_check(check)) for check in checks]
+    results: list[CheckResult] = []
+    isolation: list[str] = []
+    for check in checks:
+        ran = await run_check(check)
+        results.append(check_result(check, ran))
+        isolation = isolation or ran.isolation  # the same for every check of the attempt
     return VerificationReport(
         passed=all(r.passed for r in results),
         checks=results,
         duration_ms=int((time.perf_counter() - started) * 1000),
+        isolation=isolation,
     )

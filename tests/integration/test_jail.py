@@ -186,3 +186,12 @@ async def test_weak_isolation_serves_and_says_so_everywhere(infra: Infra, tmp_pa
             await bus.close()
         assert result.status == "succeeded"
         assert result.isolation[0].startswith("weaker: COO_SANDBOX_ISOLATION=weak: no jail")
+        bus = Bus(settings, client_name="test-jail-weak-verify")
+        await bus.connect(deadline_s=10)
+        try:
+            report = await SandboxClient(bus).verify(
+                step_id=uuid.uuid4(), attempt=1, checks=[{"name": "ok", "argv": ["true"], "timeout_s": 10}]
+            )
+        finally:
+            await bus.close()
+        assert report.passed and report.isolation[0].startswith("weaker: COO_SANDBOX_ISOLATION=weak")
