@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs bubblewrap and socat (the sandbox's jail and its egress bridge), Prometheus and
 # Alertmanager (with promtool and amtool), Chromium for the console's browser tests, wrk for the
-# API benchmark (B7) and PgBouncer for the transaction-pooling test, from the system package
+# API benchmark (B7), PgBouncer for the transaction-pooling test and apparmor_parser for the
+# sandbox's Kubernetes AppArmor profile, from the system package
 # manager when they are missing and this machine allows it. `--sandbox` installs only the first two
 # (what `make run` needs).
 # Never fails the build: tests that need them skip with a clear message when they are absent.
@@ -19,6 +20,7 @@ browser=()
 tools=()
 [ -x /usr/bin/wrk ] || tools+=(wrk)
 [ -x /usr/sbin/pgbouncer ] || tools+=(pgbouncer)
+command -v apparmor_parser >/dev/null 2>&1 || tools+=(apparmor)
 if [ $sandbox_only -eq 1 ]; then need=(); browser=(); tools=(); fi
 [ ${#jail[@]} -eq 0 ] && [ ${#need[@]} -eq 0 ] && [ ${#browser[@]} -eq 0 ] && [ ${#tools[@]} -eq 0 ] && exit 0
 if ! command -v apt-get >/dev/null 2>&1; then
@@ -56,7 +58,7 @@ if [ ${#browser[@]} -gt 0 ]; then
 fi
 if [ ${#tools[@]} -gt 0 ]; then
   timeout 600 $sudo apt-get install -y -qq --no-install-recommends "${tools[@]}" >/dev/null 2>&1 ||
-    echo "could not install ${tools[*]}: B7 uses its own load generator, the PgBouncer test is skipped" >&2
+    echo "could not install ${tools[*]}: B7 uses its own load generator, the tests needing them are skipped" >&2
 fi
 # Debian starts the daemons on install; COO's tests run their own instances.
 for svc in prometheus prometheus-alertmanager pgbouncer; do
