@@ -135,6 +135,7 @@ class SandboxService:
             source_roots=settings.sandbox_source_roots,
             ttl_s=settings.sandbox_workspace_ttl_s,
             support=self.support,
+            jailed=jail is not None,
         )
         self.metrics = SandboxMetrics(registry or CollectorRegistry())
         self.metrics.isolation_weak.set(0 if jail is not None else 1)

@@ -71,13 +71,23 @@ def _only_files_and_dirs(directory: str, names: list[str]) -> set[str]:
 
 class Workspaces:
     def __init__(
-        self, root: Path, *, cap_bytes: int, source_roots: list[Path], ttl_s: float, support: HostSupport
+        self,
+        root: Path,
+        *,
+        cap_bytes: int,
+        source_roots: list[Path],
+        ttl_s: float,
+        support: HostSupport,
+        jailed: bool = False,
     ) -> None:
         self.root = root
         self.cap_bytes = cap_bytes
         self.source_roots = [p.resolve() for p in source_roots]
         self.ttl_s = ttl_s
         self.switch_user = support.user_switch is None
+        # Jailed commands get their workspace bound in by the sandbox itself; only commands run
+        # without the jail must reach it through the root's parents.
+        self.needs_reachable_parents = self.switch_user and not jailed
 
     def prepare_root(self) -> None:
         """Create the root. Commands running as their own user must reach their workspace, so the
@@ -91,7 +101,7 @@ class Workspaces:
     def keep_reachable(self) -> None:
         """Give the root's parents back the search bit if something took it away since (checked
         before every workspace use: a few ``stat`` calls)."""
-        if not self.switch_user:
+        if not self.needs_reachable_parents:
             return
         for directory in self.root.resolve().parents:
             mode = directory.stat().st_mode
