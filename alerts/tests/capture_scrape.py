@@ -15,7 +15,9 @@ fail while NATS does not answer; then saves each
 service's /metrics as Prometheus asks for it (OpenMetrics). Prometheus (with the rules of alerts/)
 and Alertmanager (observability/alertmanager.yml) are started for a moment to save theirs too, and
 postgres-exporter against the embedded Postgres. (The collector's own metrics, otel-collector.prom,
-cannot be captured offline: that file is written by hand from the collector's documentation.)
+cannot be captured offline: that file is written by hand from the collector's documentation; nor
+can the NATS exporter's, nats-exporter.prom, which no system package provides: written by hand from
+its source at the tag deploy/docker-compose.yml pins.)
 
 Run it again when a service's metrics change; commit the files it writes.
 """
@@ -171,6 +173,18 @@ async def readiness_lost(stack: Stack, nats: EmbeddedNats) -> None:
         nats.proc.send_signal(signal.SIGCONT)
 
 
+async def consumers_sampled(stack: Stack) -> None:
+    """Wait until the orchestrator has sampled the workers' durable consumer of COO_WORK too: it
+    samples every few seconds, its first sample may predate the worker, and while NATS is stopped
+    below it samples nothing (the gauges keep their last value)."""
+    series = f'coo_nats_consumer_pending{{consumer="worker-all",stream="{stack.settings.stream("COO_WORK")}"}}'
+
+    async def sampled() -> bool:
+        return series in await scrape(stack.orchestrator.url)
+
+    await wait_for(sampled, timeout_s=30, interval_s=0.5, what="the COO_WORK consumer sampled")
+
+
 async def capture_services(workdir: Path) -> dict[str, str]:
     postgres, nats = EmbeddedPostgres(workdir / "pg"), EmbeddedNats(workdir / "nats")
     slack, model = FakeSlack().start(), FakeAnthropic()
@@ -185,6 +199,7 @@ async def capture_services(workdir: Path) -> dict[str, str]:
         stack = await start_stack(with_alerting(settings, slack))
         try:
             await missions(stack, model)
+            await consumers_sampled(stack)
             await sandbox_outcomes(stack)
             await alert_notifications(stack, slack)
             await api_requests(stack)

@@ -169,8 +169,34 @@ def test_the_captures_hold_what_the_slos_count() -> None:
     assert {"delivered", "failed"} <= outcomes
     assert {n for n, _ in orchestrator} >= {"coo_rate_limited_requests_total", "coo_budget_exceeded_total"}
     assert {n for n, _ in worker} >= {"coo_worker_deferred_total", "coo_llm_cost_unknown_total"}
+    consumers = {
+        (labels["stream"].rpartition("_")[2], labels["consumer"])
+        for name, labels in ((n, dict(ls)) for n, ls in orchestrator)
+        if name == "coo_nats_consumer_pending"
+    }
+    assert {("WORK", "worker-all"), ("EVENTS", "orchestrator-results")} <= consumers
+    assert {dict(labels)["state"] for name, labels in worker if name == "coo_worker_slots"} == {"busy", "free"}
     jobs = {job["job_name"] for job in load_yaml(OBSERVABILITY / "prometheus.yml")["scrape_configs"]}
     assert {path.stem for path in SCRAPE.glob("*.prom")} <= jobs
+
+
+def test_the_work_stream_selectors_match_the_stream_with_and_without_a_bus_prefix() -> None:
+    """The stream label carries COO_BUS_PREFIX (``<prefix>_COO_WORK``): a rule selecting the work
+    stream must match both that and a bare ``COO_WORK``, and neither events stream."""
+    captured_streams = {
+        dict(labels)["stream"] for name, labels in captured("orchestrator") if name == "coo_nats_consumer_pending"
+    }
+    work = {s for s in captured_streams if s.endswith("COO_WORK")}
+    assert work and captured_streams - work
+    selectors = set()
+    for rule in rule_groups("alerts.yml"):
+        selectors |= set(re.findall(r'coo_nats_consumer_pending\{stream=~"([^"]+)"\}', str(rule["expr"])))
+    assert selectors, "no rule selects the work stream"
+    for selector in selectors:
+        for stream in (*work, "COO_WORK", "prod_COO_WORK"):
+            assert re.fullmatch(selector, stream), (selector, stream)
+        for stream in (*(captured_streams - work), "COO_EVENTS", "COO_WORKS"):
+            assert not re.fullmatch(selector, stream), (selector, stream)
 
 
 def _equality_matchers(expr: str) -> list[tuple[str, str, str]]:
@@ -322,6 +348,11 @@ def test_amtool_accepts_the_alertmanager_config(tmp_path: Path) -> None:
         ({"alertname": "NoWorkersConsuming", "job": "worker"}, "ServiceDown"),
         ({"alertname": "MissionSuccessBudgetBurn", "severity": "critical"}, "MissionFailureRatioHigh"),
         ({"alertname": "PostgresDown"}, "ReadinessFlapping"),
+        ({"alertname": "PostgresDown"}, "DatabasePoolExhausted"),
+        ({"alertname": "NatsDown"}, "WorkBacklogGrowing"),
+        ({"alertname": "NatsDown"}, "NatsRedeliveriesRising"),
+        ({"alertname": "WorkerSlotsExhausted"}, "StepScheduleToStartSlow"),
+        ({"alertname": "NoWorkersConsuming"}, "WorkBacklogGrowing"),
     ],
 )
 def test_the_alerts_that_follow_from_another_carry_the_labels_its_inhibition_needs(
@@ -382,7 +413,7 @@ def test_one_critical_page_per_cause() -> None:
     }
     assert severities["MissionFailureRatioHigh"] == "warning"
     assert severities["Watchdog"] == "none"
-    for name in ("ServiceDown", "ServiceTargetMissing", "NoWorkersConsuming", "PostgresDown"):
+    for name in ("ServiceDown", "ServiceTargetMissing", "NoWorkersConsuming", "PostgresDown", "NatsDown"):
         assert severities[name] == "critical", name
 
 
