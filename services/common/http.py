@@ -130,6 +130,9 @@ class HttpMetrics:
 
 
 def install_http_metrics(app: FastAPI, metrics: HttpMetrics, service: str) -> None:
+    # Readiness answers at 0 from the start: the first 503 is an increase that rate() sees.
+    for status in ("200", "503"):
+        metrics.requests.labels(service=service, method="GET", route="/readyz", status=status)
     app.add_middleware(_HttpMetricsMiddleware, metrics=metrics, service=service)
 
 

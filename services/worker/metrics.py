@@ -8,6 +8,7 @@ from decimal import Decimal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.errors import ErrorType
 from services.common.telemetry import exemplar
 from services.worker.llm.base import Usage
 
@@ -92,6 +93,21 @@ class WorkerMetrics:
         ):
             if count:
                 self.llm_tokens.labels(model, kind).inc(count, exemplar=sample)
+
+    def prepare_agent(self, agent: str, model: str | None, *, priced: bool) -> None:
+        """Create an agent's counters at 0 before its first attempt, so that its first failure,
+        error or unpriced call is an increase that ``rate()`` and ``increase()`` see (``model``:
+        ``None`` for a model with no cost, the offline one)."""
+        for status in ("succeeded", "failed"):
+            self.agent_runs.labels(agent, status)
+        for error_type in ErrorType:
+            self.agent_errors.labels(agent, error_type.value)
+        if model is None:
+            return
+        if priced:
+            self.llm_cost.labels(model, agent)
+        else:
+            self.llm_cost_unknown.labels(model)
 
     def cost(self, *, model: str, agent: str, usd: Decimal | None) -> None:
         if usd is None:

@@ -170,6 +170,10 @@ class AgentRunner:
         try:
             agent = _usable(item.agent, agent_def)
             model = agent.model if self.provider.name != "offline" else "offline"
+            offline = self.provider.name == "offline"
+            self.metrics.prepare_agent(
+                item.agent, None if offline else agent.model, priced=not offline and self.prices.knows(agent.model)
+            )
             async with asyncio.timeout(item.timeout_s):
                 output = await self._loop(item, agent, ctx, calls, spend)
                 if item.checks:

@@ -82,3 +82,14 @@ class EngineMetrics:
         self.rate_limited = Counter(
             "coo_rate_limited_requests", "API requests refused by the per-key rate limit.", registry=registry
         )
+
+    def prepare_workflow(self, workflow: str) -> None:
+        """Create a workflow's counters at 0 when its first mission starts, so that the first failure
+        or budget pause is an increase (``rate()`` and ``increase()`` see it) and not a new series."""
+        for status in ("succeeded", "failed", "cancelled"):
+            self.workflow_runs.labels(workflow=workflow, status=status)
+        self.budget_exceeded.labels(workflow=workflow)
+
+    def prepare_agent(self, agent: str) -> None:
+        """Create an agent's retry counter at 0 when a step of it is first dispatched."""
+        self.retries.labels(agent=agent)

@@ -119,6 +119,8 @@ def dispatch(uow: UnitOfWork, mission: Mission, step: Step, definition: Workflow
         },
     ):
         move_step(uow, step, StepStatus.DISPATCHED, agent=step.agent)
+        dispatched_agent = step.agent
+        uow.after_commit(lambda metrics: metrics.prepare_agent(dispatched_agent))
         publish_work_item(uow, mission, step, definition)
 
 

@@ -87,6 +87,8 @@ def move_mission(
     mission.status = target
     if target is M.RUNNING and mission.started_at is None:
         mission.started_at = now
+        started_workflow = mission.workflow_name
+        uow.after_commit(lambda metrics: metrics.prepare_workflow(started_workflow))
     if target is not M.PAUSED:
         mission.pause_reason = None
     if target in MISSION_TERMINAL:

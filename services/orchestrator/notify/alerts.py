@@ -80,6 +80,9 @@ class AlertDelivery:
             ["status", "outcome"],
             registry=registry,
         )
+        for status in ("firing", "resolved"):  # at 0 from the start: the first failure is an increase
+            for outcome in ("delivered", "failed", "disabled"):
+                self.notifications.labels(status=status, outcome=outcome)
 
     async def receive(self, group: AlertGroup) -> Receipt:
         """Store the group's alerts (deduplicated) and post one message for the new ones."""
