@@ -312,6 +312,45 @@ def db_wait(
     typer.echo(f"database at {revision}")
 
 
+@db_app.command("roles")
+def db_roles(
+    passwords_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--passwords-dir",
+            help="Directory holding orchestrator_db_password, worker_db_password and sandbox_db_password "
+            "(default: COO_SECRETS_DIR).",
+        ),
+    ] = None,
+) -> None:
+    """Create or update one LOGIN role per service (<COO_DB_ROLE_PREFIX><service>) with only the
+    privileges its code needs, as the owner of COO's tables (with CREATEROLE) or a superuser.
+    Idempotent; every `coo db upgrade` grants again, so run this once, and when a password changes."""
+    import asyncio
+
+    from services.common.db.roles import apply_roles, read_passwords, role_name
+
+    settings = _settings()
+    if settings.database_url is None:
+        _fail("COO_DATABASE_URL is not set")
+    directory = passwords_dir or settings.secrets_dir
+    if directory is None:
+        _fail("say where the roles' passwords are: --passwords-dir, or COO_SECRETS_DIR")
+    assert directory is not None
+    try:
+        passwords = read_passwords(directory)
+        changes = asyncio.run(apply_roles(settings, passwords))
+    except ValueError as exc:
+        _fail(str(exc))
+    for service in passwords:
+        role = role_name(settings.db_role_prefix, service)
+        granted = changes.granted.get(role, {})
+        revoked = changes.revoked.get(role, {})
+        said = [f"+{t}({','.join(sorted(p))})" for t, p in sorted(granted.items())]
+        said += [f"-{t}({','.join(sorted(p))})" for t, p in sorted(revoked.items())]
+        typer.echo(f"role {role}: " + (" ".join(said) if said else "privileges already as declared"))
+
+
 def _key_store() -> Any:
     """A sessionmaker on the database (the keys commands work there: they make the first admin key)."""
     from services.common.db.session import create_engine, create_sessionmaker

@@ -12,7 +12,13 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SecretsSettingsSource,
+    SettingsConfigDict,
+)
 
 from services.common.egress import parse_pattern
 
@@ -20,6 +26,7 @@ ServiceName = Literal["orchestrator", "worker", "sandbox", "cli"]
 
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]*$")
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+_ROLE_PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
 
 
 class Settings(BaseSettings):
@@ -31,7 +38,17 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="Postgres URL (postgresql://user@host:port/db). Unset: `coo up` embeds one."
     )
+    database_password: SecretStr | None = Field(
+        default=None,
+        description="Password of the user of COO_DATABASE_URL, kept out of the URL (e.g. the file "
+        "`coo_database_password` in COO_SECRETS_DIR); wins over a password in the URL.",
+    )
     db_schema: str = Field(default="public", description="Postgres schema holding COO's tables.")
+    db_role_prefix: str = Field(
+        default="coo_",
+        description="Prefix of the per-service Postgres roles (`<prefix>orchestrator`, `<prefix>worker`, "
+        "`<prefix>sandbox`) that `coo db roles` creates and every `coo db upgrade` grants to.",
+    )
     db_pool_size: int = Field(default=10, ge=1, le=200, description="Connections per process.")
     db_max_overflow: int | None = Field(
         default=None,
@@ -177,6 +194,12 @@ class Settings(BaseSettings):
     )
 
     # --- process --------------------------------------------------------------------------
+    secrets_dir: Path | None = Field(
+        default=None,
+        description="Directory of secret files named after settings (`coo_api_keys`, `coo_database_password`, "
+        "`anthropic_api_key`, ...), read as their values (compose secrets, Kubernetes Secret volumes); a "
+        "variable set in the environment wins over its file.",
+    )
     data_dir: Path = Field(default=Path(".coo"), description="Embedded Postgres/NATS data and workspaces.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(default="INFO", description="Log level.")
     capture_content: bool = Field(
@@ -187,6 +210,22 @@ class Settings(BaseSettings):
         default=Path(__file__).resolve().parents[2] / "examples",
         description="Agents and workflows seeded at start-up.",
     )
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments, then the environment, then the files of COO_SECRETS_DIR (named after settings)."""
+        del file_secret_settings
+        directory = os.environ.get("COO_SECRETS_DIR", "").strip()
+        if not directory:
+            return init_settings, env_settings, dotenv_settings
+        return init_settings, env_settings, dotenv_settings, SecretsSettingsSource(settings_cls, secrets_dir=directory)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -240,6 +279,23 @@ class Settings(BaseSettings):
     def _check_prefix(cls, value: str) -> str:
         if not _PREFIX_RE.match(value):
             raise ValueError("may hold only letters, digits, '_' and '-'")
+        return value
+
+    @field_validator("db_role_prefix")
+    @classmethod
+    def _check_role_prefix(cls, value: str) -> str:
+        if not _ROLE_PREFIX_RE.match(value):
+            raise ValueError("must be a lower-case SQL identifier (letters, digits, '_'; at most 41)")
+        return value
+
+    @field_validator(
+        "database_password", "slack_webhook_url", "alertmanager_token", "anthropic_api_key", "api_key", mode="before"
+    )
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        """An empty secret (an empty variable, or the empty file of an unset compose secret) is no secret."""
+        if isinstance(value, str) and not value.strip():
+            return None
         return value
 
     @field_validator("db_schema")

@@ -24,6 +24,8 @@ def create_engine(settings: Settings, *, application_name: str, pool_size: int |
         "prepared_statement_cache_size": 1024,
         "server_settings": {"search_path": settings.db_schema, "application_name": application_name},
     }
+    if settings.database_password is not None:  # kept out of the URL (COO_DATABASE_PASSWORD)
+        connect_args["password"] = settings.database_password.get_secret_value()
     if settings.db_pgbouncer:
         # In transaction mode consecutive statements may reach different server connections: a
         # prepared statement must not be reused, nor its name collide with another client's. Nor can

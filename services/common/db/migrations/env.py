@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from services.common.db.models import Base
+from services.common.db.roles import sync_grants
 from services.common.db.session import create_engine
 from services.common.settings import Settings, get_settings
 
@@ -26,7 +27,7 @@ def _include_object(obj: object, name: str | None, type_: str, reflected: bool, 
     return not (type_ == "table" and name == "alembic_version")
 
 
-def _run(connection: Connection, schema: str) -> None:
+def _run(connection: Connection, schema: str, role_prefix: str) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
@@ -36,6 +37,9 @@ def _run(connection: Connection, schema: str) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+        # The service roles (`coo db roles`) get the privileges of roles.GRANTS on what the
+        # migrations created, in the same transaction.
+        sync_grants(connection, schema, role_prefix)
 
 
 async def _run_async() -> None:
@@ -45,7 +49,7 @@ async def _run_async() -> None:
         async with engine.connect() as conn:
             await conn.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{settings.db_schema}"'))
             await conn.commit()
-            await conn.run_sync(_run, settings.db_schema)
+            await conn.run_sync(_run, settings.db_schema, settings.db_role_prefix)
             await conn.commit()
     finally:
         await engine.dispose()
