@@ -355,7 +355,7 @@ async def test_no_tcp_connection_to_the_host_with_network_off(client: SandboxCli
     await assert_still_serving(client)
 
 
-async def _http_server(host: str) -> tuple[asyncio.Server, int, list[bytes]]:
+async def http_server(host: str) -> tuple[asyncio.Server, int, list[bytes]]:
     """A server answering any request with 'hello from <port>' and recording request heads."""
     seen: list[bytes] = []
 
@@ -385,8 +385,8 @@ FETCH = (  # every URL through the proxy (NO_PROXY dropped, so that a loopback n
 
 
 async def test_egress_reaches_only_the_allow_listed_host_through_the_proxy(client: SandboxClient) -> None:
-    allowed_server, allowed_port, allowed_seen = await _http_server("127.0.0.2")
-    other_server, other_port, other_seen = await _http_server("127.0.0.2")
+    allowed_server, allowed_port, allowed_seen = await http_server("127.0.0.2")
+    other_server, other_port, other_seen = await http_server("127.0.0.2")
     allowed_url, other_url = f"http://127.0.0.2:{allowed_port}/ok", f"http://127.0.0.2:{other_port}/no"
     by_name = f"http://localhost:{allowed_port}/name"  # a name resolving to loopback: no rebinding
     outside_ceiling = "http://127.0.0.3:9/"  # asked for by the step, refused by the sandbox
