@@ -193,7 +193,11 @@ async def capture_services(workdir: Path) -> dict[str, str]:
     try:
         infra = Infra(postgres.start(), nats.start(), embedded=True)
         settings = make_settings(
-            infra, workdir, anthropic_api_key="sk-ant-capture-0123456789", anthropic_base_url=model_server.url
+            infra,
+            workdir,
+            anthropic_api_key="sk-ant-capture-0123456789",
+            anthropic_base_url=model_server.url,
+            bus_prefix="",  # the default: streams COO_WORK and COO_EVENTS, the same in every capture
         )
         await upgrade_async(settings)
         stack = await start_stack(with_alerting(settings, slack))
