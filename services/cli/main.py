@@ -113,6 +113,7 @@ def up(
         stack.check_interrupted()
         typer.echo("migrating the database ...")
         upgrade(get_settings())
+        stack.make_roles(get_settings())
         typer.echo("starting orchestrator, worker and sandbox ...")
         stack.start_services(database_url, nats_url)
         stack.wait_ready()
@@ -159,7 +160,8 @@ def _print_addresses(stack: Any, base: str, database_url: str, nats_url: str) ->
         f"  API docs   {base}/docs",
         f"  console    {base}/   (sign in with the API key above)",
         f"  metrics    {base}/metrics  http://{s.host}:{s.worker_port}/metrics  http://{s.host}:{s.sandbox_port}/metrics",
-        f"  Postgres   {database_url}" + ("   (embedded)" if stack.postgres else ""),
+        f"  Postgres   {_without_password(database_url)}"
+        + (f"   (embedded; password in {stack.postgres.password_file})" if stack.postgres else ""),
         f"  NATS       {nats_url}" + ("   (embedded)" if stack.nats else ""),
         f"  logs       {stack.data_dir / 'logs'}",
         "",
@@ -167,6 +169,12 @@ def _print_addresses(stack: Any, base: str, database_url: str, nats_url: str) ->
         "Press Ctrl-C to stop.",
     ]
     typer.echo("\n".join(lines))
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def _demo_hint(data_dir: Path) -> str:

@@ -3,6 +3,7 @@ migrations, the three services as child processes, the demo mission, and a clean
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -17,8 +18,10 @@ from pathlib import Path
 
 import httpx
 
-from services.cli.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, port_is_free
-from services.common.settings import Settings
+from services.cli.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, port_is_free, write_private
+from services.common.db.roles import SERVICES as ROLE_SERVICES
+from services.common.db.roles import apply_roles, read_passwords, role_name
+from services.common.settings import SECRET_VARIABLES, SERVICE_SECRETS, Settings
 
 SERVICES = ("orchestrator", "worker", "sandbox")
 
@@ -37,6 +40,8 @@ class Stack:
     nats: EmbeddedNats | None = None
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    # per service: its database URL and password (the embedded Postgres: its own role's)
+    database: dict[str, dict[str, str]] = field(default_factory=dict)
     api_key: str = ""
     stop_requested: threading.Event = field(default_factory=threading.Event)
 
@@ -67,6 +72,34 @@ class Stack:
             nats_url = self.nats.start()
         return database_url, nats_url
 
+    def make_roles(self, settings: Settings) -> None:
+        """With the embedded Postgres, each service connects as its own role (`coo db roles`), with a
+        random password kept in ``<data dir>/db-roles`` (0700); else all use COO_DATABASE_URL."""
+        if self.postgres is None:
+            return
+        directory = self.data_dir / "db-roles"
+        directory.mkdir(mode=0o700, exist_ok=True)
+        directory.chmod(0o700)
+        for service in ROLE_SERVICES:
+            path = directory / f"{service}_db_password"
+            if not path.exists():
+                write_private(path, secrets.token_urlsafe(24) + "\n")
+        passwords = read_passwords(directory)
+        asyncio.run(apply_roles(settings, passwords))
+        for service in ROLE_SERVICES:
+            self.database[service] = {
+                "COO_DATABASE_URL": self.postgres.url_for(role_name(settings.db_role_prefix, service)),
+                "COO_DATABASE_PASSWORD": passwords[service],
+            }
+
+    def env_of(self, service: str) -> dict[str, str]:
+        """A service's environment: the shared one, less the secrets other services need, plus its database."""
+        own = SERVICE_SECRETS[service]  # type: ignore[index]
+        env = {k: v for k, v in self.env.items() if k not in SECRET_VARIABLES or k in own}
+        if service == "sandbox":
+            env.pop("COO_SECRETS_DIR", None)
+        return env | self.database.get(service, {})
+
     def dev_key(self) -> str:
         if self.settings.api_keys:
             return self.settings.api_keys[0].get_secret_value()
@@ -93,7 +126,7 @@ class Stack:
             log = (logs / f"{service}.log").open("ab")
             self.children[service] = subprocess.Popen(
                 [sys.executable, "-m", "services.cli.main", "serve", service],
-                env=self.env,
+                env=self.env_of(service),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -24,6 +24,16 @@ from services.common.egress import parse_pattern
 
 ServiceName = Literal["orchestrator", "worker", "sandbox", "cli"]
 
+# The settings that are secrets, and the processes that need each: a deploy (and `coo up`) gives a
+# service only its own, and the sandbox none but its database role's password.
+SERVICE_SECRETS: dict[ServiceName, frozenset[str]] = {
+    "orchestrator": frozenset({"COO_API_KEYS", "COO_ALERTMANAGER_TOKEN", "COO_SLACK_WEBHOOK_URL"}),
+    "worker": frozenset({"ANTHROPIC_API_KEY", "COO_ANTHROPIC_API_KEY", "COO_SLACK_WEBHOOK_URL"}),
+    "sandbox": frozenset(),
+    "cli": frozenset({"COO_API_KEY", "COO_API_KEYS"}),
+}
+SECRET_VARIABLES: frozenset[str] = frozenset().union(*SERVICE_SECRETS.values())
+
 _PREFIX_RE = re.compile(r"^[A-Za-z0-9_-]*$")
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _ROLE_PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")

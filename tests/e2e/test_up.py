@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from services.cli.embedded import free_port
+from services.common.settings import SECRET_VARIABLES
 from tests.conftest import Infra, delete_streams, drop_schema
 
 pytestmark = pytest.mark.e2e
@@ -72,7 +73,8 @@ def up_env(tmp_path: Path) -> dict[str, str]:
     return env
 
 
-def run_up_and_interrupt(env: dict[str, str]) -> None:
+def run_up_and_interrupt(env: dict[str, str]) -> dict[str, dict[str, str]]:
+    """Run `coo up --demo`, a second demo against it, then Ctrl-C; return each service's environment."""
     proc = subprocess.Popen(
         coo("up", "--demo"),
         env=env,
@@ -106,10 +108,14 @@ def run_up_and_interrupt(env: dict[str, str]) -> None:
         names = " ".join(" ".join(p.cmdline()) for p in descendants)
         for service in ("serve orchestrator", "serve worker", "serve sandbox"):
             assert service in names
+        environments = {p.cmdline()[-1]: p.environ() for p in descendants if p.cmdline()[-2:-1] == ["serve"]}
+        postgres = reader.wait_for(r"Postgres\s+(\S+)", timeout_s=5).group(1)
+        assert not re.search(r"//[^/:@]+:(?!\*\*\*@)[^/@]+@", postgres), f"a password is printed: {postgres}"
     finally:
         code = interrupt(proc, reader)
     assert code == 0, "\n".join(reader.lines)
     assert_all_gone(descendants)
+    return environments
 
 
 def interrupt(proc: subprocess.Popen[str], reader: Reader) -> int:
@@ -132,10 +138,23 @@ def assert_all_gone(processes: list[psutil.Process]) -> None:
 
 
 def test_up_with_embedded_postgres_and_nats(up_env: dict[str, str]) -> None:
-    run_up_and_interrupt(up_env)
+    environments = run_up_and_interrupt({**up_env, "COO_ALERTMANAGER_TOKEN": "am-token-0123456789"})
     data = Path(up_env["COO_DATA_DIR"])
     assert (data / "postgres" / "PG_VERSION").exists()
     assert (data / "logs" / "orchestrator.log").exists()
+    # Password auth only, the superuser's password in a file of the data dir only its owner reads.
+    assert (data / "postgres-password").stat().st_mode & 0o777 == 0o600
+    hba = (data / "postgres" / "pg_hba.conf").read_text()
+    rules = [line.split() for line in hba.splitlines() if line.strip() and not line.startswith("#")]
+    assert rules and all(rule[-1] == "scram-sha-256" for rule in rules), hba
+    # Each service connects as its own role, and gets only its own secrets.
+    assert set(environments) == {"orchestrator", "worker", "sandbox"}
+    for service, environ in environments.items():
+        assert environ["COO_DATABASE_URL"].startswith(f"postgresql://coo_{service}@127.0.0.1:"), service
+        assert environ["COO_DATABASE_PASSWORD"] == (data / "db-roles" / f"{service}_db_password").read_text().strip()
+    assert {"COO_API_KEYS", "COO_ALERTMANAGER_TOKEN"} <= set(environments["orchestrator"])
+    assert not {"COO_API_KEYS", "COO_ALERTMANAGER_TOKEN"} & set(environments["worker"])
+    assert not SECRET_VARIABLES & set(environments["sandbox"]), sorted(SECRET_VARIABLES & set(environments["sandbox"]))
 
 
 @pytest.fixture
@@ -156,7 +175,10 @@ def external_env(up_env: dict[str, str], infra: Infra) -> Iterator[dict[str, str
 
 
 def test_up_with_configured_postgres_and_nats(external_env: dict[str, str]) -> None:
-    run_up_and_interrupt(external_env)
+    environments = run_up_and_interrupt(external_env)
+    given = external_env["COO_DATABASE_URL"].split("://", 1)[1]
+    assert environments["sandbox"]["COO_DATABASE_URL"].split("://", 1)[1] == given  # as configured
+    assert "COO_API_KEYS" not in environments["sandbox"]
     data = Path(external_env["COO_DATA_DIR"])
     assert not (data / "postgres").exists(), "no embedded Postgres when COO_DATABASE_URL is set"
     assert not (data / "nats").exists(), "no embedded NATS when COO_NATS_URL is set"
