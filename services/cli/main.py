@@ -330,27 +330,33 @@ def db_roles(
             "(default: COO_SECRETS_DIR).",
         ),
     ] = None,
+    without_passwords: Annotated[
+        bool,
+        typer.Option(
+            "--without-passwords",
+            help="Roles without a password, for a development server whose pg_hba.conf trusts its clients.",
+        ),
+    ] = False,
 ) -> None:
     """Create or update one LOGIN role per service (<COO_DB_ROLE_PREFIX><service>) with only the
     privileges its code needs, as the owner of COO's tables (with CREATEROLE) or a superuser.
     Idempotent; every `coo db upgrade` grants again, so run this once, and when a password changes."""
     import asyncio
 
-    from services.common.db.roles import apply_roles, read_passwords, role_name
+    from services.common.db.roles import SERVICES, apply_roles, read_passwords, role_name
 
     settings = _settings()
     if settings.database_url is None:
         _fail("COO_DATABASE_URL is not set")
     directory = passwords_dir or settings.secrets_dir
-    if directory is None:
+    if directory is None and not without_passwords:
         _fail("say where the roles' passwords are: --passwords-dir, or COO_SECRETS_DIR")
-    assert directory is not None
     try:
-        passwords = read_passwords(directory)
+        passwords = None if without_passwords or directory is None else read_passwords(directory)
         changes = asyncio.run(apply_roles(settings, passwords))
     except ValueError as exc:
         _fail(str(exc))
-    for service in passwords:
+    for service in SERVICES:
         role = role_name(settings.db_role_prefix, service)
         granted = changes.granted.get(role, {})
         revoked = changes.revoked.get(role, {})

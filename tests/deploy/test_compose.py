@@ -14,7 +14,7 @@ import yaml
 from tests.deploy.conftest import DEPLOY, ROOT, MissingVariable, assert_real_command, filled_env, load_compose
 
 COO_SERVICES = {"orchestrator": 8000, "worker": 8001, "sandbox": 8002}
-ONE_SHOT = {"migrate", "init-volumes"}
+ONE_SHOT = {"migrate", "db-roles", "init-volumes"}
 # What the observability stack needs mounted (observability/ owns the files; these are their paths).
 OBSERVABILITY_MOUNTS = {
     "otel-collector": ["observability/otel-collector.yaml"],
@@ -155,19 +155,29 @@ def test_prometheus_keeps_35_days(compose: dict[str, Any]) -> None:
     assert "--web.enable-remote-write-receiver" in command, "Tempo's metrics generator writes span metrics"
 
 
+def mounted_secrets(service: dict[str, Any]) -> dict[str, str]:
+    """A service's secrets: file name in /run/secrets -> the compose secret it holds."""
+    mounted = {}
+    for entry in service.get("secrets", []):
+        source = entry if isinstance(entry, str) else entry["source"]
+        target = source if isinstance(entry, str) else entry.get("target", source)
+        mounted[target] = source
+    return mounted
+
+
 def test_slack_reaches_the_orchestrator_and_the_worker(compose: dict[str, Any]) -> None:
-    """Both post to Slack (approvals and alerts; notifier agents): the webhook is passed on from
-    deploy/.env or the shell, and is never a value of the compose file (unset stays unset)."""
+    """Both post to Slack (approvals and alerts; notifier agents): the webhook is a secret file
+    named after the setting, filled from deploy/.env or the shell (empty when unset)."""
+    assert compose["secrets"]["slack_webhook_url"] == {"environment": "COO_SLACK_WEBHOOK_URL"}
     for name in ("orchestrator", "worker"):
-        env = compose["services"][name]["environment"]
-        assert "COO_SLACK_WEBHOOK_URL" in env, f"{name} does not get the Slack webhook"
-        assert env["COO_SLACK_WEBHOOK_URL"] is None, f"{name}: the webhook is passed through, not set here"
+        assert mounted_secrets(compose["services"][name])["coo_slack_webhook_url"] == "slack_webhook_url", name
+        assert compose["services"][name]["environment"]["COO_SECRETS_DIR"] == "/run/secrets"
 
 
 def test_a_stopping_worker_has_time_to_drain(compose: dict[str, Any]) -> None:
     from services.common.settings import Settings
 
-    drain = compose["services"]["worker"]["environment"].get("COO_WORKER_DRAIN_S", Settings().worker_drain_s)
+    drain = compose["services"]["worker"]["environment"].get("COO_WORKER_DRAIN_S") or Settings().worker_drain_s
     grace = re.fullmatch(r"(\d+)s", compose["services"]["worker"].get("stop_grace_period", "10s"))
     assert grace is not None and int(grace.group(1)) > float(drain), "compose would kill a draining worker"
 
@@ -221,11 +231,14 @@ def test_coo_commands_and_health_checks_match_the_image(compose: dict[str, Any])
     migrate = compose["services"]["migrate"]
     assert migrate["command"] == ["db", "upgrade"]
     assert_real_command(migrate["command"])
+    roles = compose["services"]["db-roles"]
+    assert roles["command"] == ["db", "roles"]
+    assert_real_command(roles["command"])
 
 
 def test_services_reach_each_other_by_compose_name(compose: dict[str, Any]) -> None:
     env = compose["services"]["orchestrator"]["environment"]
-    assert env["COO_DATABASE_URL"] == "postgresql://coo:filled-postgres_password@postgres:5432/coo"
+    assert env["COO_DATABASE_URL"] == "postgresql://coo_orchestrator@postgres:5432/coo"
     assert env["COO_NATS_URL"] == "nats://nats:4222"
     assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == "http://otel-collector:4317"
     assert env["COO_HOST"] == "0.0.0.0"
@@ -264,8 +277,7 @@ def test_alertmanager_and_orchestrator_share_the_webhook_token(compose: dict[str
     assert compose["secrets"]["coo_alertmanager_token"] == {"environment": "COO_ALERTMANAGER_TOKEN"}
     mounted = compose["services"]["alertmanager"]["secrets"]
     assert {"source": "coo_alertmanager_token", "target": "coo_alertmanager_token"} in mounted
-    token = compose["services"]["orchestrator"]["environment"]["COO_ALERTMANAGER_TOKEN"]
-    assert token == "filled-coo_alertmanager_token"
+    assert mounted_secrets(compose["services"]["orchestrator"])["coo_alertmanager_token"] == "coo_alertmanager_token"
 
 
 def test_prometheus_keeps_exemplars_and_grafana_lets_viewers_in(compose: dict[str, Any]) -> None:
@@ -280,7 +292,10 @@ def test_prometheus_keeps_exemplars_and_grafana_lets_viewers_in(compose: dict[st
     assert ports == {"prometheus": "9090", "alertmanager": "9093", "grafana": "3000"}
 
 
-SECRETS = ["POSTGRES_PASSWORD", "COO_API_KEYS", "COO_ALERTMANAGER_TOKEN", "GRAFANA_ADMIN_PASSWORD"]
+SECRETS = [
+    "POSTGRES_PASSWORD", "ORCHESTRATOR_DB_PASSWORD", "WORKER_DB_PASSWORD", "SANDBOX_DB_PASSWORD", "COO_API_KEYS",
+    "COO_ALERTMANAGER_TOKEN", "GRAFANA_ADMIN_PASSWORD",
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("secret", SECRETS)
@@ -298,7 +313,8 @@ def test_no_literal_secrets_in_the_compose_file() -> None:
     def walk(node: Any, where: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
-                if isinstance(key, str) and secretish.search(key) and isinstance(value, str):
+                named_secret = isinstance(key, str) and secretish.search(key) and not key.endswith(("_DIR", "_FILE"))
+                if named_secret and isinstance(value, str):
                     literal = not value.startswith("${") and value != ""
                     assert not literal, f"{where}.{key}: literal {value!r}"
                 walk(value, f"{where}.{key}")

@@ -122,10 +122,15 @@ def app_routes(settings: Any) -> dict[str, set[str]]:
 def test_containers_run_real_commands_of_the_image(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     containers = coo_containers(rendered[overlay])
     assert {name for name, _, _ in containers} == {*SERVICES, "coo-migrate"}
-    for name, _, container in containers:
+    for name, pod, container in containers:
         assert "command" not in container, f"{name} overrides the image's `coo` entrypoint"
-        expected = ["db", "upgrade"] if name == "coo-migrate" else ["serve", name]
-        assert container["args"] == expected
+        if name == "coo-migrate":  # `db upgrade` in its init container, then the roles
+            (migrate,) = pod["initContainers"]
+            assert migrate["args"] == ["db", "upgrade"]
+            assert container["args"][:2] == ["db", "roles"]
+            assert_real_command(container["args"])
+        else:
+            assert container["args"] == ["serve", name]
         assert re.fullmatch(r"(.+/)?coo:\d+\.\d+\.\d+", container["image"]), container["image"]
     assert_real_command(["serve", "orchestrator"])
     assert_real_command(["db", "upgrade"])
@@ -170,22 +175,32 @@ def test_sandbox_workspaces_are_an_empty_dir_at_the_configured_root(
 def test_secrets_are_referenced_never_written(rendered: dict[str, list[dict[str, Any]]], overlay: str) -> None:
     docs = rendered[overlay]
     secrets = objects(docs, "Secret")
+    workloads = {"coo-migrate", *(f"coo-{name}" for name in SERVICES)}
+
+    def unhashed(name: str) -> str:  # a generated Secret's name carries a hash of its content
+        return name if name in workloads else name.rsplit("-", 1)[0]
+
     if overlay == "production":
-        assert not secrets, "production never carries a Secret: operators create coo-secrets"
+        assert not secrets, "production never carries a Secret: operators create one per workload"
     else:
-        [(name, secret)] = secrets.items()
-        assert name.startswith("coo-secrets-")
-        # The development database trusts the COO pods: its URL has no password.
-        assert secret["data"].keys() == {"COO_DATABASE_URL"}
-    for workload, _, container in coo_containers(docs):
-        for env in container.get("env", []):
-            ref = env.get("valueFrom", {}).get("secretKeyRef")
-            if ref is None:
-                assert not re.search(r"KEY|TOKEN|PASSWORD|SECRET|WEBHOOK", env["name"]), f"{workload}: {env}"
-                continue
-            assert ref["name"].startswith("coo-secrets"), f"{workload}: {ref}"
-            assert ref["key"] == env["name"]
-            assert ref.get("optional", False) is (env["name"] != "COO_DATABASE_URL"), f"{workload}: {ref}"
+        assert {unhashed(name) for name in secrets} == workloads
+        for name, secret in secrets.items():
+            # The development database trusts the COO pods: its URLs have no password.
+            assert secret["data"].keys() == {"COO_DATABASE_URL"}, name
+    for workload, pod, container in coo_containers(docs):
+        own = "coo-migrate" if workload == "coo-migrate" else f"coo-{workload}"
+        for one in [*pod.get("initContainers", []), container]:
+            for env in one.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref is None:
+                    assert not re.search(r"KEY|TOKEN|PASSWORD|SECRET|WEBHOOK", env["name"]), f"{workload}: {env}"
+                    continue
+                assert unhashed(ref["name"]) == own, f"{workload} reads another workload's Secret: {ref}"
+                assert ref["key"] == env["name"]
+                assert ref.get("optional", False) is (env["name"] != "COO_DATABASE_URL"), f"{workload}: {ref}"
+        for volume in pod.get("volumes", []):
+            if "secret" in volume:
+                assert unhashed(volume["secret"]["secretName"]) == own, f"{workload} mounts another Secret: {volume}"
     for doc in docs:
         if doc["kind"] == "ConfigMap":
             for key, value in doc["data"].items():

@@ -54,7 +54,9 @@ def test_new_pods_wait_for_the_migration_job(overlay: str) -> None:
         names = {e["name"] for e in init["env"]}
         assert "COO_DATABASE_URL" in names
         assert init["securityContext"]["readOnlyRootFilesystem"] is True
-    assert objects(docs, "Job")["coo-migrate"]["spec"]["template"]["spec"]["containers"][0]["args"] == ["db", "upgrade"]
+    job = objects(docs, "Job")["coo-migrate"]["spec"]["template"]["spec"]
+    assert job["initContainers"][0]["args"] == ["db", "upgrade"]
+    assert job["containers"][0]["args"][:2] == ["db", "roles"]
 
 
 def test_workers_drain_within_their_grace_period() -> None:
@@ -72,7 +74,7 @@ def test_metrics_are_scraped_only_and_the_worker_can_post_to_slack() -> None:
     worker = objects(docs, "Deployment")["worker"]["spec"]["template"]["spec"]["containers"][0]
     (slack,) = [e for e in worker["env"] if e["name"] == "COO_SLACK_WEBHOOK_URL"]
     assert slack["valueFrom"]["secretKeyRef"] == {
-        "name": "coo-secrets",
+        "name": "coo-worker",
         "key": "COO_SLACK_WEBHOOK_URL",
         "optional": True,
     }

@@ -123,20 +123,24 @@ def existing_roles(connection: Connection, prefix: str) -> dict[Service, str]:
     return {service: name for service, name in names.items() if name in found}
 
 
-def ensure_roles(connection: Connection, prefix: str, passwords: Mapping[Service, str], schema: str) -> None:
+def ensure_roles(connection: Connection, prefix: str, passwords: Mapping[Service, str] | None, schema: str) -> None:
     """Create or update each service's LOGIN role: no superuser, no CREATEDB, no CREATEROLE, no
-    replication, no row-security bypass; its password (as a SCRAM verifier); its search_path on this
-    database set to ``schema`` (what PgBouncer's transaction mode relies on)."""
+    replication, no row-security bypass; its password (as a SCRAM verifier), or none when
+    ``passwords`` is None (a development server whose pg_hba.conf trusts its clients); its
+    search_path on this database set to ``schema`` (what PgBouncer's transaction mode relies on)."""
     database = str(connection.execute(text("SELECT current_database()")).scalar_one())
     attributes = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
     for service in SERVICES:
-        if service not in passwords:
+        if passwords is not None and service not in passwords:
             raise ValueError(f"no password for the {service}'s role")
         role = role_name(prefix, service)
         exists = connection.execute(text("SELECT 1 FROM pg_roles WHERE rolname = :r"), {"r": role}).first()
         verb = "ALTER" if exists else "CREATE"
-        verifier = scram_verifier(passwords[service])
-        _run(connection, _quoted(connection, f"{verb} ROLE %I WITH {attributes} PASSWORD %L", role, verifier))
+        if passwords is None:
+            _run(connection, _quoted(connection, f"{verb} ROLE %I WITH {attributes} PASSWORD NULL", role))
+        else:
+            verifier = scram_verifier(passwords[service])
+            _run(connection, _quoted(connection, f"{verb} ROLE %I WITH {attributes} PASSWORD %L", role, verifier))
         _run(connection, _quoted(connection, "GRANT CONNECT ON DATABASE %I TO %I", database, role))
         _run(
             connection,
@@ -224,7 +228,7 @@ def read_passwords(directory: Path) -> dict[Service, str]:
     return passwords
 
 
-async def apply_roles(settings: Settings, passwords: Mapping[Service, str]) -> GrantChanges:
+async def apply_roles(settings: Settings, passwords: Mapping[Service, str] | None) -> GrantChanges:
     """``coo db roles``: create or update the service roles and their grants, in one transaction, on
     the database and schema of ``settings`` (connected as the owner of COO's tables, or a superuser)."""
     engine = create_engine(settings, application_name="coo-db-roles", pool_size=1)
