@@ -85,6 +85,14 @@ def apply_limits(limits: Limits) -> None:
             resource.setrlimit(which, (value, value))
 
 
+def die_with_parent(parent: int) -> None:
+    """In the child, after any user switch (which clears it): the command dies with the sandbox
+    process ``parent``, even if that died already."""
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(137)
+
+
 def child_setup(limits: Limits, *, private_network: bool, uid: int | None) -> Callable[[], None]:
     """The function run in the child before exec. Anything it cannot apply raises, and the
     command does not run (a command is never started with less isolation than was promised)."""
@@ -96,10 +104,7 @@ def child_setup(limits: Limits, *, private_network: bool, uid: int | None) -> Ca
             _unshare_network()
         if uid is not None:
             switch_user(uid)
-        # After the user switch (which clears it): the command dies with the sandbox.
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(137)
+        die_with_parent(parent)
 
     return setup
 

@@ -26,14 +26,13 @@ import ctypes
 import os
 import resource
 import shutil
-import signal
 import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.sandbox.isolation import Limits, apply_limits, switch_user
+from services.sandbox.isolation import Limits, apply_limits, die_with_parent, switch_user
 from services.sandbox.seccomp import SeccompUnavailable, filter_program
 
 __all__ = ["WORKSPACE", "Jail", "JailUnavailable", "probe_jail"]
@@ -55,7 +54,6 @@ EGRESS_BRIDGE = (
 )
 CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_PRIVATE = 0x1000, 0x4000, 0x40000
-PR_SET_PDEATHSIG = 1
 FIX_HINT = (
     "install bubblewrap and socat (Debian/Ubuntu: apt install bubblewrap socat) and allow unprivileged "
     "user namespaces (sysctl kernel.unprivileged_userns_clone=1; on Ubuntu 24.04+ also "
@@ -208,9 +206,7 @@ def _preexec(limits: Limits, *, uid: int | None, binds: list[tuple[str, str]]) -
                 _mount(source, target, MS_BIND)
         if uid is not None:
             switch_user(uid)
-        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(137)
+        die_with_parent(parent)
 
     return setup
 

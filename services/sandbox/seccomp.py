@@ -29,14 +29,9 @@ def SCMP_ACT_ERRNO(code: int) -> int:
     return 0x00050000 | (code & 0x0000FFFF)
 
 
-DENIED_SYSCALLS = (
-    # other processes' memory and execution
-    "ptrace",
-    "process_vm_readv",
-    "process_vm_writev",
-    "kcmp",
-    "pidfd_getfd",
-    # filesystems and namespaces
+# Mounts and namespaces: refused to the commands; what bubblewrap itself calls to build the jail,
+# so allowed in the sandbox *container's* profile (deploy/sandbox-seccomp.json).
+MOUNT_AND_NAMESPACE_SYSCALLS = (
     "mount",
     "umount2",
     "pivot_root",
@@ -50,6 +45,18 @@ DENIED_SYSCALLS = (
     "mount_setattr",
     "setns",
     "unshare",
+)
+JAIL_BUILDING_SYSCALLS = frozenset(MOUNT_AND_NAMESPACE_SYSCALLS)
+
+DENIED_SYSCALLS = (
+    # other processes' memory and execution
+    "ptrace",
+    "process_vm_readv",
+    "process_vm_writev",
+    "kcmp",
+    "pidfd_getfd",
+    # filesystems and namespaces
+    *MOUNT_AND_NAMESPACE_SYSCALLS,
     "open_by_handle_at",
     "name_to_handle_at",
     # kernel code, BPF, keys, perf, userfaultfd, io_uring
@@ -94,27 +101,6 @@ CLONE_NAMESPACE_FLAGS = (
     0x40000000,  # CLONE_NEWNET
 )
 TIOCSTI = 0x5412  # pushing characters into a terminal's input
-
-
-# What bubblewrap itself calls to build the jail: allowed in the sandbox *container's* profile
-# (deploy/sandbox-seccomp.json), refused to the commands inside the jail.
-JAIL_BUILDING_SYSCALLS = frozenset(
-    {
-        "mount",
-        "umount2",
-        "pivot_root",
-        "chroot",
-        "move_mount",
-        "open_tree",
-        "fsopen",
-        "fsconfig",
-        "fsmount",
-        "fspick",
-        "mount_setattr",
-        "setns",
-        "unshare",
-    }
-)
 
 
 def container_profile() -> dict[str, object]:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -55,8 +56,13 @@ class Services:
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            **self.popen_options(),
         )
         log.close()
+
+    def popen_options(self) -> dict[str, Any]:
+        """More ``subprocess.Popen`` arguments for every service (a subclass may run them as another user)."""
+        return {}
 
     def kill(self, service: str) -> None:
         proc = self.procs[service]

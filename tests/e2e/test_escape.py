@@ -61,19 +61,10 @@ class AccountServices(Services):
         super().__init__(settings, logs)
         self.account = account
 
-    def start(self, service: str, *, name: str | None = None, **env: str) -> None:
-        name = name or service
-        with (self.logs / f"{name}.log").open("ab") as log:
-            self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli.main", "serve", service],
-                env={**self.env, **self.extra.get(name, {}), **env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                user=self.account.uid if self.account else None,
-                group=self.account.gid if self.account else None,
-                extra_groups=[] if self.account else None,
-            )
+    def popen_options(self) -> dict[str, Any]:
+        if self.account is None:
+            return {}
+        return {"user": self.account.uid, "group": self.account.gid, "extra_groups": []}
 
     def pid(self, name: str) -> int:
         return self.procs[name].pid

@@ -45,7 +45,10 @@ def pgbouncer(infra: Infra, settings: Settings) -> Iterator[str]:
     (home / "pgbouncer.ini").write_text(
         "[databases]\n"
         f"coo = host={backend.hostname} port={backend.port or 5432} dbname={backend.path.lstrip('/')} "
-        f"user={backend.username or 'postgres'} connect_query='SET search_path TO \"{settings.db_schema}\"'\n"
+        f"user={backend.username or 'postgres'} "
+        # the embedded Postgres wants a password; PgBouncer logs in with it for every client (auth_type any)
+        + (f"password={backend.password} " if backend.password else "")
+        + f"connect_query='SET search_path TO \"{settings.db_schema}\"'\n"
         "[pgbouncer]\n"
         f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
         "auth_type = any\npool_mode = transaction\ndefault_pool_size = 4\nmax_client_conn = 200\n"
