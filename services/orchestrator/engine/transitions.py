@@ -1,39 +1,17 @@
 """The only place where missions and steps change state: tables of legal moves, each move
-recorded as a timeline event in the same transaction."""
+recorded as a timeline event in the same transaction. The statuses are ``services.common.status``'s
+(re-exported here for the engine's modules)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from services.common.db.models import Mission, Step, TimelineEventRow
+from services.common.status import MISSION_TERMINAL, STEP_TERMINAL, MissionStatus, StepStatus
 from services.common.telemetry import current_trace_id, exemplar
 from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.unit import UnitOfWork
-
-
-class MissionStatus(StrEnum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    PAUSED = "paused"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-
-
-class StepStatus(StrEnum):
-    PENDING = "pending"
-    READY = "ready"
-    AWAITING_APPROVAL = "awaiting_approval"
-    DISPATCHED = "dispatched"
-    RUNNING = "running"
-    RETRY_WAIT = "retry_wait"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    CANCELLED = "cancelled"
-
 
 M, S = MissionStatus, StepStatus
 
@@ -59,8 +37,6 @@ STEP_MOVES: dict[StepStatus, frozenset[StepStatus]] = {
     S.CANCELLED: frozenset({S.PENDING}),  # revived when its failed mission is replayed from the dead-letter queue
 }
 
-MISSION_TERMINAL = frozenset({M.SUCCEEDED, M.FAILED, M.CANCELLED})
-STEP_TERMINAL = frozenset({S.SUCCEEDED, S.FAILED, S.SKIPPED, S.CANCELLED})
 STEP_DONE_OK = frozenset({S.SUCCEEDED, S.SKIPPED})
 
 
