@@ -10,14 +10,11 @@ from typing import Any
 import pytest
 
 from services.common.db.models import Mission, Step, TimelineEventRow
+from services.common.status import MISSION_TERMINAL, STEP_TERMINAL, MissionStatus, StepStatus
 from services.orchestrator.engine.transitions import (
     MISSION_MOVES,
-    MISSION_TERMINAL,
     STEP_MOVES,
-    STEP_TERMINAL,
     IllegalTransition,
-    MissionStatus,
-    StepStatus,
     move_mission,
     move_step,
 )

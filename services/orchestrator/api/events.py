@@ -21,9 +21,9 @@ from sqlalchemy import select
 
 from services.common.db.models import Mission, TimelineEventRow
 from services.common.http import ApiError
+from services.common.status import MISSION_TERMINAL
 from services.orchestrator.api.deps import CallerDep, StateDep
 from services.orchestrator.api.storable import storable_params
-from services.orchestrator.engine.transitions import MISSION_TERMINAL
 from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(prefix="/v1/missions", tags=["missions"], dependencies=[Depends(storable_params)])

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from services.common.db.models import AgentResult, Mission, Step, TimelineEventRow
 from services.common.http import ApiError
 from services.common.scrub import scrub
+from services.common.status import MissionStatus
 from services.orchestrator.api.deps import CallerDep, OperatorDep, StateDep
 from services.orchestrator.api.paging import after_cursor, encode_cursor
 from services.orchestrator.api.storable import require_storable, storable_params
@@ -25,7 +26,6 @@ from services.orchestrator.auth import Caller
 from services.orchestrator.engine.admission import queue_position
 from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.scheduler import definition_for
-from services.orchestrator.engine.transitions import MissionStatus
 from services.orchestrator.engine.unit import UnitOfWork
 from services.orchestrator.state import OrchestratorState
 

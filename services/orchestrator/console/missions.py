@@ -14,6 +14,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from services.common.http import ApiError
+from services.common.status import MISSION_TERMINAL, MissionStatus, StepStatus
 from services.orchestrator.api.missions import MissionOut, find_missions, read_mission, read_step_results, read_timeline
 from services.orchestrator.api.workflows import latest_workflows
 from services.orchestrator.console import queries, views
@@ -27,7 +28,6 @@ from services.orchestrator.console.web import (
     render_page,
     state_of,
 )
-from services.orchestrator.engine.transitions import MISSION_TERMINAL, MissionStatus, StepStatus
 
 router = APIRouter(include_in_schema=False)
 

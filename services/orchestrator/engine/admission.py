@@ -9,8 +9,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import Mission
 from services.common.settings import Settings
+from services.common.status import MissionStatus
 from services.orchestrator.engine.scheduler import advance, load_steps_of
-from services.orchestrator.engine.transitions import MissionStatus, move_mission
+from services.orchestrator.engine.transitions import move_mission
 from services.orchestrator.engine.unit import UnitOfWork
 
 # Any constant shared by every orchestrator replica: serialises admission decisions.

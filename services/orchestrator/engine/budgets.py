@@ -8,8 +8,9 @@ from typing import Any
 
 from services.common.contracts import WorkResult
 from services.common.db.models import Mission
+from services.common.status import MissionStatus
 from services.common.telemetry import exemplar
-from services.orchestrator.engine.transitions import MissionStatus, move_mission, record
+from services.orchestrator.engine.transitions import move_mission, record
 from services.orchestrator.engine.unit import UnitOfWork
 
 BUDGET_EXCEEDED = "budget_exceeded"

@@ -20,6 +20,7 @@ from services.common.errors import ErrorType
 from services.common.logging import get_logger
 from services.common.scrub import scrub_text
 from services.common.settings import Settings
+from services.common.status import MISSION_TERMINAL, STEP_TERMINAL, MissionStatus, StepStatus
 from services.common.telemetry import exemplar
 from services.orchestrator.engine import budgets
 from services.orchestrator.engine.admission import admit
@@ -31,15 +32,7 @@ from services.orchestrator.engine.scheduler import (
     load_steps,
     lock_mission,
 )
-from services.orchestrator.engine.transitions import (
-    MISSION_TERMINAL,
-    STEP_TERMINAL,
-    MissionStatus,
-    StepStatus,
-    move_mission,
-    move_step,
-    record,
-)
+from services.orchestrator.engine.transitions import move_mission, move_step, record
 from services.orchestrator.engine.unit import UnitOfWork
 
 log = get_logger(__name__)

@@ -11,9 +11,10 @@ from sqlalchemy import select
 
 from services.common.db.models import DeadLetter
 from services.common.deadletters import REPLAY_OF_HEADER
+from services.common.status import MissionStatus, StepStatus
 from services.orchestrator.engine.control import ControlRefused
 from services.orchestrator.engine.scheduler import advance, definition_for, dispatch, load_steps, lock_mission
-from services.orchestrator.engine.transitions import MissionStatus, StepStatus, move_mission, move_step, record
+from services.orchestrator.engine.transitions import move_mission, move_step, record
 from services.orchestrator.engine.unit import UnitOfWork
 
 

@@ -17,12 +17,13 @@ from services.common.errors import ErrorType
 from services.common.logging import get_logger
 from services.common.results import result_from_row
 from services.common.settings import Settings
+from services.common.status import MissionStatus, StepStatus
 from services.orchestrator.engine.admission import admit
 from services.orchestrator.engine.control import expire_approval
 from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.results import apply_result
 from services.orchestrator.engine.scheduler import advance, definition_for, lock_mission, publish_work_item
-from services.orchestrator.engine.transitions import MissionStatus, StepStatus, record
+from services.orchestrator.engine.transitions import record
 from services.orchestrator.engine.unit import UnitOfWork
 from services.orchestrator.ratelimit import RateLimiter
 

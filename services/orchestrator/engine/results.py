@@ -12,6 +12,7 @@ from services.common.db.models import DeadLetter, Mission, Step
 from services.common.errors import ErrorType
 from services.common.logging import get_logger
 from services.common.settings import Settings
+from services.common.status import MISSION_TERMINAL, StepStatus
 from services.common.telemetry import exemplar
 from services.orchestrator.engine import budgets
 from services.orchestrator.engine.admission import admit_before_commit
@@ -24,12 +25,7 @@ from services.orchestrator.engine.scheduler import (
     lock_mission,
     work_item,
 )
-from services.orchestrator.engine.transitions import (
-    MISSION_TERMINAL,
-    StepStatus,
-    move_step,
-    record,
-)
+from services.orchestrator.engine.transitions import move_step, record
 from services.orchestrator.engine.unit import UnitOfWork
 
 log = get_logger(__name__)

@@ -18,17 +18,11 @@ from services.common.contracts import StepError, WorkItem
 from services.common.db.models import Agent, Approval, Mission, Step, Workflow
 from services.common.errors import CooError, ErrorType
 from services.common.scrub import scrub_text
+from services.common.status import STEP_TERMINAL, MissionStatus, StepStatus
 from services.common.telemetry import inject_headers, traceparent_context, tracer
 from services.orchestrator.engine import templates
 from services.orchestrator.engine.dag import WorkflowDefinition, leaves
-from services.orchestrator.engine.transitions import (
-    STEP_DONE_OK,
-    STEP_TERMINAL,
-    MissionStatus,
-    StepStatus,
-    move_mission,
-    move_step,
-)
+from services.orchestrator.engine.transitions import STEP_DONE_OK, move_mission, move_step
 from services.orchestrator.engine.unit import UnitOfWork
 
 _definitions: dict[uuid.UUID, WorkflowDefinition] = {}
