@@ -12,8 +12,8 @@ from opentelemetry import trace
 from opentelemetry._logs import SeverityNumber
 from structlog.types import EventDict, WrappedLogger
 
+from services.common.log_export import otlp_logger
 from services.common.scrub import scrub
-from services.common.telemetry import otlp_logger
 
 
 def _scrub_event(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

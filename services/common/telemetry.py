@@ -25,6 +25,7 @@ from opentelemetry import propagate, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
+from services.common.log_export import set_otlp_logger
 from services.common.scrub import REDACTED, is_secret_key, scrub_text
 
 if TYPE_CHECKING:
@@ -189,12 +190,6 @@ class _Process:
 
 
 _process: _Process | None = None
-_otlp_logger: Any = None
-
-
-def otlp_logger() -> Any:
-    """The OTel logger that structlog lines are also sent to, or ``None`` when logs are not exported."""
-    return _otlp_logger
 
 
 def _resource(service: str) -> Resource:
@@ -258,7 +253,7 @@ class Telemetry:
     async def __aenter__(self) -> Telemetry:
         self.start()
         if self._started and self.registry is not None and endpoint("metrics"):
-            from services.common.metrics_bridge import MetricsBridge
+            from services.common.metrics_bridge import MetricsBridge  # the OTel SDK: only when exporting
 
             assert _process is not None
             self._bridge = MetricsBridge(self.registry, exporter("metrics"), _process.resource)
@@ -274,7 +269,6 @@ class Telemetry:
         await asyncio.to_thread(self.stop)
 
     def start(self) -> None:
-        global _otlp_logger
         if sdk_disabled() or self._started:
             return
         process = _ensure_process(self.service)
@@ -292,11 +286,10 @@ class Telemetry:
 
             process.logger_provider = LoggerProvider(resource=process.resource)
             process.logger_provider.add_log_record_processor(BatchLogRecordProcessor(exporter("logs")))
-            _otlp_logger = process.logger_provider.get_logger("coo")
+            set_otlp_logger(process.logger_provider.get_logger("coo"))
 
     def stop(self) -> None:
         """Flush and close the exporters once the process's last service stops."""
-        global _otlp_logger
         if not self._started or _process is None:
             return
         self._started = False
@@ -307,7 +300,7 @@ class Telemetry:
         if delegate is not None:
             delegate.shutdown()
         if _process.logger_provider is not None:
-            _otlp_logger = None
+            set_otlp_logger(None)
             _process.logger_provider.shutdown()
             _process.logger_provider = None
 
