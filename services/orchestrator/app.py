@@ -10,7 +10,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any, cast
 
 import structlog
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 from nats.aio.msg import Msg
 from pydantic import TypeAdapter, ValidationError
 
@@ -20,6 +21,7 @@ from services.common.deadletters import dead_letter_sink
 from services.common.errors import ErrorType
 from services.common.http import (
     HttpMetrics,
+    error_body,
     infra_checks,
     install_error_handlers,
     install_health_routes,
@@ -40,6 +42,7 @@ from services.orchestrator.engine.housekeeping import Housekeeper
 from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.results import apply_result, apply_started
 from services.orchestrator.engine.unit import UnitOfWork
+from services.orchestrator.errors import OrchestratorError, as_api_error
 from services.orchestrator.notify.slack import SlackNotifier
 from services.orchestrator.ratelimit import RateLimiter
 from services.orchestrator.seed import seed_agents
@@ -89,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    app.add_exception_handler(OrchestratorError, _refused)
     install_http_metrics(app, http_metrics, "orchestrator")
     instrument_app(app)
 
@@ -105,6 +109,13 @@ def create_app(settings: Settings) -> FastAPI:
     install_console(app)
     app.add_middleware(AuditTrail)
     return app
+
+
+async def _refused(_: Request, exc: Exception) -> JSONResponse:
+    """A read or command's refusal, answered with COO's error body (404, 409 or 422)."""
+    assert isinstance(exc, OrchestratorError)
+    error = as_api_error(exc)
+    return JSONResponse(error_body(error.error_type, error.message, error.field), status_code=error.status_code)
 
 
 async def _start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None:

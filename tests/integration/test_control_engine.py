@@ -12,11 +12,12 @@ from sqlalchemy import func, select
 
 from services.common.contracts import Control, ControlAction, WorkResult
 from services.common.db.models import Mission, Step, TimelineEventRow, Workflow
-from services.orchestrator.engine.control import ControlRefused, apply_control, check_control
+from services.orchestrator.engine.control import apply_control, check_control
 from services.orchestrator.engine.dag import parse_definition
 from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.results import apply_result
 from services.orchestrator.engine.unit import UnitOfWork
+from services.orchestrator.errors import InvalidInput, as_api_error
 from tests.conftest import Stack
 from tests.integration.test_engine_properties import engine_parts  # noqa: F401 (fixture)
 
@@ -128,9 +129,9 @@ async def test_a_budget_too_large_to_store_is_refused(engine_parts: Any) -> None
     await _control(engine_parts, Control(mission_id=mission_id, action=ControlAction.PAUSE), "p")
     mission, steps, _ = await _state(engine_parts, mission_id)
     huge = Control(mission_id=mission_id, action=ControlAction.RESUME, add_budget_tokens=2**62)
-    with pytest.raises(ControlRefused) as refused:
+    with pytest.raises(InvalidInput) as refused:
         check_control(mission, steps, huge)
-    assert refused.value.status == 422 and "largest storable" in refused.value.message
+    assert as_api_error(refused.value).status_code == 422 and "largest storable" in refused.value.message
 
 
 async def test_out_of_range_event_ids_get_422(stack: Stack) -> None:

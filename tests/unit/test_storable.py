@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.http import ApiError
-from services.orchestrator.api.storable import require_storable
+from services.orchestrator.errors import InvalidInput, as_api_error
+from services.orchestrator.storable import require_storable
 
 
 def test_plain_json_passes() -> None:
@@ -21,6 +21,8 @@ def test_plain_json_passes() -> None:
     ],
 )
 def test_unstorable_strings_are_named(value: object, field: str, words: str) -> None:
-    with pytest.raises(ApiError) as caught:
+    with pytest.raises(InvalidInput) as caught:
         require_storable(value, "body")
-    assert caught.value.status_code == 422 and caught.value.field == field and words in caught.value.message
+    assert (
+        as_api_error(caught.value).status_code == 422 and caught.value.field == field and words in caught.value.message
+    )

@@ -16,8 +16,9 @@ from sqlalchemy.exc import IntegrityError
 from services.common.db.models import Agent
 from services.common.http import ApiError
 from services.orchestrator.api.deps import AdminDep, CallerDep, StateDep
-from services.orchestrator.api.storable import require_storable, storable_params
+from services.orchestrator.api.storable import storable_params
 from services.orchestrator.state import OrchestratorState
+from services.orchestrator.storable import require_storable
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"], dependencies=[Depends(storable_params)])
 

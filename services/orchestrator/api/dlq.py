@@ -14,12 +14,10 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from services.common.db.models import DeadLetter, Step
-from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, OperatorDep, StateDep
 from services.orchestrator.api.paging import after_cursor, encode_cursor
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.engine import dlq
-from services.orchestrator.engine.control import ControlRefused
 from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(prefix="/v1/dlq", tags=["dead letters"], dependencies=[Depends(storable_params)])
@@ -129,14 +127,9 @@ async def replay_dead_letter(dead_letter_id: uuid.UUID, state: StateDep, caller:
 
 
 async def replay_letter(state: OrchestratorState, dead_letter_id: uuid.UUID, actor: str) -> ReplayAnswer:
-    """Replay one dead letter for ``actor``, or ApiError 404/409."""
-    try:
-        async with state.unit() as uow:
-            done = await dlq.replay(uow, dead_letter_id, actor)
-    except ControlRefused as exc:
-        raise ApiError(
-            exc.status, "not_found" if exc.status == 404 else "conflict", exc.message, field=exc.field
-        ) from exc
+    """Replay one dead letter for ``actor``, or raise ``NotFound`` / ``Conflict``."""
+    async with state.unit() as uow:
+        done = await dlq.replay(uow, dead_letter_id, actor)
     return ReplayAnswer(
         dead_letter_id=done.dead_letter_id,
         mission_id=done.mission_id,

@@ -19,7 +19,7 @@ from services.common.scrub import scrub
 from services.common.status import MissionStatus
 from services.orchestrator.api.deps import CallerDep, OperatorDep, StateDep
 from services.orchestrator.api.paging import after_cursor, encode_cursor
-from services.orchestrator.api.storable import require_storable, storable_params
+from services.orchestrator.api.storable import storable_params
 from services.orchestrator.api.workflows import find_workflow_ref
 from services.orchestrator.audit import note_target
 from services.orchestrator.auth import Caller
@@ -28,6 +28,7 @@ from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.scheduler import definition_for
 from services.orchestrator.engine.unit import UnitOfWork
 from services.orchestrator.state import OrchestratorState
+from services.orchestrator.storable import require_storable
 
 router = APIRouter(prefix="/v1/missions", tags=["missions"], dependencies=[Depends(storable_params)])
 

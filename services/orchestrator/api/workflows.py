@@ -16,11 +16,12 @@ from sqlalchemy.exc import IntegrityError
 from services.common.db.models import Agent, Workflow
 from services.common.http import ApiError
 from services.orchestrator.api.deps import AdminDep, CallerDep, StateDep
-from services.orchestrator.api.storable import require_storable, storable_params
+from services.orchestrator.api.storable import storable_params
 from services.orchestrator.audit import note_target
 from services.orchestrator.engine.dag import DefinitionError, WorkflowDefinition, parse_definition
 from services.orchestrator.engine.missions import WorkflowRef
 from services.orchestrator.state import OrchestratorState
+from services.orchestrator.storable import require_storable
 
 router = APIRouter(prefix="/v1/workflows", tags=["workflows"], dependencies=[Depends(storable_params)])
 

@@ -1,6 +1,6 @@
 """The console's actions: pause, resume (with added budget), cancel, approve, reject, replay a dead
-letter and submit a mission. Each takes the same path as its REST route (CONTROL on
-``coo.control.<mission>`` and the engine's verdict; the dead-letter replay; the mission submit), and
+letter and submit a mission. Each takes the same path as its REST route (the
+CONTROL command applied in the request; the dead-letter replay; the mission submit), and
 its outcome, good or bad, is shown on the page."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pydantic import ValidationError
 
 from services.common.contracts import Control, ControlAction
 from services.common.http import ApiError
-from services.orchestrator.api.control import ReasonBody, ResumeBody, run_control
 from services.orchestrator.api.dlq import replay_letter
 from services.orchestrator.api.missions import MissionCreate, submit_mission
+from services.orchestrator.commands.control import ReasonBody, ResumeBody, run_control
 from services.orchestrator.console import views
 from services.orchestrator.console.session import safe_next
 from services.orchestrator.console.web import (
@@ -31,6 +31,7 @@ from services.orchestrator.console.web import (
     parse_uuid,
     state_of,
 )
+from services.orchestrator.errors import OrchestratorError
 
 router = APIRouter(include_in_schema=False)
 
@@ -61,12 +62,9 @@ async def _control(
 ) -> Response:
     try:
         answer = await run_control(state_of(request), control)
-    except ApiError as exc:
+    except (ApiError, OrchestratorError) as exc:
         raise api_error(exc) from exc
-    if answer.applied is None:
-        message = f"Sent ({control.action}); the engine has not applied it yet. The page updates when it does."
-    else:
-        message = _DONE[control.action].format(step=control.step_key)
+    message = _DONE[control.action].format(step=answer.step_key)
     return _done(request, operator, message, form, fallback)
 
 
@@ -147,7 +145,7 @@ async def replay(request: Request, letter_id: str, operator: ActorDep, form: For
     ident = parse_uuid(letter_id, "dead letter")
     try:
         done = await replay_letter(state_of(request), ident, operator.caller.name)
-    except ApiError as exc:
+    except (ApiError, OrchestratorError) as exc:
         raise api_error(exc) from exc
     if done.mission_id is not None:
         message = (
@@ -183,7 +181,7 @@ async def submit(request: Request, name: str, operator: ActorDep, form: FormDep)
         raise _invalid(exc, labels) from exc
     try:
         accepted = await submit_mission(body, state_of(request), operator.caller)
-    except ApiError as exc:
+    except (ApiError, OrchestratorError) as exc:
         raise api_error(exc) from exc
     target = f"/console/missions/{accepted.id}"
     if is_htmx(request):

@@ -15,6 +15,7 @@ from services.orchestrator.api.dlq import find_dead_letters
 from services.orchestrator.api.workflows import latest_workflows, read_workflow
 from services.orchestrator.console.graph import CycleError, GraphStep, Layout, layout
 from services.orchestrator.console.web import ConsoleError, OperatorDep, api_error, render, render_page, state_of
+from services.orchestrator.errors import OrchestratorError
 
 router = APIRouter(include_in_schema=False)
 
@@ -50,7 +51,7 @@ async def workflow_page(request: Request, name: str, operator: OperatorDep, vers
         raise ConsoleError(404, f"workflow '{name}' version '{version}' not found", title="Not found")
     try:
         workflow = await read_workflow(state_of(request), name, chosen)
-    except ApiError as exc:
+    except (ApiError, OrchestratorError) as exc:
         raise api_error(exc) from exc
     steps = workflow.definition.get("steps") or []
     nodes = [GraphStep(str(s["id"]), tuple(s.get("depends_on") or ()), str(s.get("agent", ""))) for s in steps]

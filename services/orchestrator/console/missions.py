@@ -28,6 +28,7 @@ from services.orchestrator.console.web import (
     render_page,
     state_of,
 )
+from services.orchestrator.errors import OrchestratorError
 
 router = APIRouter(include_in_schema=False)
 
@@ -103,7 +104,7 @@ async def _mission_context(request: Request, mission_id: str) -> dict[str, Any]:
     try:
         mission = await read_mission(state, ident)
         timeline = await read_timeline(state, ident, limit=TIMELINE_LIMIT)
-    except ApiError as exc:
+    except (ApiError, OrchestratorError) as exc:
         raise api_error(exc) from exc
     steps = mission.steps or []
     done = sum(1 for s in steps if s.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED))
@@ -154,7 +155,7 @@ async def _step_context(request: Request, mission_id: str, key: str) -> dict[str
     try:
         mission = await read_mission(state, ident)
         results = await read_step_results(state, ident, key)
-    except ApiError as exc:
+    except (ApiError, OrchestratorError) as exc:
         raise api_error(exc) from exc
     step = next(s for s in mission.steps or [] if s.key == key)
     settings = state.settings

@@ -26,6 +26,7 @@ from services.orchestrator.console.session import (
     read_session,
     same_origin,
 )
+from services.orchestrator.errors import OrchestratorError, as_api_error
 from services.orchestrator.state import OrchestratorState
 
 HERE = Path(__file__).parent
@@ -202,8 +203,10 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
         raise ConsoleError(404, f"{what} '{value}' not found: not an id", title="Not found") from exc
 
 
-def api_error(exc: ApiError) -> ConsoleError:
-    """An error of the REST layer's shared functions, for a console page."""
+def api_error(exc: ApiError | OrchestratorError) -> ConsoleError:
+    """A refusal of a read or command, for a console page."""
+    if isinstance(exc, OrchestratorError):
+        exc = as_api_error(exc)
     titles = {403: "Not allowed", 404: "Not found", 409: "Not allowed now", 422: "Invalid input"}
     return ConsoleError(exc.status_code, exc.message, title=titles.get(exc.status_code, "Something went wrong"))
 

@@ -1,8 +1,10 @@
 """CONTROL: pause, resume, cancel, approve and reject, as sent on ``coo.control.<mission>``.
 
-``check_control`` says whether a command is legal for the mission as it is (the API answers 409
-when not); ``apply_control`` re-checks it under the mission's row lock and carries it out, with a
-``control.applied`` or ``control.refused`` timeline event naming the command's id.
+``check_control`` says whether a command is legal for the mission as it is, and ``carry_out``
+applies a legal one; the API's control command runs both under the mission's row lock in its own
+transaction. ``apply_control`` does the same for a command that arrives on the bus (one published by
+another process, or the notification of a command already applied, which it recognises by its id),
+with a ``control.applied`` or ``control.refused`` timeline event naming the command's id.
 """
 
 from __future__ import annotations
@@ -34,18 +36,9 @@ from services.orchestrator.engine.scheduler import (
 )
 from services.orchestrator.engine.transitions import move_mission, move_step, record
 from services.orchestrator.engine.unit import UnitOfWork
+from services.orchestrator.errors import Conflict, InvalidInput, NotFound, OrchestratorError
 
 log = get_logger(__name__)
-
-
-class ControlRefused(Exception):
-    """A command that the mission's current state does not allow (409), or that names a missing step (404)."""
-
-    def __init__(self, message: str, *, status: int = 409, field: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.field = field
 
 
 @dataclass(frozen=True)
@@ -57,23 +50,24 @@ class ControlOutcome:
 
 
 def check_control(mission: Mission, steps: Sequence[Step], control: Control) -> Step | None:
-    """Raise ``ControlRefused`` unless ``control`` is legal now; return the step it names, if any."""
+    """Raise ``Conflict`` (or ``NotFound`` / ``InvalidInput``) unless ``control`` is legal now; return
+    the step it names, if any."""
     status = MissionStatus(mission.status)
     action = control.action
     if action is ControlAction.PAUSE:
         if status is not MissionStatus.RUNNING:
-            raise ControlRefused(f"mission {mission.id} is {status}: only a running mission can be paused")
+            raise Conflict(f"mission {mission.id} is {status}: only a running mission can be paused")
         return None
     if action is ControlAction.RESUME:
         if status is not MissionStatus.PAUSED:
-            raise ControlRefused(f"mission {mission.id} is {status}: only a paused mission can be resumed")
+            raise Conflict(f"mission {mission.id} is {status}: only a paused mission can be resumed")
         too_big = budgets.overflow(mission, control.add_budget_usd, control.add_budget_tokens)
         if too_big:
-            raise ControlRefused(too_big, status=422, field="add_budget_usd")
+            raise InvalidInput(too_big, field="add_budget_usd")
         # Whatever paused it: resuming must not dispatch past the budget.
         shortfall = budgets.shortfall(mission, control.add_budget_usd, control.add_budget_tokens)
         if shortfall:
-            raise ControlRefused(
+            raise Conflict(
                 f"mission {mission.id} is still over budget after this resume: {shortfall}; "
                 "add more with add_budget_usd / add_budget_tokens",
                 field="add_budget_usd",
@@ -81,20 +75,18 @@ def check_control(mission: Mission, steps: Sequence[Step], control: Control) -> 
         return None
     if action is ControlAction.CANCEL:
         if status in MISSION_TERMINAL:
-            raise ControlRefused(f"mission {mission.id} is already {status}")
+            raise Conflict(f"mission {mission.id} is already {status}")
         return None
     # approve / reject a step
     if not control.step_key:
-        raise ControlRefused(f"{action} needs a step key", status=422, field="step_key")
+        raise InvalidInput(f"{action} needs a step key", field="step_key")
     step = next((s for s in steps if s.key == control.step_key), None)
     if step is None:
-        raise ControlRefused(
-            f"step '{control.step_key}' not found in mission {mission.id}", status=404, field="step_key"
-        )
+        raise NotFound(f"step '{control.step_key}' not found in mission {mission.id}", field="step_key")
     if step.status != StepStatus.AWAITING_APPROVAL:
-        raise ControlRefused(f"step '{step.key}' is {step.status}, not awaiting approval")
+        raise Conflict(f"step '{step.key}' is {step.status}, not awaiting approval")
     if action is ControlAction.APPROVE and status is not MissionStatus.RUNNING:
-        raise ControlRefused(f"mission {mission.id} is {status}: resume it before approving a step")
+        raise Conflict(f"mission {mission.id} is {status}: resume it before approving a step")
     return step
 
 
@@ -110,7 +102,7 @@ async def apply_control(uow: UnitOfWork, settings: Settings, control: Control, c
     steps = await load_steps(session, mission.id)
     try:
         step = check_control(mission, steps, control)
-    except ControlRefused as exc:
+    except OrchestratorError as exc:
         record(
             uow,
             mission.id,
@@ -122,6 +114,21 @@ async def apply_control(uow: UnitOfWork, settings: Settings, control: Control, c
         )
         return ControlOutcome(control_id, False, mission.status, exc.message)
 
+    await carry_out(uow, settings, mission, steps, step, control, control_id)
+    return ControlOutcome(control_id, True, mission.status)
+
+
+async def carry_out(
+    uow: UnitOfWork,
+    settings: Settings,
+    mission: Mission,
+    steps: list[Step],
+    step: Step | None,
+    control: Control,
+    control_id: str,
+) -> None:
+    """Apply a command that ``check_control`` found legal, the mission's row locked, with its
+    ``control.applied`` event."""
     actor = control.actor
     action = control.action
     if action is ControlAction.PAUSE:
@@ -152,7 +159,6 @@ async def apply_control(uow: UnitOfWork, settings: Settings, control: Control, c
     record(
         uow, mission.id, "control.applied", control_id=control_id, action=action, step_key=control.step_key, actor=actor
     )
-    return ControlOutcome(control_id, True, mission.status)
 
 
 async def _outcome_of(uow: UnitOfWork, mission_id: uuid.UUID, control_id: str) -> str | None:

@@ -12,10 +12,10 @@ from sqlalchemy import select
 from services.common.db.models import DeadLetter
 from services.common.deadletters import REPLAY_OF_HEADER
 from services.common.status import MissionStatus, StepStatus
-from services.orchestrator.engine.control import ControlRefused
 from services.orchestrator.engine.scheduler import advance, definition_for, dispatch, load_steps, lock_mission
 from services.orchestrator.engine.transitions import move_mission, move_step, record
 from services.orchestrator.engine.unit import UnitOfWork
+from services.orchestrator.errors import Conflict, NotFound
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,9 @@ async def replay(uow: UnitOfWork, dead_letter_id: uuid.UUID, actor: str) -> Repl
         await session.execute(select(DeadLetter).where(DeadLetter.id == dead_letter_id).with_for_update())
     ).scalar_one_or_none()
     if letter is None:
-        raise ControlRefused(f"dead letter {dead_letter_id} not found", status=404, field="id")
+        raise NotFound(f"dead letter {dead_letter_id} not found", field="id")
     if letter.replayed_at is not None:
-        raise ControlRefused(f"dead letter {dead_letter_id} was already replayed at {letter.replayed_at.isoformat()}")
+        raise Conflict(f"dead letter {dead_letter_id} was already replayed at {letter.replayed_at.isoformat()}")
     letter.replayed_at = datetime.now(UTC)
     if letter.step_id is None or letter.mission_id is None:
         headers = {str(k): str(v) for k, v in (letter.headers or {}).items() if k != "Nats-Msg-Id"}
@@ -45,15 +45,15 @@ async def replay(uow: UnitOfWork, dead_letter_id: uuid.UUID, actor: str) -> Repl
 
     mission = await lock_mission(session, letter.mission_id)
     if mission is None:
-        raise ControlRefused(f"mission {letter.mission_id} of dead letter {letter.id} no longer exists", status=404)
+        raise NotFound(f"mission {letter.mission_id} of dead letter {letter.id} no longer exists")
     steps = await load_steps(session, mission.id)
     step = next((s for s in steps if s.id == letter.step_id), None)
     if step is None:
-        raise ControlRefused(f"the step of dead letter {letter.id} no longer exists", status=404)
+        raise NotFound(f"the step of dead letter {letter.id} no longer exists")
     if step.status != StepStatus.FAILED:
-        raise ControlRefused(f"step '{step.key}' is {step.status}: only a failed step can be replayed")
+        raise Conflict(f"step '{step.key}' is {step.status}: only a failed step can be replayed")
     if mission.status not in (MissionStatus.FAILED, MissionStatus.RUNNING):
-        raise ControlRefused(f"mission {mission.id} is {mission.status}: its dead letters cannot be replayed")
+        raise Conflict(f"mission {mission.id} is {mission.status}: its dead letters cannot be replayed")
 
     if mission.status == MissionStatus.FAILED:
         mission.error = None
