@@ -54,6 +54,7 @@ from services.common.runtime_metrics import register_pool_metrics, service_regis
 from services.common.scrub import scrub_text
 from services.common.settings import Settings, instance_id
 from services.common.telemetry import StatusCode, Telemetry, exemplar, instrument_app, instrument_engine, tracer
+from services.common.text import cap_utf8
 from services.sandbox.egress import Decision, EgressProxy
 from services.sandbox.executor import execute
 from services.sandbox.isolation import HostSupport, kill_user_processes, probe
@@ -72,11 +73,6 @@ Reply = SandboxExecResult | VerificationReport
 
 def _error(error_type: ErrorType, message: str) -> SandboxExecResult:
     return SandboxExecResult(run_id=None, status="error", error=StepError(type=error_type, message=message))
-
-
-def _clip(text: str, limit: int) -> tuple[str, bool]:
-    raw = text.encode()
-    return (text, False) if len(raw) <= limit else (raw[:limit].decode(errors="ignore"), True)
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -235,8 +231,8 @@ class SandboxService:
         cap = self.settings.reply_cap_bytes
         while len(data) > limit and cap > 256:
             cap //= 2
-            out, out_cut = _clip(reply.stdout, cap)
-            err, err_cut = _clip(reply.stderr, cap)
+            out, out_cut = cap_utf8(reply.stdout, cap)
+            err, err_cut = cap_utf8(reply.stderr, cap)
             data = reply.model_copy(
                 update={
                     "stdout": out,
@@ -275,8 +271,8 @@ class SandboxService:
         finally:
             if workspace.adhoc:
                 await self._release(workspace)
-        reply_out, out_clipped = _clip(result.stdout, self.settings.reply_cap_bytes)
-        reply_err, err_clipped = _clip(result.stderr, self.settings.reply_cap_bytes)
+        reply_out, out_clipped = cap_utf8(result.stdout, self.settings.reply_cap_bytes)
+        reply_err, err_clipped = cap_utf8(result.stderr, self.settings.reply_cap_bytes)
         return result.model_copy(
             update={
                 "stdout": reply_out,

@@ -30,6 +30,7 @@ from services.common.infra import open_infra
 from services.common.logging import get_logger
 from services.common.runtime_metrics import register_pool_metrics, service_registry
 from services.common.settings import Settings, instance_id
+from services.common.slack import SlackClient
 from services.common.telemetry import Telemetry, instrument_app, instrument_engine
 from services.worker.agents import builtin  # noqa: F401  (registers the offline scripts)
 from services.worker.gate import Verdict
@@ -38,7 +39,6 @@ from services.worker.llm.providers import model_warnings, select_provider
 from services.worker.metrics import WorkerMetrics
 from services.worker.runner import AgentRunner
 from services.worker.sandbox_client import SandboxClient
-from services.worker.slack import SlackPoster
 
 log = get_logger(__name__)
 
@@ -79,8 +79,8 @@ def create_app(settings: Settings) -> FastAPI:
                     log.warning("model_configuration", detail=warning)
             slack = None
             if settings.slack_webhook_url is not None:
-                slack = SlackPoster(settings.slack_webhook_url.get_secret_value())
-                stack.push_async_callback(slack.close)
+                slack = SlackClient(settings.slack_webhook_url)
+                stack.push_async_callback(slack.aclose)
             runner = AgentRunner(
                 settings,
                 sessionmaker,

@@ -13,7 +13,6 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from jsonschema import Draft202012Validator
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -27,8 +26,11 @@ from services.common.logging import get_logger
 from services.common.results import result_from_row
 from services.common.scrub import scrub, scrub_text
 from services.common.settings import Settings
+from services.common.slack import SlackClient
 from services.common.telemetry import StatusCode, current_trace_id, tracer
+from services.common.text import cap_utf8
 from services.worker import genai
+from services.worker.agent_output import check_output, parse_output, usable
 from services.worker.gate import AgentDefinition, Verdict, claim_attempt
 from services.worker.llm.base import (
     ChatRequest,
@@ -39,10 +41,10 @@ from services.worker.llm.base import (
     ToolResult,
     Usage,
 )
+from services.worker.llm.offline import OFFLINE_MODEL
 from services.worker.llm.pricing import PriceTable
 from services.worker.metrics import WorkerMetrics
 from services.worker.sandbox_client import SandboxClient
-from services.worker.slack import SlackPoster
 from services.worker.tools import TOOLS, ToolCall, ToolContext, call_tool
 
 log = get_logger(__name__)
@@ -53,14 +55,6 @@ CLAIM_RETRY_S = 5.0
 _INSERT_RESULT = (
     insert(AgentResult).on_conflict_do_nothing(index_elements=["step_id", "attempt"]).returning(AgentResult.id)
 )  # a copy of a running attempt waits this long before looking again
-
-
-def cap(text: str, limit: int) -> tuple[str, bool]:
-    """Keep at most ``limit`` bytes of UTF-8 text; say whether anything was cut."""
-    raw = text.encode()
-    if len(raw) <= limit:
-        return text, False
-    return raw[:limit].decode(errors="ignore"), True
 
 
 @dataclass
@@ -83,7 +77,7 @@ class AgentRunner:
         *,
         metrics: WorkerMetrics | None = None,
         prices: PriceTable | None = None,
-        slack: SlackPoster | None = None,
+        slack: SlackClient | None = None,
     ) -> None:
         self.slack = slack
         self.settings = settings
@@ -93,6 +87,15 @@ class AgentRunner:
         self.worker_id = worker_id
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self.prices = prices or PriceTable(settings.model_prices)
+
+    @property
+    def _offline(self) -> bool:
+        """The offline provider: its calls cost nothing and are labelled with ``OFFLINE_MODEL``."""
+        return self.provider.name == OFFLINE_MODEL
+
+    def _label(self, model: str) -> str:
+        """The model name metrics and spans carry (one label for whatever the offline provider plays)."""
+        return OFFLINE_MODEL if self._offline else model
 
     async def existing_result(self, session: AsyncSession, item: WorkItem) -> WorkResult:
         row = (
@@ -168,9 +171,9 @@ class AgentRunner:
         error: StepError | None = None
         verification: dict[str, Any] | None = None
         try:
-            agent = _usable(item.agent, agent_def)
-            model = agent.model if self.provider.name != "offline" else "offline"
-            offline = self.provider.name == "offline"
+            agent = usable(item.agent, agent_def)
+            model = self._label(agent.model)
+            offline = self._offline
             self.metrics.prepare_agent(
                 item.agent, None if offline else agent.model, priced=not offline and self.prices.knows(agent.model)
             )
@@ -200,8 +203,8 @@ class AgentRunner:
 
         duration_ms = int((time.perf_counter() - clock) * 1000)
         self.metrics.attempt(agent=item.agent, duration_s=duration_ms / 1000, error_type=error.type if error else None)
-        stdout, out_cut = cap(scrub_text("\n".join(ctx.transcript_out)), self.settings.output_cap_bytes)
-        stderr, err_cut = cap(scrub_text("\n".join(ctx.transcript_err)), self.settings.output_cap_bytes)
+        stdout, out_cut = cap_utf8(scrub_text("\n".join(ctx.transcript_out)), self.settings.output_cap_bytes)
+        stderr, err_cut = cap_utf8(scrub_text("\n".join(ctx.transcript_err)), self.settings.output_cap_bytes)
         row = {
             "id": uuid.uuid4(),
             "mission_id": item.mission_id,
@@ -277,15 +280,15 @@ class AgentRunner:
                 tools=tools,
                 timeout_s=item.timeout_s,
             )
-            label = request.model if self.provider.name != "offline" else "offline"
+            label = self._label(request.model)
             with genai.chat_span(request, provider=self.provider.name, model=label, capture=capture) as chat:
                 response = await self._chat(request, spend)
                 genai.record_response(chat, response, model=spend.model or label, capture=capture)
             messages.append(Message(role="assistant", content=response.content))
             if not response.tool_uses:
                 ctx.transcript_out.append(response.text)
-                output = _parse_output(response.text)
-                _check_output(agent, output)
+                output = parse_output(response.text)
+                check_output(agent, output)
                 return output
             results: list[ToolResult] = []
             for use in response.tool_uses:
@@ -302,7 +305,7 @@ class AgentRunner:
     async def _chat(self, request: ChatRequest, spend: Spend) -> ModelResponse:
         """One model call: measured, its tokens and cost added to ``spend``."""
         provider = self.provider.name
-        label = request.model if provider != "offline" else "offline"
+        label = self._label(request.model)
         started = time.perf_counter()
         try:
             response = await self.provider.chat(request)
@@ -324,7 +327,7 @@ class AgentRunner:
                 error_type=str(ErrorType.TIMEOUT),
             )
             raise
-        model = response.model if provider != "offline" else "offline"
+        model = self._label(response.model)
         spend.model = model
         spend.usage = spend.usage + response.usage
         self.metrics.model_call(
@@ -334,7 +337,7 @@ class AgentRunner:
             duration_s=time.perf_counter() - started,
             error_type=None,
         )
-        if provider == "offline":
+        if self._offline:
             return response
         cost = self.prices.cost(model, response.usage)
         if cost is None and self.prices.knows(request.model):
@@ -374,37 +377,3 @@ class VerificationFailed(CooError):
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(ErrorType.VERIFICATION_FAILED, message)
         self.report = report
-
-
-def _usable(name: str, agent: AgentDefinition | None) -> AgentDefinition:
-    if agent is None:
-        raise CooError(ErrorType.VALIDATION, f"agent '{name}' is not registered")
-    if not agent.enabled:
-        raise CooError(ErrorType.VALIDATION, f"agent '{name}' is disabled")
-    return agent
-
-
-def _parse_output(text: str) -> dict[str, Any]:
-    """The agent's final message: a JSON object (possibly fenced), else the text itself."""
-    stripped = text.strip()
-    if stripped.startswith("```"):
-        stripped = stripped.strip("`")
-        stripped = stripped.split("\n", 1)[1] if "\n" in stripped else stripped
-    try:
-        data = orjson.loads(stripped)
-    except orjson.JSONDecodeError:
-        return {"text": text}
-    return data if isinstance(data, dict) else {"value": data}
-
-
-def _check_output(agent: AgentDefinition, output: dict[str, Any]) -> None:
-    if agent.output_schema is None:
-        return
-    errors = sorted(Draft202012Validator(agent.output_schema).iter_errors(output), key=lambda e: list(e.path))
-    if errors:
-        first = errors[0]
-        where = "/" + "/".join(str(p) for p in first.absolute_path)
-        raise CooError(
-            ErrorType.OUTPUT_INVALID,
-            f"output does not match agent '{agent.name}' output_schema at {where}: {first.message}",
-        )

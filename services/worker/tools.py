@@ -11,9 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from services.common.contracts import SandboxExecRequest, SandboxExecResult
 from services.common.errors import CooError
+from services.common.slack import SlackClient, mrkdwn_section
 from services.worker.llm.base import ToolSpec
 from services.worker.sandbox_client import SandboxClient
-from services.worker.slack import SlackError, SlackPoster
 
 TOOL_OUTPUT_LIMIT = 32 * 1024  # characters of each stream handed back to the model
 
@@ -83,7 +83,7 @@ class ToolContext:
     step_id: uuid.UUID
     attempt: int
     sandbox: SandboxClient
-    slack: SlackPoster | None = None
+    slack: SlackClient | None = None
     workspace_source: str | None = None  # a directory copied into the attempt's workspace on first use
     egress: list[str] = field(default_factory=list)  # host:port patterns its commands may reach
     headers: dict[str, str] = field(default_factory=dict)
@@ -164,12 +164,11 @@ async def _post_slack(ctx: ToolContext, call: ToolCall, raw_input: dict[str, Any
     if ctx.slack is None:
         call.status, call.output = "error", "Slack is not configured: set COO_SLACK_WEBHOOK_URL on the worker"
         return call
-    try:
-        answer = await ctx.slack.post(args.text)
-    except SlackError as exc:
-        call.status, call.output = "error", str(exc)
+    delivery = await ctx.slack.post(args.text, [mrkdwn_section(args.text)])
+    if not delivery.ok:
+        call.status, call.output = "error", delivery.error or "Slack did not take the message"
     else:
-        call.output = f"posted to Slack ({answer})"
+        call.output = f"posted to Slack ({delivery.reply or 'ok'})"
         ctx.transcript_out.append(f"[slack] {args.text}")
     call.duration_ms = int((time.perf_counter() - start) * 1000)
     return call

@@ -88,7 +88,7 @@ def first_user_json(request: ChatRequest) -> dict[str, object]:
 
 
 class OfflineProvider:
-    name = "offline"
+    name = OFFLINE_MODEL
 
     async def close(self) -> None:
         """Nothing to release: no connection, no client."""
