@@ -17,9 +17,9 @@ import nats
 import psutil
 
 from bench.infra import Infra, connect
-from bench.procs import CHILDREN, Child, python_argv
+from bench.procs import CHILDREN
 from services.cli.embedded import free_port
-from services.cli.up import SERVICES, wait_until_ready
+from services.cli.processes import SERVICES, Child, serve_argv, wait_until_ready
 from services.common.db.migrate import upgrade
 from services.common.settings import Settings
 
@@ -107,7 +107,7 @@ class CooStack:
         for service in SERVICES:
             self.children[service] = CHILDREN.spawn(
                 f"coo-{service}",
-                python_argv("services.cli.main", "serve", service),
+                serve_argv(service),
                 log=self.log_path(service),
                 env=env,
                 cwd=REPO,

@@ -12,8 +12,8 @@ import httpx
 from httpx_sse import SSEError, connect_sse
 
 from services.common.settings import Settings
+from services.common.status import MISSION_TERMINAL
 
-TERMINAL = {"succeeded", "failed", "cancelled"}
 RATE_LIMIT_PATIENCE_S = 60.0
 
 
@@ -105,7 +105,7 @@ class CooClient:
             if interrupted():
                 raise ApiFailure(f"interrupted while waiting for mission {mission_id}")
             mission = self.mission(mission_id)
-            if mission["status"] in TERMINAL:
+            if mission["status"] in MISSION_TERMINAL:
                 return mission
             if time.monotonic() >= give_up:
                 raise ApiFailure(f"mission {mission_id} still '{mission['status']}' after {timeout_s:g}s")

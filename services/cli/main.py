@@ -13,6 +13,7 @@ import typer
 
 from services.cli import steer
 from services.common.settings import Settings, get_settings
+from services.common.status import MissionStatus
 
 app = typer.Typer(
     name="coo",
@@ -217,7 +218,7 @@ def _run_demo(
     finally:
         client.close()
     typer.echo(f"mission {mission['id']} {mission['status']}")
-    if mission["status"] != "succeeded":
+    if mission["status"] != MissionStatus.SUCCEEDED:
         raise _DemoFailed(json.dumps(mission.get("error")))
     typer.echo("output: " + json.dumps(mission["output"]))
     return mission

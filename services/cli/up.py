@@ -4,26 +4,18 @@ migrations, the three services as child processes, the demo mission, and a clean
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
-
-from services.cli.embedded import EmbeddedNats, EmbeddedPostgres, die_with_parent, port_is_free, write_private
+from services.cli.embedded import EmbeddedNats, EmbeddedPostgres, port_is_free, write_private
+from services.cli.processes import SERVICES, Child, Children, wait_until_ready
 from services.common.db.roles import SERVICES as ROLE_SERVICES
 from services.common.db.roles import apply_roles, read_passwords, role_name
 from services.common.settings import SECRET_VARIABLES, SERVICE_SECRETS, Settings
-
-SERVICES = ("orchestrator", "worker", "sandbox")
 
 
 class Interrupted(Exception):
@@ -38,7 +30,8 @@ class Stack:
     nats_port: int | None = None
     postgres: EmbeddedPostgres | None = None
     nats: EmbeddedNats | None = None
-    children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    processes: Children = field(default_factory=Children)
+    children: dict[str, Child] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     # per service: its database URL and password (the embedded Postgres: its own role's)
     database: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -123,94 +116,32 @@ class Stack:
             "COO_API_KEYS": ",".join([self.api_key, *[k.get_secret_value() for k in self.settings.api_keys[1:]]]),
         }
         for service in SERVICES:
-            log = (logs / f"{service}.log").open("ab")
-            self.children[service] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli.main", "serve", service],
-                env=self.env_of(service),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGTERM),
+            self.children[service] = self.processes.serve(
+                service, log=logs / f"{service}.log", env=self.env_of(service)
             )
-            log.close()
 
     def wait_ready(self, deadline_s: float = 90.0) -> None:
         def exited(service: str) -> str | None:
-            proc = self.children[service]
-            if proc.poll() is None:
-                return None
-            return f"{service} exited with code {proc.returncode}; last log lines:\n{self.log_tail(service)}"
+            return self.children[service].exit_reason()
 
         urls = {s: f"http://{self.settings.host}:{self.port_of(s)}/readyz" for s in SERVICES}
         wait_until_ready(urls, exited, deadline_s=deadline_s, check_interrupted=self.check_interrupted)
 
     def log_tail(self, service: str, lines: int = 15) -> str:
-        path = self.data_dir / "logs" / f"{service}.log"
-        with contextlib.suppress(OSError):
-            return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-        return "(no log)"
+        return self.children[service].tail(lines) if service in self.children else "(no log)"
 
     def dead_child(self) -> str | None:
-        for service, proc in self.children.items():
-            if proc.poll() is not None:
+        for service, child in self.children.items():
+            if not child.alive():
                 return service
         return None
 
     def stop(self) -> None:
-        for proc in self.children.values():
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        give_up = time.monotonic() + 15
-        for proc in self.children.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, give_up - time.monotonic()))
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait(timeout=5)
+        self.processes.stop_all()
         if self.nats is not None:
             self.nats.stop()
         if self.postgres is not None:
             self.postgres.stop()
-
-
-def wait_until_ready(
-    urls: Mapping[str, str],
-    exited: Callable[[str], str | None],
-    *,
-    deadline_s: float,
-    check_interrupted: Callable[[], None] = lambda: None,
-) -> None:
-    """Poll each service's ``/readyz`` URL until all answer 200. ``exited(service)`` returns why a
-    service died (then this raises with it); ``check_interrupted`` may raise to stop waiting."""
-    give_up = time.monotonic() + deadline_s
-    pending = set(urls)
-    last: dict[str, str] = {}  # what each pending service's /readyz said last
-    with httpx.Client(timeout=2.0) as client:
-        while pending:
-            for service in sorted(pending):
-                reason = exited(service)
-                if reason is not None:
-                    raise RuntimeError(reason)
-                with contextlib.suppress(httpx.HTTPError, ValueError):
-                    answer = client.get(urls[service])
-                    if answer.status_code == 200:
-                        pending.discard(service)
-                        continue
-                    checks = answer.json().get("checks", {})
-                    down = {name: state for name, state in checks.items() if state != "ok"}
-                    last[service] = "; ".join(f"{name} {state}" for name, state in sorted(down.items()))
-                    if "isolation" in down and "not probed yet" not in down["isolation"]:
-                        # not transient: the host cannot jail commands
-                        raise RuntimeError(f"the {service} is not ready: isolation {down['isolation']}")
-            check_interrupted()
-            if pending and time.monotonic() > give_up:
-                said = "".join(f"\n  {service}: {last[service]}" for service in sorted(pending) if last.get(service))
-                raise RuntimeError(f"not ready after {deadline_s:g}s: {', '.join(sorted(pending))}{said}")
-            if pending:
-                time.sleep(0.2)
 
 
 def install_stop_signals() -> threading.Event:

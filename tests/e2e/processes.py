@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from services.cli.embedded import free_port
+from services.cli.processes import Child, Children
 from services.common.settings import Settings
 from tests.conftest import API_KEY
 
@@ -21,7 +21,8 @@ class Services:
     def __init__(self, settings: Settings, logs: Path) -> None:
         self.settings = settings
         self.logs = logs
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.children = Children()
+        self.started: dict[str, Child] = {}
         self.extra: dict[str, dict[str, str]] = {}
         self.ports: dict[str, int] = {
             "orchestrator": settings.orchestrator_port,
@@ -49,36 +50,30 @@ class Services:
     def start(self, service: str, *, name: str | None = None, **env: str) -> None:
         """Start ``coo serve <service>`` as ``name`` (default: the service), with extra settings."""
         name = name or service
-        log = (self.logs / f"{name}.log").open("ab")
-        self.procs[name] = subprocess.Popen(
-            [sys.executable, "-m", "services.cli.main", "serve", service],
+        self.started[name] = self.children.serve(
+            service,
+            name=name,
+            log=self.logs / f"{name}.log",
             env={**self.env, **self.extra.get(name, {}), **env},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
             **self.popen_options(),
         )
-        log.close()
+
+    @property
+    def procs(self) -> dict[str, subprocess.Popen[bytes]]:
+        return {name: child.proc for name, child in self.started.items()}
 
     def popen_options(self) -> dict[str, Any]:
         """More ``subprocess.Popen`` arguments for every service (a subclass may run them as another user)."""
         return {}
 
     def kill(self, service: str) -> None:
-        proc = self.procs[service]
+        """SIGKILL the service's process alone (a crash: what it started is left to its own fate)."""
+        proc = self.started[service].proc
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
 
     def stop_all(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in self.procs.values():
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        self.children.stop_all()
 
     def replica(self, service: str, name: str) -> None:
         """Declare another instance of ``service`` on its own port (start it with ``start(service, name=name)``)."""
