@@ -19,8 +19,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.db.models import AuditEvent
 from services.common.logging import get_logger
-from services.orchestrator.api.paging import after_cursor, encode_cursor
 from services.orchestrator.auth import Caller
+from services.orchestrator.reads.paging import after_cursor, encode_cursor
 from services.orchestrator.state import OrchestratorState
 from services.orchestrator.storable import storable_text
 

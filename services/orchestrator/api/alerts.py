@@ -7,18 +7,17 @@ import contextlib
 import hmac
 from contextlib import AsyncExitStack
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 
-from services.common.db.models import AlertRow
 from services.common.http import ApiError
 from services.orchestrator.api.deps import CallerDep, StateDep
 from services.orchestrator.notify.alerts import AlertDelivery, AlertGroup, Receipt, ReceivedAlert
 from services.orchestrator.notify.slack import SlackNotifier
+from services.orchestrator.reads.alerts import AlertOut, find_alerts
 from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(tags=["alerts"])
@@ -89,34 +88,6 @@ class WebhookReceipt(BaseModel):
     )
 
 
-class AlertOut(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    id: str
-    fingerprint: str
-    status: str
-    labels: dict[str, Any]
-    annotations: dict[str, Any]
-    starts_at: datetime
-    ends_at: datetime | None
-    received_at: datetime
-    notified_at: datetime | None
-
-    @classmethod
-    def of(cls, row: AlertRow) -> AlertOut:
-        return cls(
-            id=str(row.id),
-            fingerprint=row.fingerprint,
-            status=row.status,
-            labels=dict(row.labels or {}),
-            annotations=dict(row.annotations or {}),
-            starts_at=row.starts_at,
-            ends_at=row.ends_at,
-            received_at=row.received_at,
-            notified_at=row.notified_at,
-        )
-
-
 def get_delivery(request: Request) -> AlertDelivery:
     delivery: AlertDelivery = request.state.alerts
     return delivery
@@ -163,19 +134,6 @@ async def list_alerts(
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[AlertOut]:
     return await find_alerts(state, status=status, alertname=alertname, limit=limit)
-
-
-async def find_alerts(
-    state: OrchestratorState, *, status: str | None, alertname: str | None, limit: int
-) -> list[AlertOut]:
-    """Alerts received, newest first, filtered; the REST list and the console share it."""
-    query = select(AlertRow).order_by(AlertRow.received_at.desc(), AlertRow.id).limit(limit)
-    if status is not None:
-        query = query.where(AlertRow.status == status)
-    if alertname is not None:
-        query = query.where(AlertRow.labels["alertname"].astext == alertname)
-    async with state.sessionmaker() as session:
-        return [AlertOut.of(row) for row in (await session.execute(query)).scalars()]
 
 
 async def start_alert_delivery(state: OrchestratorState, stack: AsyncExitStack) -> AlertDelivery:

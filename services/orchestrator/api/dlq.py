@@ -3,77 +3,16 @@ attempts) and their replay."""
 
 from __future__ import annotations
 
-import base64
 import uuid
-from datetime import datetime
-from typing import Any
 
-import orjson
 from fastapi import APIRouter, Depends, Query
-from pydantic import BaseModel
-from sqlalchemy import select
 
-from services.common.db.models import DeadLetter, Step
 from services.orchestrator.api.deps import CallerDep, OperatorDep, StateDep
-from services.orchestrator.api.paging import after_cursor, encode_cursor
 from services.orchestrator.api.storable import storable_params
-from services.orchestrator.engine import dlq
-from services.orchestrator.state import OrchestratorState
+from services.orchestrator.commands.dlq import ReplayAnswer, replay_letter
+from services.orchestrator.reads.dlq import DeadLetterPage, find_dead_letters
 
 router = APIRouter(prefix="/v1/dlq", tags=["dead letters"], dependencies=[Depends(storable_params)])
-
-
-class DeadLetterOut(BaseModel):
-    id: uuid.UUID
-    subject: str
-    error: str
-    error_type: str
-    attempts: int
-    mission_id: uuid.UUID | None
-    step_id: uuid.UUID | None
-    step_key: str | None
-    payload: Any | None
-    payload_base64: str | None
-    headers: dict[str, Any]
-    first_failed_at: datetime
-    replayed_at: datetime | None
-    replay_of: uuid.UUID | None
-
-
-class DeadLetterPage(BaseModel):
-    items: list[DeadLetterOut]
-    next_cursor: str | None
-
-
-class ReplayAnswer(BaseModel):
-    dead_letter_id: uuid.UUID
-    mission_id: uuid.UUID | None
-    step_key: str | None
-    attempt: int | None
-    subject: str
-
-
-def _out(letter: DeadLetter, step_key: str | None) -> DeadLetterOut:
-    try:
-        payload, raw = orjson.loads(letter.payload), None
-    except orjson.JSONDecodeError:
-        payload, raw = None, base64.b64encode(letter.payload).decode()
-    return DeadLetterOut(
-        id=letter.id,
-        subject=letter.subject,
-        error=letter.error,
-        error_type=letter.error_type,
-        attempts=letter.attempts,
-        mission_id=letter.mission_id,
-        step_id=letter.step_id,
-        step_key=step_key,
-        payload=payload,
-        payload_base64=raw,
-        headers=letter.headers or {},
-        first_failed_at=letter.first_failed_at,
-        replayed_at=letter.replayed_at,
-        replay_of=letter.replay_of,
-    )
 
 
 @router.get("", summary="Dead letters, newest first (cursor paging)")
@@ -88,31 +27,6 @@ async def list_dead_letters(
     return await find_dead_letters(state, mission_id=mission_id, replayed=replayed, limit=limit, cursor=cursor)
 
 
-async def find_dead_letters(
-    state: OrchestratorState, *, mission_id: uuid.UUID | None, replayed: bool | None, limit: int, cursor: str | None
-) -> DeadLetterPage:
-    """Dead letters newest first, filtered; the REST list and the console share it."""
-    query = (
-        select(DeadLetter, Step.key)
-        .outerjoin(Step, Step.id == DeadLetter.step_id)
-        .order_by(DeadLetter.created_at.desc(), DeadLetter.id.desc())
-        .limit(limit + 1)
-    )
-    if mission_id is not None:
-        query = query.where(DeadLetter.mission_id == mission_id)
-    if replayed is not None:
-        query = query.where(DeadLetter.replayed_at.is_not(None) if replayed else DeadLetter.replayed_at.is_(None))
-    if cursor is not None:
-        query = query.where(after_cursor(DeadLetter.created_at, DeadLetter.id, cursor))
-    async with state.sessionmaker() as session:
-        rows = (await session.execute(query)).all()
-    page = rows[:limit]
-    return DeadLetterPage(
-        items=[_out(letter, key) for letter, key in page],
-        next_cursor=encode_cursor(page[-1][0].created_at, page[-1][0].id) if len(rows) > limit else None,
-    )
-
-
 @router.post(
     "/{dead_letter_id}/replay",
     status_code=202,
@@ -124,16 +38,3 @@ async def find_dead_letters(
 )
 async def replay_dead_letter(dead_letter_id: uuid.UUID, state: StateDep, caller: OperatorDep) -> ReplayAnswer:
     return await replay_letter(state, dead_letter_id, caller.name)
-
-
-async def replay_letter(state: OrchestratorState, dead_letter_id: uuid.UUID, actor: str) -> ReplayAnswer:
-    """Replay one dead letter for ``actor``, or raise ``NotFound`` / ``Conflict``."""
-    async with state.unit() as uow:
-        done = await dlq.replay(uow, dead_letter_id, actor)
-    return ReplayAnswer(
-        dead_letter_id=done.dead_letter_id,
-        mission_id=done.mission_id,
-        step_key=done.step_key,
-        attempt=done.attempt,
-        subject=done.subject,
-    )

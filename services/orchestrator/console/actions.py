@@ -14,10 +14,9 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
 from services.common.contracts import Control, ControlAction
-from services.common.http import ApiError
-from services.orchestrator.api.dlq import replay_letter
-from services.orchestrator.api.missions import MissionCreate, submit_mission
 from services.orchestrator.commands.control import ReasonBody, ResumeBody, run_control
+from services.orchestrator.commands.dlq import replay_letter
+from services.orchestrator.commands.missions import MissionCreate, submit_mission
 from services.orchestrator.console import views
 from services.orchestrator.console.session import safe_next
 from services.orchestrator.console.web import (
@@ -25,10 +24,10 @@ from services.orchestrator.console.web import (
     ConsoleError,
     FormDep,
     Operator,
-    api_error,
     flash,
     is_htmx,
     parse_uuid,
+    refusal_page,
     state_of,
 )
 from services.orchestrator.errors import OrchestratorError
@@ -62,8 +61,8 @@ async def _control(
 ) -> Response:
     try:
         answer = await run_control(state_of(request), control)
-    except (ApiError, OrchestratorError) as exc:
-        raise api_error(exc) from exc
+    except OrchestratorError as exc:
+        raise refusal_page(exc) from exc
     message = _DONE[control.action].format(step=answer.step_key)
     return _done(request, operator, message, form, fallback)
 
@@ -145,8 +144,8 @@ async def replay(request: Request, letter_id: str, operator: ActorDep, form: For
     ident = parse_uuid(letter_id, "dead letter")
     try:
         done = await replay_letter(state_of(request), ident, operator.caller.name)
-    except (ApiError, OrchestratorError) as exc:
-        raise api_error(exc) from exc
+    except OrchestratorError as exc:
+        raise refusal_page(exc) from exc
     if done.mission_id is not None:
         message = (
             f"Dead letter {views.short_id(ident)} replayed: step '{done.step_key}' of mission "
@@ -181,8 +180,8 @@ async def submit(request: Request, name: str, operator: ActorDep, form: FormDep)
         raise _invalid(exc, labels) from exc
     try:
         accepted = await submit_mission(body, state_of(request), operator.caller)
-    except (ApiError, OrchestratorError) as exc:
-        raise api_error(exc) from exc
+    except OrchestratorError as exc:
+        raise refusal_page(exc) from exc
     target = f"/console/missions/{accepted.id}"
     if is_htmx(request):
         return Response("", status_code=200, headers={"HX-Redirect": target})

@@ -8,14 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from services.common.http import ApiError
-from services.orchestrator.api.agents import read_agents
-from services.orchestrator.api.alerts import find_alerts
-from services.orchestrator.api.dlq import find_dead_letters
-from services.orchestrator.api.workflows import latest_workflows, read_workflow
 from services.orchestrator.console.graph import CycleError, GraphStep, Layout, layout
-from services.orchestrator.console.web import ConsoleError, OperatorDep, api_error, render, render_page, state_of
+from services.orchestrator.console.web import ConsoleError, OperatorDep, refusal_page, render, render_page, state_of
 from services.orchestrator.errors import OrchestratorError
+from services.orchestrator.reads.alerts import find_alerts
+from services.orchestrator.reads.catalog import latest_workflows, read_agents, read_workflow
+from services.orchestrator.reads.dlq import find_dead_letters
 
 router = APIRouter(include_in_schema=False)
 
@@ -51,8 +49,8 @@ async def workflow_page(request: Request, name: str, operator: OperatorDep, vers
         raise ConsoleError(404, f"workflow '{name}' version '{version}' not found", title="Not found")
     try:
         workflow = await read_workflow(state_of(request), name, chosen)
-    except (ApiError, OrchestratorError) as exc:
-        raise api_error(exc) from exc
+    except OrchestratorError as exc:
+        raise refusal_page(exc) from exc
     steps = workflow.definition.get("steps") or []
     nodes = [GraphStep(str(s["id"]), tuple(s.get("depends_on") or ()), str(s.get("agent", ""))) for s in steps]
     try:

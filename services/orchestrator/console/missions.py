@@ -13,22 +13,27 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
-from services.common.http import ApiError
 from services.common.status import MISSION_TERMINAL, MissionStatus, StepStatus
-from services.orchestrator.api.missions import MissionOut, find_missions, read_mission, read_step_results, read_timeline
-from services.orchestrator.api.workflows import latest_workflows
 from services.orchestrator.console import queries, views
 from services.orchestrator.console.graph import GraphStep, Layout, layout
 from services.orchestrator.console.queries import Progress
 from services.orchestrator.console.web import (
     OperatorDep,
-    api_error,
     parse_uuid,
+    refusal_page,
     render,
     render_page,
     state_of,
 )
-from services.orchestrator.errors import OrchestratorError
+from services.orchestrator.errors import InvalidInput, OrchestratorError
+from services.orchestrator.reads.catalog import latest_workflows
+from services.orchestrator.reads.missions import (
+    MissionOut,
+    find_missions,
+    read_mission,
+    read_step_results,
+    read_timeline,
+)
 
 router = APIRouter(include_in_schema=False)
 
@@ -45,9 +50,7 @@ async def _list_context(request: Request, status: str, workflow: str, cursor: st
         page = await find_missions(
             state, status=status or None, workflow=workflow or None, limit=PAGE_SIZE, cursor=cursor or None
         )
-    except ApiError as exc:
-        if exc.status_code != 422:
-            raise
+    except InvalidInput:
         problem = "that page link is no longer valid: showing the newest missions"
         page = await find_missions(
             state, status=status or None, workflow=workflow or None, limit=PAGE_SIZE, cursor=None
@@ -104,8 +107,8 @@ async def _mission_context(request: Request, mission_id: str) -> dict[str, Any]:
     try:
         mission = await read_mission(state, ident)
         timeline = await read_timeline(state, ident, limit=TIMELINE_LIMIT)
-    except (ApiError, OrchestratorError) as exc:
-        raise api_error(exc) from exc
+    except OrchestratorError as exc:
+        raise refusal_page(exc) from exc
     steps = mission.steps or []
     done = sum(1 for s in steps if s.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED))
     trace = await queries.mission_trace(state, ident)
@@ -155,8 +158,8 @@ async def _step_context(request: Request, mission_id: str, key: str) -> dict[str
     try:
         mission = await read_mission(state, ident)
         results = await read_step_results(state, ident, key)
-    except (ApiError, OrchestratorError) as exc:
-        raise api_error(exc) from exc
+    except OrchestratorError as exc:
+        raise refusal_page(exc) from exc
     step = next(s for s in mission.steps or [] if s.key == key)
     settings = state.settings
     end = mission.finished_at or datetime.now(UTC)

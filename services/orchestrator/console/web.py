@@ -13,7 +13,6 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
-from services.common.http import ApiError
 from services.orchestrator.audit import note_caller
 from services.orchestrator.auth import Caller, KeyStore, Scope
 from services.orchestrator.console import queries, views
@@ -203,10 +202,9 @@ def parse_uuid(value: str, what: str) -> uuid.UUID:
         raise ConsoleError(404, f"{what} '{value}' not found: not an id", title="Not found") from exc
 
 
-def api_error(exc: ApiError | OrchestratorError) -> ConsoleError:
+def refusal_page(refused: OrchestratorError) -> ConsoleError:
     """A refusal of a read or command, for a console page."""
-    if isinstance(exc, OrchestratorError):
-        exc = as_api_error(exc)
+    exc = as_api_error(refused)
     titles = {403: "Not allowed", 404: "Not found", 409: "Not allowed now", 422: "Invalid input"}
     return ConsoleError(exc.status_code, exc.message, title=titles.get(exc.status_code, "Something went wrong"))
 

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 from sqlalchemy import and_, or_
 
-from services.common.http import ApiError
+from services.orchestrator.errors import InvalidInput
 
 
 def encode_cursor(created_at: datetime, ident: uuid.UUID) -> str:
@@ -23,9 +23,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         created, ident = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         return datetime.fromisoformat(created), uuid.UUID(ident)
     except Exception as exc:
-        raise ApiError(
-            422, "validation", "query.cursor: not a cursor returned by this API", field="query.cursor"
-        ) from exc
+        raise InvalidInput("query.cursor: not a cursor returned by this API", field="query.cursor") from exc
 
 
 def after_cursor(created_column: Any, id_column: Any, cursor: str) -> Any:
