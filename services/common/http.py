@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.db.session import ping
 from services.common.logging import get_logger
+from services.common.resources import AnyResources, bus_of, engine_of
 from services.common.telemetry import exemplar
 
 log = get_logger(__name__)
@@ -176,15 +177,21 @@ class _HttpMetricsMiddleware:
                 observe(500)
 
 
-def infra_checks(resources: dict[str, Any]) -> dict[str, ReadinessCheck]:
+def infra_checks(resources: AnyResources) -> dict[str, ReadinessCheck]:
     """Readiness checks of Postgres and NATS, for resources the lifespan puts in ``resources``
     (``engine``, ``bus``); until it has, the check fails, so a service is never ready too early."""
 
     async def postgres() -> None:
-        await ping(resources["engine"])
+        engine = engine_of(resources)
+        if engine is None:
+            raise RuntimeError("Postgres is not open yet")
+        await ping(engine)
 
     async def nats() -> None:
-        await resources["bus"].ping()
+        bus = bus_of(resources)
+        if bus is None:
+            raise RuntimeError("NATS is not connected yet")
+        await bus.ping()
 
     return {"postgres": postgres, "nats": nats}
 

@@ -16,6 +16,7 @@ from services.common.bus import Bus
 from services.common.db.migrate import alembic_config
 from services.common.db.session import create_engine, create_sessionmaker, ping
 from services.common.logging import get_logger
+from services.common.resources import ServiceResources
 from services.common.scrub import scrub_text
 from services.common.settings import Settings
 
@@ -94,19 +95,25 @@ async def open_infra(
     settings: Settings,
     *,
     client_name: str,
-    resources: dict[str, Any],
+    resources: ServiceResources | dict[str, Any],
     pool_size: int | None = None,
 ) -> Infra:
     """Open Postgres and NATS for a service's lifespan; ``stack`` closes them. ``resources`` gets
-    ``engine`` and ``bus`` for the readiness checks."""
+    ``engine`` and ``bus`` for the readiness checks and the pool metrics, each as soon as it is open."""
     engine = create_engine(settings, application_name=client_name.split(":")[0], pool_size=pool_size)
     stack.push_async_callback(engine.dispose)
     await wait_for_postgres(engine, settings)
     await check_migrated(engine, settings)
-    resources["engine"] = engine
+    if isinstance(resources, ServiceResources):
+        resources.engine = engine
+    else:
+        resources["engine"] = engine
     bus = Bus(settings, client_name=client_name)
     await bus.connect(deadline_s=settings.startup_timeout_s)
     stack.push_async_callback(bus.close)
-    resources["bus"] = bus
+    if isinstance(resources, ServiceResources):
+        resources.bus = bus
+    else:
+        resources["bus"] = bus
     await bus.ensure_streams()
     return Infra(engine, create_sessionmaker(engine), bus)
