@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.status import RunStatus
+
 
 @dataclass
 class SandboxMetrics:
@@ -39,5 +41,6 @@ class SandboxMetrics:
         )
         for outcome in ("allowed", "refused"):
             self.egress.labels(outcome=outcome)
-        for status in ("succeeded", "failed", "timeout", "error", "cancelled"):
-            self.executions.labels(status=status)
+        for status in RunStatus:
+            if status != RunStatus.RUNNING:
+                self.executions.labels(status=status)

@@ -8,6 +8,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db.models import SandboxRun
+from services.common.status import RunStatus
 
 
 async def fail_stale_runs(sessionmaker: async_sessionmaker[AsyncSession], *, stale_after_s: float) -> int:
@@ -15,9 +16,9 @@ async def fail_stale_runs(sessionmaker: async_sessionmaker[AsyncSession], *, sta
     async with sessionmaker() as session, session.begin():
         result = await session.execute(
             update(SandboxRun)
-            .where(SandboxRun.status == "running", SandboxRun.heartbeat_at < cutoff)
+            .where(SandboxRun.status == RunStatus.RUNNING, SandboxRun.heartbeat_at < cutoff)
             .values(
-                status="failed",
+                status=RunStatus.FAILED,
                 finished_at=datetime.now(UTC),
                 error=f"sandbox instance stopped (no heartbeat for over {stale_after_s:g}s)",
             )

@@ -14,8 +14,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.contracts import WorkItem
 from services.common.db.models import Agent, AgentResult, Mission, Step
+from services.common.status import MissionStatus, StepStatus
 
-_STEP_IN_FLIGHT = frozenset({"dispatched", "running"})
+_STEP_IN_FLIGHT = frozenset({StepStatus.DISPATCHED, StepStatus.RUNNING})
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,9 @@ async def claim_attempt(session: AsyncSession, item: WorkItem) -> Verdict:
     if row is None:
         return Verdict("drop", "its mission or step no longer exists")
     (mission_status, pause_reason, step_status, attempt, claimed, done, *_) = row
-    if mission_status == "paused":
+    if mission_status == MissionStatus.PAUSED:
         return Verdict("wait", f"mission is paused ({pause_reason or 'manual'})")
-    if mission_status != "running":
+    if mission_status != MissionStatus.RUNNING:
         return Verdict("drop", f"mission is {mission_status}")
     if attempt != item.attempt:
         return Verdict("drop", f"the step is at attempt {attempt}, this work item is attempt {item.attempt}")

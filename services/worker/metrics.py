@@ -9,6 +9,7 @@ from decimal import Decimal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.errors import ErrorType
+from services.common.status import StepStatus
 from services.common.telemetry import exemplar
 from services.worker.llm.base import Usage
 
@@ -98,7 +99,7 @@ class WorkerMetrics:
         """Create an agent's counters at 0 before its first attempt, so that its first failure,
         error or unpriced call is an increase that ``rate()`` and ``increase()`` see (``model``:
         ``None`` for a model with no cost, the offline one)."""
-        for status in ("succeeded", "failed"):
+        for status in (StepStatus.SUCCEEDED, StepStatus.FAILED):
             self.agent_runs.labels(agent, status)
         for error_type in ErrorType:
             self.agent_errors.labels(agent, error_type.value)
@@ -117,7 +118,7 @@ class WorkerMetrics:
 
     def attempt(self, *, agent: str, duration_s: float, error_type: str | None) -> None:
         sample = exemplar()  # the trace id of the attempt's agent.execute span
-        self.agent_runs.labels(agent, "failed" if error_type else "succeeded").inc(exemplar=sample)
+        self.agent_runs.labels(agent, StepStatus.FAILED if error_type else StepStatus.SUCCEEDED).inc(exemplar=sample)
         self.agent_duration.labels(agent).observe(duration_s, exemplar=sample)
         if error_type:
             self.agent_errors.labels(agent, error_type).inc(exemplar=sample)
