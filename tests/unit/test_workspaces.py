@@ -12,8 +12,8 @@ import pytest
 
 from services.common.errors import CooError, ErrorType
 from services.common.settings import Settings
-from services.sandbox.service import SandboxService
 from services.sandbox.isolation import UID_COUNT, UID_FIRST, HostSupport
+from services.sandbox.service import SandboxService
 from services.sandbox.workspaces import Workspaces, disk_usage
 
 MIB = 1024 * 1024
