@@ -21,7 +21,7 @@ from services.common.db.models import AuditEvent
 from services.common.logging import get_logger
 from services.orchestrator.auth import Caller
 from services.orchestrator.reads.paging import after_cursor, encode_cursor
-from services.orchestrator.state import OrchestratorState
+from services.orchestrator.state import STATE_KEY, OrchestratorState
 from services.orchestrator.storable import storable_text
 
 log = get_logger(__name__)
@@ -105,7 +105,7 @@ async def _write(scope: Scope, note: AuditNote, status: int) -> None:
     caller = note.caller
     if caller is None:
         return
-    state: OrchestratorState | None = (scope.get("state") or {}).get("coo")
+    state: OrchestratorState | None = (scope.get("state") or {}).get(STATE_KEY)
     if state is None:
         return
     route_obj = scope.get("route")

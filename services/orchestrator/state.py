@@ -1,4 +1,5 @@
-"""The orchestrator's lifespan state, reached by routes through ``deps``."""
+"""The orchestrator's lifespan state: one typed object, yielded by the lifespan under ``coo`` and
+reached by routes, console pages and the audit trail through ``state_of``."""
 
 from __future__ import annotations
 
@@ -6,12 +7,15 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
 
 from services.common.bus import Bus
 from services.common.settings import Settings
+from services.orchestrator.auth import KeyStore
 from services.orchestrator.engine.batch import UnitBatcher
 from services.orchestrator.engine.metrics import EngineMetrics
 from services.orchestrator.engine.unit import UnitOfWork
+from services.orchestrator.notify.alerts import AlertDelivery
 from services.orchestrator.ratelimit import RateLimiter
 
 
@@ -27,6 +31,8 @@ class OrchestratorState:
     reads: async_sessionmaker[AsyncSession] = field(init=False)  # autocommit: no BEGIN/ROLLBACK per read
     submissions: UnitBatcher = field(init=False)  # new missions, committed together when they arrive together
     results: UnitBatcher = field(init=False)  # what workers report, likewise
+    keys: KeyStore = field(init=False)  # API keys: COO_API_KEYS and the stored ones
+    alerts: AlertDelivery | None = None  # set by the lifespan once the alert delivery runs
 
     def __post_init__(self) -> None:
         if self.settings.db_pgbouncer:
@@ -39,6 +45,7 @@ class OrchestratorState:
             )
         self.submissions = UnitBatcher(self.unit, name="submissions")
         self.results = UnitBatcher(self.unit, name="results")
+        self.keys = KeyStore(self.settings, self.reads)
 
     async def close(self) -> None:
         await self.submissions.close()
@@ -46,3 +53,12 @@ class OrchestratorState:
 
     def unit(self, trace_id: str | None = None) -> UnitOfWork:
         return UnitOfWork(self.sessionmaker, self.bus, trace_id=trace_id, metrics=self.metrics)
+
+
+STATE_KEY = "coo"  # the lifespan state's one entry
+
+
+def state_of(connection: HTTPConnection) -> OrchestratorState:
+    """The lifespan's state, for a request (or a websocket)."""
+    state: OrchestratorState = getattr(connection.state, STATE_KEY)
+    return state

@@ -18,7 +18,7 @@ from services.orchestrator.api.deps import CallerDep, StateDep
 from services.orchestrator.notify.alerts import AlertDelivery, AlertGroup, Receipt, ReceivedAlert
 from services.orchestrator.notify.slack import SlackNotifier
 from services.orchestrator.reads.alerts import AlertOut, find_alerts
-from services.orchestrator.state import OrchestratorState
+from services.orchestrator.state import OrchestratorState, state_of
 
 router = APIRouter(tags=["alerts"])
 
@@ -89,7 +89,8 @@ class WebhookReceipt(BaseModel):
 
 
 def get_delivery(request: Request) -> AlertDelivery:
-    delivery: AlertDelivery = request.state.alerts
+    delivery = state_of(request).alerts
+    assert delivery is not None  # the lifespan starts it before serving
     return delivery
 
 

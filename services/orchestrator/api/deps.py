@@ -14,15 +14,14 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.http import ApiError
 from services.orchestrator.audit import note_caller
-from services.orchestrator.auth import Caller, KeyStore, Scope
-from services.orchestrator.state import OrchestratorState
+from services.orchestrator.auth import Caller, Scope
+from services.orchestrator.state import OrchestratorState, state_of
 
 _bearer = HTTPBearer(auto_error=False, description="COO API key")
 
 
 async def get_state(request: Request) -> OrchestratorState:  # async: a sync dependency costs a thread hop
-    state: OrchestratorState = request.state.coo
-    return state
+    return state_of(request)
 
 
 StateDep = Annotated[OrchestratorState, Depends(get_state)]
@@ -34,12 +33,11 @@ async def get_caller(
     challenge = {"WWW-Authenticate": "Bearer"}
     if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise ApiError(401, "unauthorized", "missing API key: send 'Authorization: Bearer <key>'", headers=challenge)
-    keys: KeyStore = request.state.keys
-    caller = await keys.authenticate(credentials.credentials)
+    state = state_of(request)
+    caller = await state.keys.authenticate(credentials.credentials)
     if caller is None:
         raise ApiError(401, "unauthorized", "invalid or revoked API key (or it has expired)", headers=challenge)
     note_caller(caller)
-    state: OrchestratorState = request.state.coo
     if state.rate_limiter.enabled:
         decision = await state.rate_limiter.hit(caller.name)
         if not decision.allowed:

@@ -17,13 +17,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from nats.aio.msg import Msg
-from sqlalchemy import select
 
-from services.common.db.models import Mission, TimelineEventRow
 from services.common.http import ApiError
 from services.common.status import MISSION_TERMINAL
 from services.orchestrator.api.deps import CallerDep, StateDep
 from services.orchestrator.api.storable import storable_params
+from services.orchestrator.reads.missions import EVENTS_PAGE, events_after, require_mission
 from services.orchestrator.state import OrchestratorState
 
 router = APIRouter(prefix="/v1/missions", tags=["missions"], dependencies=[Depends(storable_params)])
@@ -35,35 +34,7 @@ def _event(row: dict[str, Any]) -> ServerSentEvent:
     return ServerSentEvent(id=str(row["id"]), event=str(row["type"]), data=row)
 
 
-def _row_dict(row: TimelineEventRow) -> dict[str, Any]:
-    return {
-        "id": row.id,
-        "mission_id": str(row.mission_id),
-        "ts": row.ts.isoformat(),
-        "type": row.type,
-        "step_key": row.step_key,
-        "data": row.data,
-        "trace_id": row.trace_id,
-    }
-
-
-_PAGE = 5000
 MAX_EVENT_ID = 2**63 - 1
-
-
-async def _stored(state: OrchestratorState, mission_id: uuid.UUID, after: int) -> tuple[list[dict[str, Any]], str]:
-    """The events after ``after`` and the mission's status, the status read *first*: a final
-    status seen here means every event of the mission is already committed and in this read."""
-    async with state.sessionmaker() as session:
-        status = await session.scalar(select(Mission.status).where(Mission.id == mission_id))
-        rows = await session.execute(
-            select(TimelineEventRow)
-            .where(TimelineEventRow.mission_id == mission_id, TimelineEventRow.id > after)
-            .order_by(TimelineEventRow.id)
-            .limit(_PAGE)
-        )
-        events = [_row_dict(r) for r in rows.scalars()]
-    return events, str(status)
 
 
 async def _start_after(
@@ -86,9 +57,7 @@ async def _start_after(
             raise ApiError(
                 422, "validation", "Last-Event-ID: not an event id of this stream", field="Last-Event-ID"
             ) from exc
-    async with state.sessionmaker() as session:
-        if await session.get(Mission, mission_id) is None:
-            raise ApiError(404, "not_found", f"mission {mission_id} not found", field="id")
+    await require_mission(state, mission_id)
     return start
 
 
@@ -117,11 +86,11 @@ async def _stream(state: OrchestratorState, mission_id: uuid.UUID, start: int) -
     try:
         while True:
             wake.clear()
-            events, status = await _stored(state, mission_id, last)
+            events, status = await events_after(state, mission_id, last)
             for event in events:
                 last = event["id"]
                 yield _event(event)
-            if len(events) == _PAGE:
+            if len(events) == EVENTS_PAGE:
                 continue  # more to read before anything else
             if status in MISSION_TERMINAL:
                 yield ServerSentEvent(event="end", data={"mission_id": str(mission_id), "status": status})

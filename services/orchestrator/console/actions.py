@@ -28,9 +28,9 @@ from services.orchestrator.console.web import (
     is_htmx,
     parse_uuid,
     refusal_page,
-    state_of,
 )
 from services.orchestrator.errors import OrchestratorError
+from services.orchestrator.state import state_of
 
 router = APIRouter(include_in_schema=False)
 

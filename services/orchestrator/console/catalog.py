@@ -9,11 +9,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from services.orchestrator.console.graph import CycleError, GraphStep, Layout, layout
-from services.orchestrator.console.web import ConsoleError, OperatorDep, refusal_page, render, render_page, state_of
+from services.orchestrator.console.web import ConsoleError, OperatorDep, refusal_page, render, render_page
 from services.orchestrator.errors import OrchestratorError
 from services.orchestrator.reads.alerts import find_alerts
 from services.orchestrator.reads.catalog import latest_workflows, read_agents, read_workflow
 from services.orchestrator.reads.dlq import find_dead_letters
+from services.orchestrator.state import state_of
 
 router = APIRouter(include_in_schema=False)
 

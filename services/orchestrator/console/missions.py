@@ -14,18 +14,17 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 
 from services.common.status import MISSION_TERMINAL, MissionStatus, StepStatus
-from services.orchestrator.console import queries, views
+from services.orchestrator.console import views
 from services.orchestrator.console.graph import GraphStep, Layout, layout
-from services.orchestrator.console.queries import Progress
 from services.orchestrator.console.web import (
     OperatorDep,
     parse_uuid,
     refusal_page,
     render,
     render_page,
-    state_of,
 )
 from services.orchestrator.errors import InvalidInput, OrchestratorError
+from services.orchestrator.reads import overview
 from services.orchestrator.reads.catalog import latest_workflows
 from services.orchestrator.reads.missions import (
     MissionOut,
@@ -34,6 +33,8 @@ from services.orchestrator.reads.missions import (
     read_step_results,
     read_timeline,
 )
+from services.orchestrator.reads.overview import Progress
+from services.orchestrator.state import state_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -56,7 +57,7 @@ async def _list_context(request: Request, status: str, workflow: str, cursor: st
             state, status=status or None, workflow=workflow or None, limit=PAGE_SIZE, cursor=None
         )
         cursor = ""
-    progress = await queries.step_progress(state, [m.id for m in page.items])
+    progress = await overview.step_progress(state, [m.id for m in page.items])
     kept = {"status": status, "workflow": workflow}
     return {
         "newest_url": "/console?" + _query(kept) if cursor else None,
@@ -111,7 +112,7 @@ async def _mission_context(request: Request, mission_id: str) -> dict[str, Any]:
         raise refusal_page(exc) from exc
     steps = mission.steps or []
     done = sum(1 for s in steps if s.status in (StepStatus.SUCCEEDED, StepStatus.SKIPPED))
-    trace = await queries.mission_trace(state, ident)
+    trace = await overview.mission_trace(state, ident)
     settings = state.settings
     trace_url = logs_url = None
     if trace is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from services.orchestrator.auth import KeyStore
 from services.orchestrator.console.session import (
     COOKIE_NAME,
     MAX_AGE_S,
@@ -22,6 +21,7 @@ from services.orchestrator.console.web import (
     read_form,
     render,
 )
+from services.orchestrator.state import state_of
 
 router = APIRouter(include_in_schema=False)
 
@@ -43,8 +43,7 @@ async def sign_in(request: Request) -> Response:
     form = await read_form(request)
     target = safe_next(form.get("next"))
     key = clean_key(form.get("api_key", ""))
-    keys: KeyStore = request.state.keys
-    if key is None or await keys.authenticate(key) is None:
+    if key is None or await state_of(request).keys.authenticate(key) is None:
         message = (
             "Paste an API key."
             if not form.get("api_key", "").strip()

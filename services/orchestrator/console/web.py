@@ -14,8 +14,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
 from services.orchestrator.audit import note_caller
-from services.orchestrator.auth import Caller, KeyStore, Scope
-from services.orchestrator.console import queries, views
+from services.orchestrator.auth import Caller, Scope
+from services.orchestrator.console import views
 from services.orchestrator.console.session import (
     COOKIE_NAME,
     CSRF_FIELD,
@@ -26,7 +26,8 @@ from services.orchestrator.console.session import (
     same_origin,
 )
 from services.orchestrator.errors import OrchestratorError, as_api_error
-from services.orchestrator.state import OrchestratorState
+from services.orchestrator.reads import overview
+from services.orchestrator.state import state_of
 
 HERE = Path(__file__).parent
 SIGN_IN = "/console/sign-in"
@@ -96,8 +97,7 @@ def wanted_path(request: Request) -> str:
 
 async def current_operator(request: Request) -> Operator:
     session = read_session(request.cookies.get(COOKIE_NAME))
-    keys: KeyStore = request.state.keys
-    caller = await keys.authenticate(session.key) if session is not None else None
+    caller = await state_of(request).keys.authenticate(session.key) if session is not None else None
     if session is None or caller is None:
         raise SignInRequired(wanted_path(request))
     note_caller(caller)
@@ -163,7 +163,7 @@ def render(
     status: int = 200,
     headers: dict[str, str] | None = None,
 ) -> HTMLResponse:
-    state: OrchestratorState = request.state.coo
+    state = state_of(request)
     full = {
         "operator": operator,
         "settings": state.settings,
@@ -181,7 +181,7 @@ async def render_page(
     request: Request, template: str, context: dict[str, Any], *, operator: Operator | None, status: int = 200
 ) -> HTMLResponse:
     """A whole page: ``render`` plus what the navigation points out (dead letters, alerts firing)."""
-    attention = await queries.attention(state_of(request)) if operator is not None else None
+    attention = await overview.attention(state_of(request)) if operator is not None else None
     return render(request, template, {**context, "attention": attention}, operator=operator, status=status)
 
 
@@ -233,8 +233,3 @@ async def on_console_error(request: Request, exc: Exception) -> Response:
         return flash(request, operator, exc.message, ok=False, status=exc.status)
     context = {"title": exc.title, "message": exc.message}
     return await render_page(request, "error.html", context, operator=operator, status=exc.status)
-
-
-def state_of(request: Request) -> OrchestratorState:
-    state: OrchestratorState = request.state.coo
-    return state

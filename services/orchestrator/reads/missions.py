@@ -203,3 +203,39 @@ async def read_step_results(state: OrchestratorState, mission_id: uuid.UUID, key
             select(AgentResult).where(AgentResult.step_id == step.id).order_by(AgentResult.attempt)
         )
         return [AgentResultOut.model_validate(r) for r in rows.scalars()]
+
+
+async def require_mission(state: OrchestratorState, mission_id: uuid.UUID) -> None:
+    """``NotFound`` unless the mission exists."""
+    async with state.sessionmaker() as session:
+        await get_mission(session, mission_id)
+
+
+EVENTS_PAGE = 5000
+
+
+def _event_dict(row: TimelineEventRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "mission_id": str(row.mission_id),
+        "ts": row.ts.isoformat(),
+        "type": row.type,
+        "step_key": row.step_key,
+        "data": row.data,
+        "trace_id": row.trace_id,
+    }
+
+
+async def events_after(state: OrchestratorState, mission_id: uuid.UUID, after: int) -> tuple[list[dict[str, Any]], str]:
+    """The events after ``after`` and the mission's status, the status read *first*: a final
+    status seen here means every event of the mission is already committed and in this read."""
+    async with state.sessionmaker() as session:
+        status = await session.scalar(select(Mission.status).where(Mission.id == mission_id))
+        rows = await session.execute(
+            select(TimelineEventRow)
+            .where(TimelineEventRow.mission_id == mission_id, TimelineEventRow.id > after)
+            .order_by(TimelineEventRow.id)
+            .limit(EVENTS_PAGE)
+        )
+        events = [_event_dict(r) for r in rows.scalars()]
+    return events, str(status)

@@ -1,4 +1,5 @@
-"""Reads only the console needs (the rest come from the REST routes' own query functions)."""
+"""Reads only the console shows: step progress per mission, a mission's trace window, and what
+the navigation points out."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
 
 from services.common.db.models import AlertRow, DeadLetter, Mission, Step
+from services.common.status import StepStatus
 from services.orchestrator.state import OrchestratorState
 
-_DONE = ("succeeded", "skipped")
+_DONE = (StepStatus.SUCCEEDED, StepStatus.SKIPPED)
 
 
 @dataclass(frozen=True)
