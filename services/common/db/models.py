@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, ClassVar
@@ -10,6 +11,7 @@ from typing import Any, ClassVar
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Identity,
@@ -26,6 +28,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.common.status import MissionStatus, RunStatus, StepStatus
+
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
     "uq": "uq_%(table_name)s_%(column_0_N_name)s",
@@ -40,6 +44,15 @@ Usd = Numeric(18, 8)
 
 def _uuid() -> uuid.UUID:
     return uuid.uuid4()
+
+
+APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired")
+
+
+def _status_in(values: Iterable[str]) -> CheckConstraint:
+    """``status`` holds only ``values`` (named ``ck_<table>_status``; migration 0004 creates them)."""
+    listed = ", ".join(f"'{value}'" for value in values)
+    return CheckConstraint(f"status IN ({listed})", name="status")
 
 
 class Base(DeclarativeBase):
@@ -81,6 +94,7 @@ class Mission(Base):
         UniqueConstraint("caller", "idempotency_key"),
         Index("ix_missions_queue", "status", "priority", "created_at"),
         Index("ix_missions_created_at_id", "created_at", "id"),
+        _status_in(MissionStatus),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
@@ -111,6 +125,7 @@ class Step(Base):
     __table_args__ = (
         UniqueConstraint("mission_id", "key"),
         Index("ix_steps_status_next_attempt_at", "status", "next_attempt_at"),
+        _status_in(StepStatus),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
@@ -166,7 +181,10 @@ class AgentResult(Base):
 
 class SandboxRun(Base):
     __tablename__ = "sandbox_runs"
-    __table_args__ = (Index("ix_sandbox_runs_status_heartbeat_at", "status", "heartbeat_at"),)
+    __table_args__ = (
+        Index("ix_sandbox_runs_status_heartbeat_at", "status", "heartbeat_at"),
+        _status_in(RunStatus),
+    )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
     mission_id: Mapped[uuid.UUID | None] = mapped_column(default=None, index=True)
@@ -188,7 +206,7 @@ class SandboxRun(Base):
 
 class Approval(Base):
     __tablename__ = "approvals"
-    __table_args__ = (UniqueConstraint("step_id", "attempt"),)
+    __table_args__ = (UniqueConstraint("step_id", "attempt"), _status_in(APPROVAL_STATUSES))
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
     mission_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("missions.id", ondelete="CASCADE"), index=True)

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from services.common.status import StepStatus
+
 NODE_WIDTH = 176
 NODE_HEIGHT = 56
 COLUMN_GAP = 56
@@ -28,7 +30,7 @@ class GraphStep:
     key: str
     depends_on: tuple[str, ...] = ()
     agent: str = ""
-    status: str = "pending"
+    status: str = StepStatus.PENDING
 
 
 @dataclass(frozen=True)

@@ -10,32 +10,38 @@ from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
+from services.common.status import MissionStatus, RunStatus, StepStatus
+
 # Every status the console shows, by the tone its badge takes (colour is never the only cue: the
-# badge always carries the status's words too).
-_TONES = {
-    "succeeded": "success",
+# badge always carries the status's words too): missions, steps and sandbox runs from the shared
+# enums; approvals (approved, rejected, expired), alerts (firing, resolved), dead letters and checks.
+_TONES: dict[str, str] = {
+    MissionStatus.SUCCEEDED: "success",
+    MissionStatus.FAILED: "danger",
+    MissionStatus.RUNNING: "info",
+    MissionStatus.PAUSED: "warning",
+    MissionStatus.QUEUED: "neutral",
+    MissionStatus.CANCELLED: "muted",
+    StepStatus.DISPATCHED: "info",
+    StepStatus.READY: "info",
+    StepStatus.AWAITING_APPROVAL: "warning",
+    StepStatus.RETRY_WAIT: "warning",
+    StepStatus.PENDING: "neutral",
+    StepStatus.SKIPPED: "muted",
+    RunStatus.TIMEOUT: "danger",
+    RunStatus.ERROR: "danger",
     "resolved": "success",
     "approved": "success",
-    "failed": "danger",
     "firing": "danger",
     "rejected": "danger",
-    "running": "info",
-    "dispatched": "info",
-    "ready": "info",
-    "awaiting_approval": "warning",
-    "retry_wait": "warning",
-    "paused": "warning",
-    "pending": "neutral",
-    "queued": "neutral",
-    "skipped": "muted",
-    "cancelled": "muted",
     "expired": "muted",
     "replayed": "muted",
     "ok": "success",
-    "error": "danger",
-    "timeout": "danger",
 }
-_LABELS = {"awaiting_approval": "awaiting approval", "retry_wait": "waiting to retry"}
+_LABELS: dict[str, str] = {
+    StepStatus.AWAITING_APPROVAL: "awaiting approval",
+    StepStatus.RETRY_WAIT: "waiting to retry",
+}
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from services.common.status import MISSION_TERMINAL
+
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 _START_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _WAIT_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
@@ -86,7 +88,7 @@ class EngineMetrics:
     def prepare_workflow(self, workflow: str) -> None:
         """Create a workflow's counters at 0 when its first mission starts, so that the first failure
         or budget pause is an increase (``rate()`` and ``increase()`` see it) and not a new series."""
-        for status in ("succeeded", "failed", "cancelled"):
+        for status in sorted(MISSION_TERMINAL):
             self.workflow_runs.labels(workflow=workflow, status=status)
         self.budget_exceeded.labels(workflow=workflow)
 

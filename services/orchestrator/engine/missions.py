@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from services.common.db.models import Mission, Step, Workflow
 from services.common.scrub import scrub
 from services.common.settings import Settings
+from services.common.status import MissionStatus, StepStatus
 from services.common.telemetry import current_traceparent, tracer
 from services.orchestrator.engine.admission import admit_before_commit
 from services.orchestrator.engine.dag import WorkflowDefinition
@@ -50,7 +51,7 @@ async def create_mission(
             workflow_id=workflow.id,
             workflow_name=workflow.name,
             workflow_version=workflow.version,
-            status="queued",
+            status=MissionStatus.QUEUED,
             priority=priority,
             input=scrub(mission_input),  # secrets never reach a row: what steps see is redacted too
             caller=caller,
@@ -66,7 +67,7 @@ async def create_mission(
                     mission_id=mission.id,
                     key=spec.id,
                     agent=spec.agent,
-                    status="pending",
+                    status=StepStatus.PENDING,
                     depends_on=list(spec.depends_on),
                     max_attempts=spec.retry.max_attempts,
                     timeout_s=spec.timeout_s,
