@@ -60,7 +60,9 @@ async def test_a_stopping_worker_hands_back_what_it_cannot_finish(draining: Stac
         await wait_for(running, timeout_s=20, what="the step running on the first worker")
         await stack.worker.stop()  # what SIGTERM does: uvicorn shuts the app's lifespan down
         info = await work_consumer(stack.settings)
-        assert (info.num_ack_pending, info.num_redelivered) == (1, 0), info  # handed back, not redelivered yet
+        # handed back (nak'd with a delay), not taken by anyone yet; NATS 2.9 already counts a nak'd
+        # message as redelivered, 2.10 and later only once it is delivered again
+        assert info.num_ack_pending == 1 and info.num_redelivered in (0, 1), info
 
         replacement = RunningApp(create_worker(stack.settings), stack.settings.worker_port)
         await replacement.start()
