@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from services.common.egress import parse_pattern
 from services.common.errors import ErrorType
+from services.common.status import ResultStatus, RunStatus
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -192,7 +193,7 @@ def check_sandbox_env(env: dict[str, str]) -> dict[str, str]:
 class SandboxExecResult(Contract):
     kind: Literal["sandbox_result"] = "sandbox_result"
     run_id: uuid.UUID | None
-    status: Literal["succeeded", "failed", "timeout", "error"]
+    status: ResultStatus
     exit_code: int | None = None
     stdout: str = ""
     stderr: str = ""
@@ -270,7 +271,7 @@ class CheckResult(BaseModel):
     exit_code: int | None
     duration_ms: int
     output_tail: str = Field(description="The end of the check's stdout then stderr.")
-    status: Literal["succeeded", "failed", "timeout", "error"]
+    status: ResultStatus
     run_id: uuid.UUID | None = None
 
 
@@ -293,5 +294,7 @@ class VerificationReport(Contract):
         if self.error is not None:
             return self.error
         failed = [c for c in self.checks if not c.passed]
-        parts = [f"{c.name} ({'timed out' if c.status == 'timeout' else f'exit {c.exit_code}'})" for c in failed]
+        parts = [
+            f"{c.name} ({'timed out' if c.status == RunStatus.TIMEOUT else f'exit {c.exit_code}'})" for c in failed
+        ]
         return StepError(type=ErrorType.VERIFICATION_FAILED, message="checks failed: " + ", ".join(parts))

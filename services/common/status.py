@@ -5,6 +5,7 @@ them are constrained to these values in the database."""
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 
 class MissionStatus(StrEnum):
@@ -39,6 +40,26 @@ class RunStatus(StrEnum):
     ERROR = "error"
     CANCELLED = "cancelled"
 
+
+class ToolCallStatus(StrEnum):
+    """One tool call an agent made (``ToolCall.status``)."""
+
+    OK = "ok"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+
+
+class ApprovalStatus(StrEnum):
+    """A step's approval (``approvals.status``)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    REJECTED = "rejected"
+    EXPIRED = "expired"
+
+
+# What a finished sandbox command or check can report (a run row may also be running or cancelled).
+ResultStatus = Literal[RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.TIMEOUT, RunStatus.ERROR]
 
 MISSION_TERMINAL = frozenset({MissionStatus.SUCCEEDED, MissionStatus.FAILED, MissionStatus.CANCELLED})
 STEP_TERMINAL = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED})

@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from services.common.errors import CooError, ErrorType
+from services.common.status import RunStatus
 from services.sandbox.isolation import HostSupport, Limits, child_setup
 from services.sandbox.jail import WORKSPACE, Jail
 from services.sandbox.workspaces import disk_usage
@@ -54,7 +55,7 @@ class Capture:
 
 @dataclass
 class Execution:
-    status: str  # succeeded | failed | timeout
+    status: RunStatus  # succeeded | failed | timeout
     exit_code: int | None
     stdout: Capture
     stderr: Capture
@@ -229,7 +230,7 @@ async def execute(
         room = workspace_cap - await asyncio.to_thread(disk_usage, workspace)
         if room <= 0:
             err.feed(f"[sandbox] the workspace is full (cap {workspace_cap} bytes)\n".encode())
-            return Execution("failed", None, out, err, 0, [], stopped_by="workspace_cap")
+            return Execution(RunStatus.FAILED, None, out, err, 0, [], stopped_by="workspace_cap")
         limits = replace(limits, file_size_bytes=min(limits.file_size_bytes, room))
     program = ["/bin/sh", "-c", argv[0], "sh", *argv[1:]] if shell else argv
     stdin_pipe = asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL
@@ -272,10 +273,10 @@ async def execute(
             )
     except FileNotFoundError:
         err.feed(f"command not found: {program[0]}\n".encode())
-        return Execution("failed", 127, out, err, int((time.perf_counter() - start) * 1000), [])
+        return Execution(RunStatus.FAILED, 127, out, err, int((time.perf_counter() - start) * 1000), [])
     except PermissionError as exc:
         err.feed(f"permission denied: {exc}\n".encode())
-        return Execution("failed", 126, out, err, int((time.perf_counter() - start) * 1000), [])
+        return Execution(RunStatus.FAILED, 126, out, err, int((time.perf_counter() - start) * 1000), [])
     except subprocess.SubprocessError as exc:
         # the isolation promised could not be applied in the child: the command did not run
         raise CooError(ErrorType.SANDBOX_FAILED, f"could not isolate the command ({exc})") from exc
@@ -337,9 +338,9 @@ async def execute(
         err.feed(f"command not found: {program[0]}\n".encode())
         returncode = 127
     if stopped_by == "timeout":
-        status, exit_code = "timeout", None
+        status, exit_code = RunStatus.TIMEOUT, None
     else:
-        status = "succeeded" if returncode == 0 and stopped_by is None else "failed"
+        status = RunStatus.SUCCEEDED if returncode == 0 and stopped_by is None else RunStatus.FAILED
         exit_code = returncode
     duration_ms = int((time.perf_counter() - start) * 1000)
     return Execution(status, exit_code, out, err, duration_ms, isolation, stopped_by)

@@ -108,7 +108,7 @@ class RunRecorder:
             span.set_attribute("coo.sandbox.status", result.status)
             if result.exit_code is not None:
                 span.set_attribute("process.exit.code", result.exit_code)
-            if result.status == "error":  # the contract's Literal
+            if result.status == RunStatus.ERROR:
                 span.set_status(StatusCode.ERROR, result.error.message if result.error else "sandbox error")
             log.info("sandbox_exec_finished", run_id=str(run_id), status=result.status, exit_code=result.exit_code)
             return result
@@ -169,7 +169,7 @@ class RunRecorder:
                 log.exception("sandbox_exec_failed", run_id=str(run_id))
             await self._finish(run_id, status=RunStatus.ERROR, error=scrub_text(error.message))
             self._observe(RunStatus.ERROR, started)
-            return SandboxExecResult(run_id=run_id, status="error", error=error)
+            return SandboxExecResult(run_id=run_id, status=RunStatus.ERROR, error=error)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -221,7 +221,7 @@ class RunRecorder:
         if self._egress_dir is not None:
             shutil.rmtree(self._egress_dir, ignore_errors=True)
 
-    def _observe(self, status: str, started: float) -> None:
+    def _observe(self, status: RunStatus, started: float) -> None:
         sample = exemplar()
         self.metrics.executions.labels(status=status).inc(exemplar=sample)
         self.metrics.duration.observe(time.perf_counter() - started, exemplar=sample)

@@ -52,7 +52,7 @@ Reply = SandboxExecResult | VerificationReport
 
 
 def _error(error_type: ErrorType, message: str) -> SandboxExecResult:
-    return SandboxExecResult(run_id=None, status="error", error=StepError(type=error_type, message=message))
+    return SandboxExecResult(run_id=None, status=RunStatus.ERROR, error=StepError(type=error_type, message=message))
 
 
 def _validation_message(exc: ValidationError) -> str:
@@ -210,7 +210,7 @@ class SandboxService:
         except CooError as exc:
             self.metrics.executions.labels(status=RunStatus.ERROR).inc(exemplar=exemplar())
             return SandboxExecResult(
-                run_id=None, status="error", error=StepError(type=exc.error_type, message=exc.message)
+                run_id=None, status=RunStatus.ERROR, error=StepError(type=exc.error_type, message=exc.message)
             )
         command = Command(
             argv=request.argv,

@@ -7,6 +7,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 from services.common.contracts import CheckResult, SandboxExecResult, VerificationCheck, VerificationReport
+from services.common.status import RunStatus
 
 OUTPUT_TAIL_CHARS = 2000
 
@@ -23,13 +24,13 @@ def output_tail(stdout: str, stderr: str, limit: int = OUTPUT_TAIL_CHARS) -> str
 
 def check_result(check: VerificationCheck, result: SandboxExecResult) -> CheckResult:
     tail = output_tail(result.stdout, result.stderr)
-    if result.status == "error" and result.error is not None:
+    if result.status == RunStatus.ERROR and result.error is not None:
         tail = output_tail(tail, f"[sandbox] {result.error.type}: {result.error.message}")
-    elif result.status == "timeout":
+    elif result.status == RunStatus.TIMEOUT:
         tail = output_tail(tail, f"[sandbox] timed out after {check.timeout_s:g}s")
     return CheckResult(
         name=check.name,
-        passed=result.status == "succeeded",
+        passed=result.status == RunStatus.SUCCEEDED,
         exit_code=result.exit_code,
         duration_ms=result.duration_ms,
         output_tail=tail,

@@ -14,6 +14,7 @@ from opentelemetry.context import Context
 
 from services.common.errors import CooError
 from services.common.scrub import scrub, scrub_text
+from services.common.status import ToolCallStatus
 from services.common.telemetry import Span, SpanKind, StatusCode, tracer
 from services.worker.llm.base import ChatRequest, Message, ModelResponse, TextBlock, ToolResult, ToolUse
 from services.worker.tools import ToolCall
@@ -105,7 +106,7 @@ def record_tool(span: Span, call: ToolCall, *, capture: bool) -> None:
     span.set_attribute("coo.tool.status", call.status)
     if call.exit_code is not None:
         span.set_attribute("coo.tool.exit_code", call.exit_code)
-    if call.status != "ok":
+    if call.status != ToolCallStatus.OK:
         span.set_attribute("error.type", call.status)
         span.set_status(StatusCode.ERROR, f"tool {call.name}: {call.status}")
     if capture:

@@ -29,6 +29,7 @@ from services.common.contracts import (
 )
 from services.common.errors import CooError, ErrorType
 from services.common.logging import get_logger
+from services.common.status import RunStatus
 
 log = get_logger(__name__)
 
@@ -97,9 +98,9 @@ class SandboxClient:
             result = SandboxExecResult.model_validate_json(data)
         except ValueError as exc:
             raise CooError(ErrorType.SANDBOX_FAILED, f"unreadable sandbox reply: {exc}") from exc
-        if result.status == "error":
+        if result.status == RunStatus.ERROR:
             _raise(result.error, "the sandbox failed to run the command")
-        if result.status == "timeout" and raise_on_timeout:
+        if result.status == RunStatus.TIMEOUT and raise_on_timeout:
             _raise(result.error or StepError(type=ErrorType.TIMEOUT, message="the command timed out"), "")
         return result
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from services.common.contracts import SandboxExecRequest, SandboxExecResult
 from services.common.errors import CooError
 from services.common.slack import SlackClient, mrkdwn_section
+from services.common.status import RunStatus, ToolCallStatus
 from services.worker.llm.base import ToolSpec
 from services.worker.sandbox_client import SandboxClient
 
@@ -56,7 +57,7 @@ class ToolCall:
     name: str
     input: dict[str, Any]
     output: str = ""
-    status: str = "ok"
+    status: ToolCallStatus = ToolCallStatus.OK
     duration_ms: int = 0
     sandbox_run_id: str | None = None
     exit_code: int | None = None
@@ -98,7 +99,7 @@ def _clip(text: str) -> str:
 
 
 def _format_result(result: SandboxExecResult) -> str:
-    parts = [f"exit_code: {result.exit_code}" if result.status != "timeout" else "status: timed out"]
+    parts = [f"exit_code: {result.exit_code}" if result.status != RunStatus.TIMEOUT else "status: timed out"]
     parts.append("stdout:\n" + _clip(result.stdout) + (" [truncated]" if result.stdout_truncated else ""))
     if result.stderr:
         parts.append("stderr:\n" + _clip(result.stderr) + (" [truncated]" if result.stderr_truncated else ""))
@@ -111,14 +112,14 @@ async def call_tool(ctx: ToolContext, name: str, raw_input: dict[str, Any]) -> T
     call = ToolCall(name=name, input=raw_input)
     start = time.perf_counter()
     if name not in TOOLS:
-        call.status, call.output = "error", f"unknown tool '{name}'; available: {sorted(TOOLS)}"
+        call.status, call.output = ToolCallStatus.ERROR, f"unknown tool '{name}'; available: {sorted(TOOLS)}"
         return call
     if name == POST_SLACK.name:
         return await _post_slack(ctx, call, raw_input, start)
     try:
         args = RunCommandInput.model_validate(raw_input)
     except ValidationError as exc:
-        call.status, call.output = "error", f"invalid input for {name}: {_first_error(exc)}"
+        call.status, call.output = ToolCallStatus.ERROR, f"invalid input for {name}: {_first_error(exc)}"
         return call
     request = SandboxExecRequest(
         mission_id=ctx.mission_id,
@@ -139,7 +140,9 @@ async def call_tool(ctx: ToolContext, name: str, raw_input: dict[str, Any]) -> T
     call.duration_ms = int((time.perf_counter() - start) * 1000)
     call.sandbox_run_id = str(result.run_id) if result.run_id else None
     call.exit_code = result.exit_code
-    call.status = "ok" if result.status == "succeeded" else ("timeout" if result.status == "timeout" else "error")
+    call.status = {RunStatus.SUCCEEDED: ToolCallStatus.OK, RunStatus.TIMEOUT: ToolCallStatus.TIMEOUT}.get(
+        result.status, ToolCallStatus.ERROR
+    )
     call.output = _format_result(result)
     ctx.transcript_out.append(f"$ {' '.join(args.argv)}\n{result.stdout}")
     if result.stderr:
@@ -159,14 +162,17 @@ async def _post_slack(ctx: ToolContext, call: ToolCall, raw_input: dict[str, Any
     try:
         args = PostSlackInput.model_validate(raw_input)
     except ValidationError as exc:
-        call.status, call.output = "error", f"invalid input for post_slack: {_first_error(exc)}"
+        call.status, call.output = ToolCallStatus.ERROR, f"invalid input for post_slack: {_first_error(exc)}"
         return call
     if ctx.slack is None:
-        call.status, call.output = "error", "Slack is not configured: set COO_SLACK_WEBHOOK_URL on the worker"
+        call.status, call.output = (
+            ToolCallStatus.ERROR,
+            "Slack is not configured: set COO_SLACK_WEBHOOK_URL on the worker",
+        )
         return call
     delivery = await ctx.slack.post(args.text, [mrkdwn_section(args.text)])
     if not delivery.ok:
-        call.status, call.output = "error", delivery.error or "Slack did not take the message"
+        call.status, call.output = ToolCallStatus.ERROR, delivery.error or "Slack did not take the message"
     else:
         call.output = f"posted to Slack ({delivery.reply or 'ok'})"
         ctx.transcript_out.append(f"[slack] {args.text}")

@@ -28,7 +28,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.common.status import MissionStatus, RunStatus, StepStatus
+from services.common.status import ApprovalStatus, MissionStatus, RunStatus, StepStatus
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -44,9 +44,6 @@ Usd = Numeric(18, 8)
 
 def _uuid() -> uuid.UUID:
     return uuid.uuid4()
-
-
-APPROVAL_STATUSES = ("pending", "approved", "rejected", "expired")
 
 
 def _status_in(values: Iterable[str]) -> CheckConstraint:
@@ -206,7 +203,7 @@ class SandboxRun(Base):
 
 class Approval(Base):
     __tablename__ = "approvals"
-    __table_args__ = (UniqueConstraint("step_id", "attempt"), _status_in(APPROVAL_STATUSES))
+    __table_args__ = (UniqueConstraint("step_id", "attempt"), _status_in(ApprovalStatus))
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
     mission_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("missions.id", ondelete="CASCADE"), index=True)

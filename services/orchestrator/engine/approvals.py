@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.db.models import Agent, Approval, Mission, Step
 from services.common.logging import get_logger
+from services.common.status import ApprovalStatus
 from services.orchestrator.notify.slack import SlackNotifier
 
 log = get_logger(__name__)
@@ -97,7 +98,7 @@ class ApprovalAnnouncer:
                 (
                     await session.execute(
                         select(Approval.id)
-                        .where(Approval.status == "pending", Approval.notified_at.is_(None))
+                        .where(Approval.status == ApprovalStatus.PENDING, Approval.notified_at.is_(None))
                         .order_by(Approval.created_at)
                         .limit(limit)
                     )
@@ -123,7 +124,11 @@ class ApprovalAnnouncer:
                     select(Approval, Step, Mission)
                     .join(Step, Step.id == Approval.step_id)
                     .join(Mission, Mission.id == Approval.mission_id)
-                    .where(Approval.id == approval_id, Approval.status == "pending", Approval.notified_at.is_(None))
+                    .where(
+                        Approval.id == approval_id,
+                        Approval.status == ApprovalStatus.PENDING,
+                        Approval.notified_at.is_(None),
+                    )
                 )
             ).one_or_none()
             if row is None:

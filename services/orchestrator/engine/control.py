@@ -22,7 +22,7 @@ from services.common.errors import ErrorType
 from services.common.logging import get_logger
 from services.common.scrub import scrub_text
 from services.common.settings import Settings
-from services.common.status import MISSION_TERMINAL, STEP_TERMINAL, MissionStatus, StepStatus
+from services.common.status import MISSION_TERMINAL, STEP_TERMINAL, ApprovalStatus, MissionStatus, StepStatus
 from services.common.telemetry import exemplar
 from services.orchestrator.engine import budgets
 from services.orchestrator.engine.admission import admit
@@ -181,11 +181,11 @@ async def _cancel(
         if step.status not in STEP_TERMINAL:
             move_step(uow, step, StepStatus.CANCELLED, reason="mission cancelled")
     pending = await uow.session.execute(
-        select(Approval).where(Approval.mission_id == mission.id, Approval.status == "pending")
+        select(Approval).where(Approval.mission_id == mission.id, Approval.status == ApprovalStatus.PENDING)
     )
     now = datetime.now(UTC)
     for approval in pending.scalars():
-        approval.status = "expired"
+        approval.status = ApprovalStatus.EXPIRED
         approval.reason = "mission cancelled"
         approval.decided_at = now
     message = scrub_text(reason) if reason else "cancelled by an operator"
@@ -199,7 +199,7 @@ async def _decide(
     approval = (
         await uow.session.execute(
             select(Approval)
-            .where(Approval.step_id == step.id, Approval.status == "pending")
+            .where(Approval.step_id == step.id, Approval.status == ApprovalStatus.PENDING)
             .order_by(Approval.created_at.desc())
             .limit(1)
         )
@@ -207,7 +207,7 @@ async def _decide(
     now = datetime.now(UTC)
     approved = control.action is ControlAction.APPROVE
     if approval is not None:
-        approval.status = "approved" if approved else "rejected"
+        approval.status = ApprovalStatus.APPROVED if approved else ApprovalStatus.REJECTED
         approval.decided_by = control.actor
         approval.reason = scrub_text(control.reason) if control.reason else None
         approval.decided_at = now
@@ -233,14 +233,14 @@ async def expire_approval(uow: UnitOfWork, settings: Settings, approval_id: uuid
         return False
     mission = await lock_mission(session, mission_id)
     approval = await session.get(Approval, approval_id, with_for_update=True)
-    if mission is None or approval is None or approval.status != "pending":
+    if mission is None or approval is None or approval.status != ApprovalStatus.PENDING:
         return False  # decided meanwhile
     steps = await load_steps(session, mission.id)
     step = next((s for s in steps if s.id == approval.step_id), None)
     if step is None or step.status != StepStatus.AWAITING_APPROVAL or mission.status != MissionStatus.RUNNING:
         return False
     waited = settings.approval_expiry_s
-    approval.status = "expired"
+    approval.status = ApprovalStatus.EXPIRED
     approval.reason = f"not decided within {waited:g}s"
     approval.decided_at = datetime.now(UTC)
     uow.after_commit(lambda metrics: metrics.approval_wait.observe(waited))

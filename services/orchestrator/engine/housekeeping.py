@@ -17,7 +17,7 @@ from services.common.errors import ErrorType
 from services.common.logging import get_logger
 from services.common.results import result_from_row
 from services.common.settings import Settings
-from services.common.status import MissionStatus, StepStatus
+from services.common.status import ApprovalStatus, MissionStatus, StepStatus
 from services.orchestrator.engine.admission import admit
 from services.orchestrator.engine.control import expire_approval
 from services.orchestrator.engine.metrics import EngineMetrics
@@ -127,7 +127,7 @@ class Housekeeper:
                 (
                     await session.execute(
                         select(Approval.id)
-                        .where(Approval.status == "pending", Approval.created_at < cutoff)
+                        .where(Approval.status == ApprovalStatus.PENDING, Approval.created_at < cutoff)
                         .order_by(Approval.created_at)
                         .limit(100)
                     )
