@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from starlette.templating import Jinja2Templates
 
+from services.common.status import MissionStatus, StepStatus
 from services.orchestrator.audit import note_caller
 from services.orchestrator.auth import Caller, Scope
 from services.orchestrator.console import views
@@ -38,6 +39,8 @@ templates.env.filters.update(views.FILTERS)
 templates.env.tests["http_url"] = views.http_url
 templates.env.globals["sign_in_path"] = SIGN_IN
 templates.env.globals["percent"] = views.percent
+# the shared statuses, so that templates compare with MissionStatus.PAUSED, not "paused"
+templates.env.globals.update(MissionStatus=MissionStatus, StepStatus=StepStatus)
 
 # What the console's pages may load and where their forms may go: this origin only, no framing.
 SECURITY_HEADERS = {
