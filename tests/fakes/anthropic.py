@@ -165,3 +165,7 @@ class FakeAnthropic:
             return JSONResponse(content, status_code=reply.status, headers=reply.headers)
 
         return app
+
+
+# The model the tests' agents name (any priced model would do).
+MODEL = "claude-sonnet-4-6"

@@ -8,7 +8,6 @@ from typing import Any
 from services.orchestrator.engine import housekeeping
 from services.orchestrator.engine.housekeeping import Housekeeper
 from tests.conftest import db_fetch
-from tests.integration.test_engine_properties import engine_parts  # noqa: F401 (fixture)
 
 INSERT = """
 INSERT INTO audit_events (id, created_at, key_name, scope, method, route, path, outcome)
@@ -17,7 +16,7 @@ FROM generate_series(1, $2)
 """
 
 
-async def test_old_audit_events_are_pruned_in_batches(engine_parts: Any, monkeypatch: Any) -> None:  # noqa: F811
+async def test_old_audit_events_are_pruned_in_batches(engine_parts: Any, monkeypatch: Any) -> None:
     settings, sessionmaker, bus = engine_parts
     await db_fetch(settings, INSERT, 500, 25)  # past the retention
     await db_fetch(settings, INSERT, 10, 3)  # within it

@@ -9,9 +9,8 @@ from decimal import Decimal
 from typing import Any
 
 from tests.conftest import Stack, db_fetch, wait_for
-from tests.fakes.anthropic import FakeAnthropic, text
+from tests.fakes.anthropic import MODEL, FakeAnthropic, text
 from tests.integration.test_cli import _coo
-from tests.integration.test_worker_anthropic import MODEL, claude  # noqa: F401 (fixture)
 
 CHAIN = {
     "name": "priced",
@@ -26,7 +25,7 @@ STEP_COST = Decimal("0.30")
 
 
 async def test_a_usd_budget_pauses_at_the_right_step_and_resume_with_more_budget_finishes(
-    claude: tuple[Stack, FakeAnthropic],  # noqa: F811
+    claude: tuple[Stack, FakeAnthropic],
 ) -> None:
     stack, fake = claude
     fake.queue(*(text('{"ok": true}', input_tokens=100_000, output_tokens=0) for _ in range(3)))

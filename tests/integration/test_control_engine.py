@@ -19,7 +19,6 @@ from services.orchestrator.engine.results import apply_result
 from services.orchestrator.engine.unit import UnitOfWork
 from services.orchestrator.errors import InvalidInput, as_api_error
 from tests.conftest import Stack
-from tests.integration.test_engine_properties import engine_parts  # noqa: F401 (fixture)
 
 CHAIN = {
     "name": "pair",
@@ -82,7 +81,7 @@ async def _state(parts: Any, mission_id: uuid.UUID) -> tuple[Mission, list[Step]
     return mission, steps, events
 
 
-async def test_a_redelivered_command_is_applied_once(engine_parts: Any) -> None:  # noqa: F811
+async def test_a_redelivered_command_is_applied_once(engine_parts: Any) -> None:
     mission_id = await _mission(engine_parts)
     pause = Control(mission_id=mission_id, action=ControlAction.PAUSE, actor="ops", reason="db maintenance")
     first = await _control(engine_parts, pause, "c1")
@@ -98,7 +97,7 @@ async def test_a_redelivered_command_is_applied_once(engine_parts: Any) -> None:
     assert paused.data["note"] == "db maintenance" and paused.data["reason"] == "manual"
 
 
-async def test_a_manual_pause_does_not_let_a_mission_run_past_its_budget(engine_parts: Any) -> None:  # noqa: F811
+async def test_a_manual_pause_does_not_let_a_mission_run_past_its_budget(engine_parts: Any) -> None:
     settings, sessionmaker, bus = engine_parts
     mission_id = await _mission(engine_parts, budget_tokens=100)
     await _control(engine_parts, Control(mission_id=mission_id, action=ControlAction.PAUSE), "p")
@@ -124,7 +123,7 @@ async def test_a_manual_pause_does_not_let_a_mission_run_past_its_budget(engine_
     assert next(s for s in steps if s.key == "two").status == "pending"
 
 
-async def test_a_budget_too_large_to_store_is_refused(engine_parts: Any) -> None:  # noqa: F811
+async def test_a_budget_too_large_to_store_is_refused(engine_parts: Any) -> None:
     mission_id = await _mission(engine_parts, budget_tokens=2**62)
     await _control(engine_parts, Control(mission_id=mission_id, action=ControlAction.PAUSE), "p")
     mission, steps, _ = await _state(engine_parts, mission_id)

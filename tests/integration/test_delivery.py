@@ -13,7 +13,6 @@ import orjson
 from services.orchestrator.engine.housekeeping import Housekeeper
 from tests.conftest import Stack, db_fetch, wait_for
 from tests.integration.test_control_engine import _mission as create_test_mission
-from tests.integration.test_engine_properties import engine_parts  # noqa: F401 (fixture)
 
 CHAIN = {
     "name": "chain",
@@ -104,7 +103,7 @@ async def test_a_lost_dispatch_is_published_again_and_runs_once(stack: Stack) ->
 
 
 async def test_a_lost_dispatch_found_overdue_is_published_again_not_timed_out(
-    engine_parts: Any,  # noqa: F811
+    engine_parts: Any,
 ) -> None:
     """Whichever of the housekeeper's passes sees a lost dispatch first, it is published again: the
     overdue pass settles an attempt only from a stored result (or once it has started running)."""

@@ -19,7 +19,6 @@ from services.orchestrator.engine.results import apply_result, apply_started
 from services.orchestrator.engine.unit import UnitOfWork
 from tests.conftest import wait_for
 from tests.integration.test_control_engine import _mission as create_test_mission
-from tests.integration.test_engine_properties import engine_parts  # noqa: F401 (fixture)
 
 JOIN = {
     "name": "join",
@@ -60,7 +59,7 @@ async def _statuses(parts: Any, mission_id: uuid.UUID) -> tuple[str, dict[str, s
 
 
 async def test_a_result_applied_after_waiting_for_the_lock_sees_the_steps_as_they_are_now(
-    engine_parts: Any,  # noqa: F811
+    engine_parts: Any,
 ) -> None:
     settings, sessionmaker, bus = engine_parts
     mission_id, steps = await _mission(engine_parts)
@@ -83,7 +82,7 @@ async def test_a_result_applied_after_waiting_for_the_lock_sees_the_steps_as_the
     assert mission_status == "running"
 
 
-async def test_a_late_step_started_never_moves_a_finished_step_back(engine_parts: Any) -> None:  # noqa: F811
+async def test_a_late_step_started_never_moves_a_finished_step_back(engine_parts: Any) -> None:
     settings, sessionmaker, bus = engine_parts
     mission_id, steps = await _mission(engine_parts)
     started = StepStarted(
@@ -116,7 +115,7 @@ async def _waiting_on_a_lock(parts: Any) -> bool:
         return rows.first() is not None
 
 
-async def test_a_failing_piece_of_a_batch_fails_alone(engine_parts: Any) -> None:  # noqa: F811
+async def test_a_failing_piece_of_a_batch_fails_alone(engine_parts: Any) -> None:
     _, sessionmaker, bus = engine_parts
     batcher = UnitBatcher(lambda: UnitOfWork(sessionmaker, bus), runners=1, name="test")
     gate = asyncio.Event()
@@ -146,7 +145,7 @@ async def test_a_failing_piece_of_a_batch_fails_alone(engine_parts: Any) -> None
         await batcher.close()
 
 
-async def test_closing_the_batcher_answers_every_caller(engine_parts: Any) -> None:  # noqa: F811
+async def test_closing_the_batcher_answers_every_caller(engine_parts: Any) -> None:
     _, sessionmaker, bus = engine_parts
     batcher = UnitBatcher(lambda: UnitOfWork(sessionmaker, bus), runners=1, name="test")
     never = asyncio.Event()

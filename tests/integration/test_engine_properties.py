@@ -11,18 +11,14 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from sqlalchemy import select, update
 
-from services.common.bus import Bus
 from services.common.contracts import StepError, WorkResult
 from services.common.db.models import Mission, Step, TimelineEventRow, Workflow
-from services.common.db.session import create_engine, create_sessionmaker
 from services.common.errors import ErrorType
-from services.common.settings import Settings
 from services.orchestrator.engine.dag import parse_definition
 from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.results import apply_result
@@ -62,19 +58,6 @@ def expected_when_all_succeed(definition: dict[str, Any], go: bool) -> dict[str,
         skipped = (deps and all(status[d] == "skipped" for d in deps)) or not condition
         status[step["id"]] = "skipped" if skipped else "succeeded"
     return status
-
-
-@pytest.fixture
-async def engine_parts(settings: Settings) -> Any:
-    engine = create_engine(settings, application_name="coo-property-test", pool_size=2)
-    bus = Bus(settings, client_name="coo-property-test")
-    await bus.connect()
-    await bus.ensure_streams()
-    try:
-        yield settings, create_sessionmaker(engine), bus
-    finally:
-        await bus.close()
-        await engine.dispose()
 
 
 @hsettings(

@@ -15,8 +15,7 @@ from tests.conftest import (
     db_fetch,
     wait_for,
 )
-from tests.fakes.anthropic import FakeAnthropic, overloaded, text, tool_use
-from tests.integration.test_worker_anthropic import MODEL, claude  # noqa: F401 (fixture)
+from tests.fakes.anthropic import MODEL, FakeAnthropic, overloaded, text, tool_use
 
 # name (as exposed, counters with _total) → labels its samples carry (besides histogram `le`)
 DESIGN_METRICS: dict[str, dict[str, set[str]]] = {
@@ -78,7 +77,7 @@ def value(families: dict[str, Metric], exposed: str, **labels: str) -> float:
 
 
 async def test_design_metrics_move_by_the_missions_amounts_with_trace_exemplars(
-    claude: tuple[Stack, FakeAnthropic],  # noqa: F811
+    claude: tuple[Stack, FakeAnthropic],
 ) -> None:
     stack, fake = claude
     fake.queue(

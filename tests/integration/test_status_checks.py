@@ -12,7 +12,6 @@ from sqlalchemy.exc import IntegrityError
 from services.common.db.models import Approval, Mission, SandboxRun, Step
 from services.common.status import MissionStatus, RunStatus, StepStatus
 from tests.integration.test_control_engine import _mission as create_test_mission
-from tests.integration.test_engine_properties import engine_parts  # noqa: F401 (fixture)
 
 
 async def _refused(parts: Any, statement: Any) -> str:
@@ -24,7 +23,7 @@ async def _refused(parts: Any, statement: Any) -> str:
     return str(refused.value)
 
 
-async def test_a_status_outside_the_shared_enums_is_refused_by_the_database(engine_parts: Any) -> None:  # noqa: F811
+async def test_a_status_outside_the_shared_enums_is_refused_by_the_database(engine_parts: Any) -> None:
     _, sessionmaker, _ = engine_parts
     mission_id = await create_test_mission(engine_parts)
     async with sessionmaker() as session:

@@ -4,61 +4,18 @@ ErrorType, attempt count and persisted results."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from services.cli.embedded import free_port
-from services.common.db.migrate import upgrade_async
 from tests.conftest import (
-    Infra,
-    RunningApp,
     Stack,
     db_fetch,
-    delete_streams,
-    drop_schema,
-    make_settings,
-    start_stack,
-    stop_stack,
     wait_for,
 )
-from tests.fakes.anthropic import FakeAnthropic, hang, overloaded, rate_limited, text, tool_use
-
-MODEL = "claude-sonnet-4-6"
-
-
-@pytest.fixture
-async def claude(infra: Infra, tmp_path: Path) -> AsyncIterator[tuple[Stack, FakeAnthropic]]:
-    fake = FakeAnthropic()
-    server = RunningApp(fake.app(), free_port())
-    await server.start()
-    settings = make_settings(
-        infra,
-        tmp_path,
-        anthropic_api_key="sk-ant-test-0123456789",
-        anthropic_base_url=server.url,
-        llm_timeout_s=1.5,
-    )
-    await upgrade_async(settings)
-    stack = await start_stack(settings)
-    try:
-        async with stack.client() as client:
-            put = await client.put(
-                "/v1/agents/line-counter",
-                json={"model": MODEL, "system_prompt": "Count lines with wc.", "tools": ["run_command"]},
-            )
-            assert put.status_code in (200, 201), put.text
-        yield stack, fake
-    finally:
-        fake.close()
-        await stop_stack(stack)
-        await server.stop()
-        await drop_schema(infra.database_url, settings.db_schema)
-        await delete_streams(infra.nats_url, settings.bus_prefix)
+from tests.fakes.anthropic import MODEL, FakeAnthropic, hang, overloaded, rate_limited, text, tool_use
 
 
 async def run_mission(stack: Stack, max_attempts: int = 3) -> tuple[dict[str, Any], list[dict[str, Any]]]:
