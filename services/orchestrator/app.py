@@ -8,19 +8,10 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from services.common.http import (
-    HttpMetrics,
-    error_body,
-    infra_checks,
-    install_error_handlers,
-    install_health_routes,
-    install_http_metrics,
-)
-from services.common.infra import open_infra
+from services.common.app import ServiceScaffold
+from services.common.http import error_body
 from services.common.logging import get_logger
-from services.common.runtime_metrics import register_pool_metrics, service_registry
 from services.common.settings import Settings
-from services.common.telemetry import Telemetry, instrument_app, instrument_engine
 from services.orchestrator.api import agents, alerts, audit, control, dlq, events, keys, missions, workflows
 from services.orchestrator.audit import AuditTrail
 from services.orchestrator.console import install_console
@@ -35,19 +26,14 @@ log = get_logger(__name__)
 
 
 def create_app(settings: Settings) -> FastAPI:
-    registry = service_registry()
-    http_metrics = HttpMetrics(registry)
-    metrics = EngineMetrics(registry)
-    holder: dict[str, object] = {}
-    register_pool_metrics(registry, holder)
+    scaffold = ServiceScaffold("orchestrator", settings)
+    metrics = EngineMetrics(scaffold.registry)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[dict[str, object]]:
         async with AsyncExitStack() as stack:
-            await stack.enter_async_context(Telemetry("orchestrator", registry))
-            infra = await open_infra(stack, settings, client_name="coo-orchestrator", resources=holder)
+            infra = await scaffold.open(stack, client_name="coo-orchestrator")
             engine, sessionmaker, bus = infra.engine, infra.sessionmaker, infra.bus
-            instrument_engine(engine)
             await seed_agents(sessionmaker, settings.examples_dir / "agents")
 
             state = OrchestratorState(
@@ -55,7 +41,7 @@ def create_app(settings: Settings) -> FastAPI:
                 engine,
                 sessionmaker,
                 bus,
-                registry,
+                scaffold.registry,
                 metrics,
                 RateLimiter(engine, settings.rate_limit_per_minute),
             )
@@ -65,18 +51,13 @@ def create_app(settings: Settings) -> FastAPI:
             yield {STATE_KEY: state}
             log.info("orchestrator_stopping")
 
-    app = FastAPI(
+    app = scaffold.create_app(
+        lifespan,
         title="COO",
-        version="0.1.0",
         summary="Run LLM agent workflows in production, and see and steer everything they do.",
-        lifespan=lifespan,
+        docs=True,
     )
-    install_error_handlers(app)
     app.add_exception_handler(OrchestratorError, _refused)
-    install_http_metrics(app, http_metrics, "orchestrator")
-    instrument_app(app)
-
-    install_health_routes(app, checks=infra_checks(holder), registry=registry)
     app.include_router(agents.router)
     app.include_router(workflows.router)
     app.include_router(missions.router)
