@@ -143,7 +143,7 @@ class CooClient:
                     if source.response.status_code >= 400:
                         source.response.read()
                         message = source.response.text[:500]
-                        with contextlib.suppress(Exception):
+                        with contextlib.suppress(ValueError, KeyError, TypeError):  # not COO's error body
                             message = source.response.json()["error"]["message"]
                         raise ApiFailure(
                             f"GET /v1/missions/{mission_id}/events → {source.response.status_code}: {message}"

@@ -34,7 +34,7 @@ def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None]:
     """A preexec_fn: the child gets ``sig`` when the process that started it dies (Linux)."""
 
     def _set() -> None:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError, AttributeError):  # not Linux (no libc.so.6 or no prctl): no such signal
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, sig)
 
     return _set

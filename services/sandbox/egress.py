@@ -58,9 +58,11 @@ class EgressProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            with contextlib.suppress(Exception):
+            try:
                 async with asyncio.timeout(2):
                     await self._server.wait_closed()
+            except TimeoutError:
+                log.warning("sandbox_egress_close_slow", detail="a proxied connection is still open")
 
     def _decide(self, host: str, port: int) -> Decision:
         if not allowed(self.step_rules, host, port):
@@ -94,7 +96,7 @@ class EgressProxy:
             log.exception("sandbox_egress_failed")
         finally:
             writer.close()
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(ConnectionError, OSError):
                 await writer.wait_closed()
 
     async def _handle(self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
