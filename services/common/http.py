@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.common.db.session import ping
 from services.common.logging import get_logger
-from services.common.resources import AnyResources, bus_of, engine_of
+from services.common.resources import ServiceResources
 from services.common.telemetry import exemplar
 
 log = get_logger(__name__)
@@ -177,18 +177,18 @@ class _HttpMetricsMiddleware:
                 observe(500)
 
 
-def infra_checks(resources: AnyResources) -> dict[str, ReadinessCheck]:
+def infra_checks(resources: ServiceResources) -> dict[str, ReadinessCheck]:
     """Readiness checks of Postgres and NATS, for resources the lifespan puts in ``resources``
     (``engine``, ``bus``); until it has, the check fails, so a service is never ready too early."""
 
     async def postgres() -> None:
-        engine = engine_of(resources)
+        engine = resources.engine
         if engine is None:
             raise RuntimeError("Postgres is not open yet")
         await ping(engine)
 
     async def nats() -> None:
-        bus = bus_of(resources)
+        bus = resources.bus
         if bus is None:
             raise RuntimeError("NATS is not connected yet")
         await bus.ping()

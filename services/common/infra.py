@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any
 
 from alembic.script import ScriptDirectory
 from sqlalchemy import text
@@ -95,7 +94,7 @@ async def open_infra(
     settings: Settings,
     *,
     client_name: str,
-    resources: ServiceResources | dict[str, Any],
+    resources: ServiceResources,
     pool_size: int | None = None,
 ) -> Infra:
     """Open Postgres and NATS for a service's lifespan; ``stack`` closes them. ``resources`` gets
@@ -104,16 +103,10 @@ async def open_infra(
     stack.push_async_callback(engine.dispose)
     await wait_for_postgres(engine, settings)
     await check_migrated(engine, settings)
-    if isinstance(resources, ServiceResources):
-        resources.engine = engine
-    else:
-        resources["engine"] = engine
+    resources.engine = engine
     bus = Bus(settings, client_name=client_name)
     await bus.connect(deadline_s=settings.startup_timeout_s)
     stack.push_async_callback(bus.close)
-    if isinstance(resources, ServiceResources):
-        resources.bus = bus
-    else:
-        resources["bus"] = bus
+    resources.bus = bus
     await bus.ensure_streams()
     return Infra(engine, create_sessionmaker(engine), bus)

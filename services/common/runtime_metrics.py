@@ -12,7 +12,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry
 
-from services.common.resources import AnyResources, engine_of
+from services.common.resources import ServiceResources
 
 _POOL_HELP = "Postgres connections of this process's pool: in_use (checked out), idle (in the pool), waiting (requests)"
 
@@ -54,7 +54,7 @@ class PoolCollector(Collector):
     """``coo_db_pool_connections{state}`` read at scrape time from the engine in ``resources``
     (absent until the service has opened Postgres: then the family has no samples)."""
 
-    def __init__(self, resources: AnyResources) -> None:
+    def __init__(self, resources: ServiceResources) -> None:
         self.resources = resources
 
     def describe(self) -> Iterable[Metric]:
@@ -62,12 +62,12 @@ class PoolCollector(Collector):
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily("coo_db_pool_connections", _POOL_HELP, labels=["state"])
-        engine = engine_of(self.resources)
+        engine = self.resources.engine
         if engine is not None:
             for state, count in pool_state(engine.pool).items():
                 family.add_metric([state], count)
         yield family
 
 
-def register_pool_metrics(registry: CollectorRegistry, resources: AnyResources) -> None:
+def register_pool_metrics(registry: CollectorRegistry, resources: ServiceResources) -> None:
     registry.register(PoolCollector(resources))

@@ -8,6 +8,7 @@ import asyncio
 from prometheus_client import CollectorRegistry, generate_latest
 
 from services.common.db.session import create_engine
+from services.common.resources import ServiceResources
 from services.common.runtime_metrics import pool_state, register_pool_metrics, service_registry
 from services.common.settings import Settings
 from tests.conftest import wait_for
@@ -16,7 +17,7 @@ from tests.conftest import wait_for
 async def test_pool_counts_in_use_idle_and_waiting(settings: Settings) -> None:
     engine = create_engine(settings, application_name="coo-pool-test", pool_size=1)  # 1 + 1 overflow
     registry = CollectorRegistry()
-    register_pool_metrics(registry, {"engine": engine})
+    register_pool_metrics(registry, ServiceResources(engine=engine))
     try:
         first, second = await engine.connect(), await engine.connect()
         assert pool_state(engine.pool) == {"in_use": 2, "idle": 0, "waiting": 0}
