@@ -17,7 +17,7 @@ import ipaddress
 import os
 import socket
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -48,7 +48,6 @@ class EgressProxy:
     step_rules: Sequence[EgressRule]
     ceiling: Sequence[EgressRule]
     on_decision: Callable[[Decision], None] | None = None
-    decisions: list[Decision] = field(default_factory=list)
     _server: asyncio.Server | None = None
 
     async def start(self, path: Path) -> None:
@@ -74,7 +73,6 @@ class EgressProxy:
         return Decision(host, port, True)
 
     def _record(self, decision: Decision) -> None:
-        self.decisions.append(decision)
         log.info(
             "sandbox_egress",
             host=decision.host,

@@ -191,16 +191,7 @@ class SandboxService:
         cap = self.settings.reply_cap_bytes
         while len(data) > limit and cap > 256:
             cap //= 2
-            out, out_cut = cap_utf8(reply.stdout, cap)
-            err, err_cut = cap_utf8(reply.stderr, cap)
-            data = reply.model_copy(
-                update={
-                    "stdout": out,
-                    "stderr": err,
-                    "stdout_truncated": reply.stdout_truncated or out_cut,
-                    "stderr_truncated": reply.stderr_truncated or err_cut,
-                }
-            ).to_bytes()
+            data = _clipped(reply, cap).to_bytes()
         return data
 
     async def run(self, request: SandboxExecRequest) -> SandboxExecResult:
@@ -231,16 +222,7 @@ class SandboxService:
         finally:
             if workspace.adhoc:
                 await self._release(workspace)
-        reply_out, out_clipped = cap_utf8(result.stdout, self.settings.reply_cap_bytes)
-        reply_err, err_clipped = cap_utf8(result.stderr, self.settings.reply_cap_bytes)
-        return result.model_copy(
-            update={
-                "stdout": reply_out,
-                "stderr": reply_err,
-                "stdout_truncated": result.stdout_truncated or out_clipped,
-                "stderr_truncated": result.stderr_truncated or err_clipped,
-            }
-        )
+        return _clipped(result, self.settings.reply_cap_bytes)
 
     async def verify(self, request: SandboxVerifyRequest) -> VerificationReport:
         """Run the attempt's checks in its workspace; then delete the workspace if asked."""
@@ -299,3 +281,17 @@ class SandboxService:
             except Exception as exc:
                 log.warning("sandbox_sweep_failed", error=str(exc))
             await asyncio.sleep(period)
+
+
+def _clipped(result: SandboxExecResult, cap: int) -> SandboxExecResult:
+    """``result`` with each output stream cut to ``cap`` bytes (flagged truncated where cut)."""
+    out, out_cut = cap_utf8(result.stdout, cap)
+    err, err_cut = cap_utf8(result.stderr, cap)
+    return result.model_copy(
+        update={
+            "stdout": out,
+            "stderr": err,
+            "stdout_truncated": result.stdout_truncated or out_cut,
+            "stderr_truncated": result.stderr_truncated or err_cut,
+        }
+    )
