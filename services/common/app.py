@@ -59,7 +59,7 @@ class ServiceScaffold:
         infra = await open_infra(
             stack, self.settings, client_name=client_name, resources=self.resources, pool_size=pool_size
         )
-        instrument_engine(infra.engine)
+        instrument_engine(infra.engine, statements=self.settings.trace_sql)
         return infra
 
     def create_app(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -56,6 +57,7 @@ def scrub_text(text: str) -> str:
     return text.replace("\x00", "\ufffd")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few keys, over and over (attributes, log fields)
 def is_secret_key(key: str) -> bool:
     normalised = _WORD_SPLIT.sub("_", key.strip().lower()).strip("_")
     if not normalised:

@@ -216,6 +216,11 @@ class Settings(BaseSettings):
         default=False,
         description="Put prompts, completions and tool arguments/results (scrubbed) on the model-call spans.",
     )
+    trace_sql: bool = Field(
+        default=False,
+        description="One span per SQL statement (`db.query.text` holds its placeholders, never values). "
+        "Off: a unit of work has a span of its own and its statements none.",
+    )
     examples_dir: Path = Field(
         default=Path(__file__).resolve().parents[2] / "examples",
         description="Agents and workflows seeded at start-up.",

@@ -127,13 +127,44 @@ def _scrub_value(value: Any) -> Any:
     return value
 
 
+# Attributes that cannot hold a secret, left as they are: SQL statements carry placeholders only
+# (their parameters are never recorded), and ids are COO's own uuids and hex strings.
+_NO_SECRET_KEYS = frozenset(
+    {
+        "db.statement",
+        "db.query.text",
+        "db.system",
+        "db.system.name",
+        "db.name",
+        "db.namespace",
+        "db.operation.name",
+        "coo.mission_id",
+        "coo.step_id",
+        "coo.step",
+        "coo.attempt",
+        "coo.agent",
+        "gen_ai.agent.name",
+        "messaging.system",
+        "messaging.destination.name",
+        "messaging.message.id",
+        "http.route",
+        "http.request.method",
+        "http.response.status_code",
+    }
+)
+
+
 def scrub_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
     """Span or event attributes with secrets redacted: by key (``…authorization``, ``…token``)
     and by value (API keys, bearer tokens, passwords, webhook URLs)."""
     if not attributes:
         return {}
     return {
-        key: REDACTED if is_secret_key(key) and value not in (None, "") else _scrub_value(value)
+        key: value
+        if key in _NO_SECRET_KEYS
+        else REDACTED
+        if is_secret_key(key) and value not in (None, "")
+        else _scrub_value(value)
         for key, value in attributes.items()
     }
 
@@ -327,9 +358,11 @@ def instrument_app(app: FastAPI) -> None:
         _instrumented_httpx = True
 
 
-def instrument_engine(engine: AsyncEngine) -> None:
-    """One span per SQL statement on ``engine`` (never per row)."""
-    if sdk_disabled():
+def instrument_engine(engine: AsyncEngine, *, statements: bool) -> None:
+    """One span per SQL statement on ``engine`` (never per row), when ``statements`` is asked for
+    (``COO_TRACE_SQL``): a span per statement costs more than most statements do, so by default a
+    unit of work has one span of its own and its statements none."""
+    if sdk_disabled() or not statements:
         return
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
     from opentelemetry.metrics import get_meter
@@ -341,8 +374,15 @@ def instrument_engine(engine: AsyncEngine) -> None:
 
 
 # --- context and ids -----------------------------------------------------------------------------
+_tracer: Tracer | None = None
+
+
 def tracer() -> Tracer:
-    return trace.get_tracer("coo")
+    """COO's tracer, made once per process (a proxy until the provider is set, which it then follows)."""
+    global _tracer
+    if _tracer is None:
+        _tracer = trace.get_tracer("coo")
+    return _tracer
 
 
 def inject_headers(headers: dict[str, str] | None = None, context: Context | None = None) -> dict[str, str]:

@@ -14,6 +14,7 @@ from services.common.settings import Settings
 from services.orchestrator.auth import KeyStore
 from services.orchestrator.engine.batch import UnitBatcher
 from services.orchestrator.engine.metrics import EngineMetrics
+from services.orchestrator.engine.results import lock_batch
 from services.orchestrator.engine.unit import UnitOfWork
 from services.orchestrator.notify.alerts import AlertDelivery
 from services.orchestrator.ratelimit import RateLimiter
@@ -44,7 +45,7 @@ class OrchestratorState:
                 self.engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False
             )
         self.submissions = UnitBatcher(self.unit, name="submissions")
-        self.results = UnitBatcher(self.unit, name="results")
+        self.results = UnitBatcher(self.unit, name="results", prepare=lock_batch)
         self.keys = KeyStore(self.settings, self.reads)
 
     async def close(self) -> None:

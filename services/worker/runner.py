@@ -16,6 +16,7 @@ import orjson
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import Deferred
@@ -116,7 +117,10 @@ class AgentRunner:
         or cancelled one (``drop``) come back as their verdict; a copy of a running attempt raises
         ``Deferred``; a copy of a finished one answers from the stored result. ``on_start`` runs
         once the attempt is claimed, before the agent starts."""
-        async with self.sessionmaker() as session, session.begin():
+        # One connection and one transaction per attempt: the claim (a transaction-scoped advisory
+        # lock), then the attempt, then its result, committed with the claim's end (``_store``).
+        async with self.sessionmaker() as session:
+            await session.begin()
             verdict = await claim_attempt(session, item)
             if verdict.action in ("wait", "drop"):
                 return verdict
@@ -135,7 +139,7 @@ class AgentRunner:
                 "gen_ai.agent.name": item.agent,
             }
             with tracer().start_as_current_span("agent.execute", attributes=attributes) as span:
-                result = await self._run_once(item, verdict.agent, trace_id=trace_id or current_trace_id())
+                result = await self._run_once(item, verdict.agent, session, trace_id=trace_id or current_trace_id())
                 span.set_attributes(
                     {
                         "coo.success": result.success,
@@ -150,8 +154,10 @@ class AgentRunner:
             log.info("attempt_finished", agent=item.agent, success=result.success, error_type=error_type)
             return result
 
-    async def _run_once(self, item: WorkItem, agent_def: AgentDefinition | None, *, trace_id: str | None) -> WorkResult:
-        """The agent's loop, then its full result stored (while the caller's transaction holds the claim)."""
+    async def _run_once(
+        self, item: WorkItem, agent_def: AgentDefinition | None, claim: AsyncSession, *, trace_id: str | None
+    ) -> WorkResult:
+        """The agent's loop, then its full result stored in the claim's transaction (``claim``)."""
         started_at = datetime.now(UTC)
         clock = time.perf_counter()
         repo = item.input.get("repo")
@@ -233,12 +239,9 @@ class AgentRunner:
             "started_at": started_at,
             "created_at": datetime.now(UTC),  # not now(): the claim's transaction began before the attempt
         }
-        # Its own short transaction, committed before the claim's ends: the claim's connection has
-        # been idle for the whole attempt, and a result must not be lost with it.
-        async with self.sessionmaker() as stored, stored.begin():
-            inserted = (await (await stored.connection()).execute(_INSERT_RESULT, row)).scalar_one_or_none()
-            if inserted is None:  # another delivery of the same attempt finished first: its result stands
-                return await self.existing_result(stored, item)
+        stored = await self._store(claim, item, row)
+        if stored is not None:  # another delivery of the same attempt finished first: its result stands
+            return stored
         return WorkResult(
             mission_id=item.mission_id,
             step_id=item.step_id,
@@ -257,6 +260,25 @@ class AgentRunner:
             worker=self.worker_id,
             started_at=started_at,
         )
+
+    async def _store(self, claim: AsyncSession, item: WorkItem, row: dict[str, Any]) -> WorkResult | None:
+        """Insert the result and commit, in the claim's transaction (one commit per attempt). The
+        claim's connection sat idle for the whole attempt: if it is gone (Postgres restarted, an idle
+        timeout), the result is stored in a transaction of its own rather than lost; the insert
+        takes no second copy either way. The result already stored, when another copy won."""
+        try:
+            inserted = (await (await claim.connection()).execute(_INSERT_RESULT, row)).scalar_one_or_none()
+            existing = None if inserted is not None else await self.existing_result(claim, item)
+            await claim.commit()
+            return existing
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            log.warning("claim_connection_lost", step_id=str(item.step_id), attempt=item.attempt)
+        await claim.close()
+        async with self.sessionmaker() as stored, stored.begin():
+            inserted = (await (await stored.connection()).execute(_INSERT_RESULT, row)).scalar_one_or_none()
+            return None if inserted is not None else await self.existing_result(stored, item)
 
     async def _loop(
         self, item: WorkItem, agent: AgentDefinition, ctx: ToolContext, calls: list[ToolCall], spend: Spend

@@ -133,12 +133,14 @@ class Bus:
             ),
             StreamConfig(
                 name=s.events_stream,
-                subjects=[s.results, s.control_all, s.timeline_all],
+                # Timeline fan-out (coo.timeline.<mission>) is core NATS only: nothing reads it back
+                # from a stream (SSE subscribes, and resumes from the table).
+                subjects=[s.results, s.control_all],
                 retention=RetentionPolicy.LIMITS,
                 storage=StorageType.FILE,
                 duplicate_window=DUPLICATE_WINDOW_S,
                 max_age=EVENTS_MAX_AGE_S,
-                description="COO results, control commands and timeline fan-out",
+                description="COO results and control commands",
             ),
         ]
         for config in configs:

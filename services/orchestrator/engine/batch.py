@@ -21,7 +21,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from opentelemetry import trace
+
 from services.common.logging import get_logger
+from services.common.telemetry import tracer
 from services.orchestrator.engine.unit import UnitOfWork
 
 log = get_logger(__name__)
@@ -55,6 +58,9 @@ class UnitBatcher:
     """Applies queued work in shared units of work (see the module's docstring)."""
 
     unit: Callable[[], UnitOfWork]
+    # Run first in a batch's unit of work with the batch's keys, in order (e.g. to lock every
+    # mission of the batch in one statement rather than one per piece).
+    prepare: Callable[[UnitOfWork, list[str]], Coroutine[Any, Any, None]] | None = None
     max_batch: int = 64
     runners: int = 2  # batches in flight at once: one commits while the next is applied
     name: str = "batch"
@@ -125,6 +131,18 @@ class UnitBatcher:
                 log.exception("batch_runner_error", batch=self.name, size=len(batch))
 
     async def _apply(self, batch: list[_Pending[Any]]) -> None:
+        """One span per unit of work (its SQL statements have none unless ``COO_TRACE_SQL``),
+        linked to the span of every piece it applied: each piece keeps its own trace."""
+        links = [trace.Link(span.get_span_context()) for span in _spans(batch)]
+        with tracer().start_as_current_span(
+            f"{self.name}.commit",
+            kind=trace.SpanKind.INTERNAL,
+            links=links,
+            attributes={"coo.batch.size": len(batch), "db.system.name": "postgresql"},
+        ):
+            await self._apply_batch(batch)
+
+    async def _apply_batch(self, batch: list[_Pending[Any]]) -> None:
         if len(batch) == 1:
             await self._alone(batch[0])
             return
@@ -132,6 +150,8 @@ class UnitBatcher:
         unit = self.unit()
         try:
             async with unit as uow:
+                if self.prepare is not None:
+                    await self.prepare(uow, [pending.key for pending in batch])
                 for pending in batch:
                     results.append(await asyncio.create_task(pending.work(uow), context=pending.context))
         except Exception as exc:
@@ -158,3 +178,13 @@ class UnitBatcher:
             pending.fail(exc)
             return
         pending.succeed(result)
+
+
+def _spans(batch: list[_Pending[Any]]) -> list[trace.Span]:
+    """The recording span each piece was queued from."""
+    spans = []
+    for pending in batch:
+        span = pending.context.run(trace.get_current_span)
+        if span.get_span_context().is_valid:
+            spans.append(span)
+    return spans

@@ -22,7 +22,8 @@ from services.orchestrator.engine.scheduler import (
     definition_for,
     error_dict,
     load_steps,
-    lock_mission,
+    lock_missions,
+    locked_mission,
     work_item,
 )
 from services.orchestrator.engine.transitions import move_step, record
@@ -31,6 +32,11 @@ from services.orchestrator.engine.unit import UnitOfWork
 log = get_logger(__name__)
 
 _IN_FLIGHT = (StepStatus.DISPATCHED, StepStatus.RUNNING)
+
+
+async def lock_batch(uow: UnitOfWork, keys: list[str]) -> None:
+    """A batch of results locks its missions in one statement and reads their steps in one more."""
+    await lock_missions(uow, [uuid.UUID(key) for key in keys])
 
 
 async def _steps(uow: UnitOfWork, mission_id: uuid.UUID) -> list[Step]:
@@ -56,7 +62,7 @@ def _observe_schedule_to_start(uow: UnitOfWork, step: Step, started_at: datetime
 
 
 async def apply_started(uow: UnitOfWork, message: StepStarted) -> None:
-    mission = await lock_mission(uow.session, message.mission_id)
+    mission = await locked_mission(uow, message.mission_id)
     if mission is None:
         return
     steps = await _steps(uow, mission.id)
@@ -70,7 +76,7 @@ async def apply_started(uow: UnitOfWork, message: StepStarted) -> None:
 
 async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) -> None:
     session = uow.session
-    mission = await lock_mission(session, result.mission_id)
+    mission = await locked_mission(uow, result.mission_id)
     if mission is None:
         log.warning("result_for_unknown_mission", mission_id=str(result.mission_id))
         return

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import any_, bindparam, select
+from sqlalchemy.dialects.postgresql import ARRAY, UUID
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.contracts import StepError, WorkItem
@@ -43,13 +44,46 @@ async def definition_for(session: AsyncSession, workflow_id: uuid.UUID) -> Workf
 # The engine's hot statements, built once (only their parameters change).
 _LOCK_MISSION = select(Mission).where(Mission.id == bindparam("mission_id")).with_for_update()
 _STEPS = select(Step).where(Step.mission_id == bindparam("mission_id"))
-_STEPS_OF = select(Step).where(Step.mission_id.in_(bindparam("mission_ids", expanding=True)))
+_LOCK_MISSIONS = (
+    select(Mission)
+    .where(Mission.id == any_(bindparam("mission_ids", type_=ARRAY(UUID(as_uuid=True)))))
+    .order_by(Mission.id)  # locked in this order: batches in flight never deadlock each other
+    .with_for_update()
+)
+_STEPS_OF = select(Step).where(Step.mission_id == any_(bindparam("mission_ids", type_=ARRAY(UUID(as_uuid=True)))))
 _AGENTS = select(Agent).where(Agent.name.in_(bindparam("names", expanding=True)))
 
 
 async def lock_mission(session: AsyncSession, mission_id: uuid.UUID) -> Mission | None:
     result = await session.execute(_LOCK_MISSION, {"mission_id": mission_id})
     return result.scalar_one_or_none()
+
+
+async def lock_missions(uow: UnitOfWork, mission_ids: Sequence[uuid.UUID]) -> None:
+    """Lock several missions in one statement (in id order) and read their steps in one more, for
+    the unit of work's changes to find them (``locked_mission``, ``uow.memo["steps"]``)."""
+    locked: dict[uuid.UUID, Mission | None] = uow.memo.setdefault("locked", {})
+    wanted = sorted(set(mission_ids) - locked.keys())
+    if not wanted:
+        return
+    result = await uow.session.execute(_LOCK_MISSIONS, {"mission_ids": wanted})
+    for mission in result.scalars():
+        locked[mission.id] = mission
+    found = [mission_id for mission_id in wanted if mission_id in locked]
+    for mission_id in wanted:
+        locked.setdefault(mission_id, None)
+    steps: dict[uuid.UUID, list[Step]] = uow.memo.setdefault("steps", {})
+    by_mission = await load_steps_of(uow.session, found)
+    for mission_id in found:
+        steps[mission_id] = by_mission.get(mission_id, [])
+
+
+async def locked_mission(uow: UnitOfWork, mission_id: uuid.UUID) -> Mission | None:
+    """The mission, locked: by ``lock_missions`` earlier in the unit of work, else now."""
+    locked: dict[uuid.UUID, Mission | None] | None = uow.memo.get("locked")
+    if locked is not None and mission_id in locked:
+        return locked[mission_id]
+    return await lock_mission(uow.session, mission_id)
 
 
 async def load_steps(session: AsyncSession, mission_id: uuid.UUID) -> list[Step]:

@@ -21,7 +21,11 @@ from services.orchestrator.engine.metrics import EngineMetrics
 
 log = get_logger(__name__)
 
-_INSERT_EVENTS = insert(TimelineEventRow).returning(TimelineEventRow.id, sort_by_parameter_order=True)
+# Core, every column given for every row (``step_key`` too when it is NULL): one multi-row INSERT
+# per unit of work, however its events alternate between mission and step events.
+_INSERT_EVENTS = insert(TimelineEventRow.__table__).returning(
+    TimelineEventRow.__table__.c.id, sort_by_parameter_order=True
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,7 @@ class UnitOfWork:
         """One multi-row INSERT for the unit's events (their ids come back in order), with no
         unit-of-work bookkeeping per event; pending changes are flushed first, so new missions
         exist before their events."""
+        await self.session.flush()
         rows = [
             {
                 "mission_id": e.mission_id,
@@ -88,7 +93,8 @@ class UnitOfWork:
             }
             for e in self._events
         ]
-        ids = (await self.session.scalars(_INSERT_EVENTS, rows)).all()
+        connection = await self.session.connection()
+        ids = (await connection.execute(_INSERT_EVENTS, rows)).scalars().all()
         for event, row, event_id in zip(self._events, rows, ids, strict=True):
             event.id, event.data = event_id, row["data"]
 

@@ -110,7 +110,8 @@ async def find_workflow_ref(session: AsyncSession, name: str, version: int | Non
     query, params = (
         (_REF_LATEST, {"name": name}) if version is None else (_REF_VERSION, {"name": name, "version": version})
     )
-    row = (await session.execute(query, params)).one_or_none()
+    # On the connection (Core): a submission batch's earlier missions are not flushed by this read.
+    row = (await (await session.connection()).execute(query, params)).one_or_none()
     if row is None:
         raise _workflow_not_found(name, version)
     return WorkflowRef(row.id, row.name, row.version)
