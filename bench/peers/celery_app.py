@@ -1,5 +1,10 @@
 """The Celery peer's app: one task that returns its input. Configured from the environment so that
-the worker process (``celery -A bench.peers.celery_app worker``) and the driver agree."""
+the worker process (``celery -A bench.peers.celery_app worker``) and the driver agree.
+
+Durable settings: a task is acknowledged only after it ran (``task_acks_late``), is put back when
+the worker process running it dies (``task_reject_on_worker_lost``), and a worker process reserves
+one task at a time (``worker_prefetch_multiplier=1``); the Redis the harness starts keeps an
+append-only file fsynced every second."""
 
 from __future__ import annotations
 
@@ -21,6 +26,9 @@ app.conf.update(
     result_serializer="json",
     accept_content=["json"],
     result_expires=3600,
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
     broker_connection_retry_on_startup=True,
     worker_hijack_root_logger=False,
 )
