@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict
-from sqlalchemy import bindparam, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import AgentResult, Mission, Step, TimelineEventRow
+from services.common.status import MissionStatus
 from services.orchestrator.engine.admission import queue_position
 from services.orchestrator.engine.scheduler import definition_for
 from services.orchestrator.errors import NotFound
@@ -155,24 +158,141 @@ async def get_mission(session: AsyncSession, mission_id: uuid.UUID) -> Mission:
     return mission
 
 
-# A mission and its steps in one statement (one snapshot, one round trip), built once.
-_MISSION_WITH_STEPS = (
-    select(Mission, Step).outerjoin(Step, Step.mission_id == Mission.id).where(Mission.id == bindparam("mission_id"))
+# The detail read is the API's hottest: one statement on one pooled connection, straight through
+# asyncpg (its own prepared-statement cache), no ORM entity, no JSON decoded to be encoded again.
+# The mission, its queue position and its steps come from one snapshot in one round trip; the JSONB
+# columns come back as text and are spliced into the answer as they are.
+_STEP_COLUMNS = (
+    "key",
+    "agent",
+    "status",
+    "attempt",
+    "max_attempts",
+    "depends_on",
+    "input",
+    "output",
+    "error",
+    "next_attempt_at",
+    "dispatched_at",
+    "started_at",
+    "finished_at",
 )
+_STEP_JSON = frozenset({"depends_on", "input", "output", "error"})
+_QUEUED = MissionStatus.QUEUED.value
+_MISSION_DETAIL = f"""
+SELECT m.id, m.workflow_id, m.workflow_name, m.workflow_version, m.status, m.pause_reason, m.priority,
+  m.input::text AS input, m.output::text AS output, m.error::text AS error,
+  m.budget_usd, m.budget_tokens, m.spent_usd, m.spent_tokens, m.idempotency_key,
+  m.created_at, m.started_at, m.finished_at,
+  CASE WHEN m.status = '{_QUEUED}' THEN 1 + (
+    SELECT count(*) FROM missions q
+    WHERE q.status = '{_QUEUED}' AND (q.priority > m.priority OR (q.priority = m.priority
+      AND (q.created_at < m.created_at OR (q.created_at = m.created_at AND q.id < m.id))))
+  ) END AS queue_position,
+  ARRAY(
+    SELECT ROW({", ".join(f"s.{c}::text" if c in _STEP_JSON else f"s.{c}" for c in _STEP_COLUMNS)})
+    FROM steps s WHERE s.mission_id = m.id ORDER BY s.key
+  ) AS steps
+FROM missions m WHERE m.id = $1
+"""  # the same queue order as engine.admission.queue_position: (priority desc, created_at, id)
+
+_Row = Mapping[str, Any]  # an asyncpg record
+
+# Each workflow version's step order (its definition's), by workflow id: versions are immutable.
+_step_orders: dict[uuid.UUID, dict[str, int]] = {}
+
+
+async def _fetch_detail(state: OrchestratorState, mission_id: uuid.UUID) -> _Row:
+    async with state.engine.connect() as conn:
+        raw = await conn.get_raw_connection()
+        driver: Any = raw.driver_connection  # the asyncpg connection
+        row: _Row | None
+        if state.settings.db_pgbouncer:  # prepare and execute must reach the same server connection
+            async with driver.transaction(readonly=True):
+                row = await driver.fetchrow(_MISSION_DETAIL, mission_id)
+        else:
+            row = await driver.fetchrow(_MISSION_DETAIL, mission_id)
+    if row is None:
+        raise NotFound(f"mission {mission_id} not found", field="id")
+    return row
+
+
+async def _ordered_steps(state: OrchestratorState, row: _Row) -> list[tuple[Any, ...]]:
+    """The steps in their workflow definition's order (unknown keys last, by key)."""
+    steps: list[tuple[Any, ...]] = row["steps"]
+    if len(steps) < 2:
+        return steps
+    order = _step_orders.get(row["workflow_id"])
+    if order is None:
+        async with state.reads() as session:
+            definition = await definition_for(session, row["workflow_id"])
+        order = {spec.id: i for i, spec in enumerate(definition.steps)}
+        if len(_step_orders) > 1024:
+            _step_orders.clear()
+        _step_orders[row["workflow_id"]] = order
+    last = len(order)
+    return sorted(steps, key=lambda step: order.get(step[0], last))
+
+
+def _money(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)  # as pydantic writes a Decimal
+
+
+def _detail_fields(row: _Row, json_value: Callable[[str | None], Any]) -> dict[str, Any]:
+    """MissionOut's fields, in its order, from the detail row (``json_value`` maps a JSONB text)."""
+    return {
+        "id": str(row["id"]),  # asyncpg's own UUID type, which orjson does not take
+        "workflow": row["workflow_name"],
+        "workflow_version": row["workflow_version"],
+        "status": row["status"],
+        "pause_reason": row["pause_reason"],
+        "priority": row["priority"],
+        "queue_position": row["queue_position"],
+        "input": json_value(row["input"]),
+        "output": json_value(row["output"]),
+        "error": json_value(row["error"]),
+        "budget_usd": row["budget_usd"],
+        "budget_tokens": row["budget_tokens"],
+        "spent_usd": row["spent_usd"],
+        "spent_tokens": row["spent_tokens"],
+        "idempotency_key": row["idempotency_key"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+    }
+
+
+def _step_fields(step: tuple[Any, ...], json_value: Callable[[str | None], Any]) -> dict[str, Any]:
+    return {
+        name: json_value(value) if name in _STEP_JSON else value
+        for name, value in zip(_STEP_COLUMNS, step, strict=True)
+    }
+
+
+def _fragment(text: str | None) -> orjson.Fragment | None:
+    return None if text is None else orjson.Fragment(text)
+
+
+def _decoded(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+async def read_mission_json(state: OrchestratorState, mission_id: uuid.UUID) -> bytes:
+    """``read_mission``'s answer already serialized: the same JSON that ``MissionOut`` gives
+    (uuids, ``Z`` timestamps, money as decimal strings), written by orjson (404 when unknown)."""
+    row = await _fetch_detail(state, mission_id)
+    body = _detail_fields(row, _fragment)
+    body["budget_usd"] = _money(body["budget_usd"])
+    body["spent_usd"] = _money(body["spent_usd"])
+    body["steps"] = [_step_fields(step, _fragment) for step in await _ordered_steps(state, row)]
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 
 
 async def read_mission(state: OrchestratorState, mission_id: uuid.UUID) -> MissionOut:
     """A mission with its steps in definition order (404 when unknown)."""
-    async with state.reads() as session:
-        rows = (await session.execute(_MISSION_WITH_STEPS, {"mission_id": mission_id})).all()
-        if not rows:
-            raise NotFound(f"mission {mission_id} not found", field="id")
-        mission: Mission = rows[0][0]
-        steps: list[Step] = [step for _, step in rows if step is not None]
-        definition = await definition_for(session, mission.workflow_id)
-        order = {spec.id: i for i, spec in enumerate(definition.steps)}
-        steps.sort(key=lambda s: order.get(s.key, len(order)))
-        return mission_out(mission, await queue_position(session, mission), steps)
+    row = await _fetch_detail(state, mission_id)
+    steps = [StepOut(**_step_fields(step, _decoded)) for step in await _ordered_steps(state, row)]
+    return MissionOut(**_detail_fields(row, _decoded), steps=steps)
 
 
 async def read_timeline(
