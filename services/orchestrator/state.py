@@ -10,6 +10,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
 from services.common.bus import Bus
+from services.common.db.group_insert import GroupInsert
+from services.common.db.models import AuditEvent
 from services.common.settings import Settings
 from services.orchestrator.auth import KeyStore
 from services.orchestrator.engine.batch import UnitBatcher
@@ -33,6 +35,7 @@ class OrchestratorState:
     submissions: UnitBatcher = field(init=False)  # new missions, committed together when they arrive together
     results: UnitBatcher = field(init=False)  # what workers report, likewise
     keys: KeyStore = field(init=False)  # API keys: COO_API_KEYS and the stored ones
+    audit: GroupInsert = field(init=False)  # audit rows of calls answered together, in one commit
     alerts: AlertDelivery | None = None  # set by the lifespan once the alert delivery runs
 
     def __post_init__(self) -> None:
@@ -47,10 +50,12 @@ class OrchestratorState:
         self.submissions = UnitBatcher(self.unit, name="submissions")
         self.results = UnitBatcher(self.unit, name="results", prepare=lock_batch)
         self.keys = KeyStore(self.settings, self.reads)
+        self.audit = GroupInsert(self.engine, AuditEvent.__table__)
 
     async def close(self) -> None:
         await self.submissions.close()
         await self.results.close()
+        await self.audit.close()
 
     def unit(self, trace_id: str | None = None) -> UnitOfWork:
         return UnitOfWork(self.sessionmaker, self.bus, trace_id=trace_id, metrics=self.metrics)

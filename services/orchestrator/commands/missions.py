@@ -17,7 +17,7 @@ from services.common.scrub import scrub
 from services.common.status import MissionStatus
 from services.orchestrator.auth import Caller
 from services.orchestrator.engine.admission import queue_position
-from services.orchestrator.engine.missions import create_mission
+from services.orchestrator.engine.missions import WorkflowRef, create_mission
 from services.orchestrator.engine.scheduler import definition_for
 from services.orchestrator.engine.unit import UnitOfWork
 from services.orchestrator.errors import Conflict, InvalidInput, OrchestratorError
@@ -56,7 +56,13 @@ async def submit_mission(body: MissionCreate, state: OrchestratorState, caller: 
     async def create(uow: UnitOfWork) -> Mission | OrchestratorError:
         # A bad request is answered, not raised: it never costs the submissions it came with.
         try:
-            workflow = await find_workflow_ref(uow.session, body.workflow, body.version)
+            # Read once per batch: the submissions that come together mostly name the same workflow.
+            refs: dict[tuple[str, int | None], WorkflowRef] = uow.memo.setdefault("workflow_refs", {})
+            workflow = refs.get((body.workflow, body.version))
+            if workflow is None:
+                workflow = refs[(body.workflow, body.version)] = await find_workflow_ref(
+                    uow.session, body.workflow, body.version
+                )
             definition = await definition_for(uow.session, workflow.id)
             _check_input(definition.input_schema, body.input)
         except OrchestratorError as refused:

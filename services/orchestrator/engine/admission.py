@@ -19,12 +19,15 @@ ADMISSION_LOCK = 0x0C00_AD41
 
 
 _LOCK = select(func.pg_advisory_xact_lock(ADMISSION_LOCK))
-_ACTIVE = select(func.count()).select_from(Mission).where(Mission.status == MissionStatus.RUNNING)
+_ACTIVE = select(func.count()).select_from(Mission).where(Mission.status == MissionStatus.RUNNING).scalar_subquery()
+# The room and the missions that fill it in one statement. It must come after the lock's: a
+# statement's snapshot is taken when it starts, and one that waited for the lock would count the
+# running missions as they were before the admission it waited for.
 _NEXT_QUEUED = (
     select(Mission)
     .where(Mission.status == MissionStatus.QUEUED)
     .order_by(Mission.priority.desc(), Mission.created_at, Mission.id)
-    .limit(bindparam("room"))
+    .limit(func.greatest(0, bindparam("max_active") - _ACTIVE))
     .with_for_update(skip_locked=True)
 )
 
@@ -33,11 +36,7 @@ async def admit(uow: UnitOfWork, settings: Settings) -> list[uuid.UUID]:
     """Start queued missions while there is room; returns the ids started."""
     session = uow.session
     await session.execute(_LOCK)
-    active = await session.scalar(_ACTIVE)
-    room = settings.max_active_missions - int(active or 0)
-    if room <= 0:
-        return []
-    result = await session.execute(_NEXT_QUEUED, {"room": room})
+    result = await session.execute(_NEXT_QUEUED, {"max_active": settings.max_active_missions})
     missions = list(result.scalars())
     steps = await load_steps_of(session, [mission.id for mission in missions])
     for mission in missions:
