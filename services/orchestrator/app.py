@@ -36,15 +36,9 @@ def create_app(settings: Settings) -> FastAPI:
             engine, sessionmaker, bus = infra.engine, infra.sessionmaker, infra.bus
             await seed_agents(sessionmaker, settings.examples_dir / "agents")
 
-            state = OrchestratorState(
-                settings,
-                engine,
-                sessionmaker,
-                bus,
-                scaffold.registry,
-                metrics,
-                RateLimiter(engine, settings.rate_limit_per_minute),
-            )
+            # Counts in memory, reconciled with the other replicas by its own task until shutdown.
+            rate_limiter = await stack.enter_async_context(RateLimiter(engine, settings.rate_limit_per_minute))
+            state = OrchestratorState(settings, engine, sessionmaker, bus, scaffold.registry, metrics, rate_limiter)
             await start_engine(state, stack)
             log.info("orchestrator_started", port=settings.orchestrator_port, bus_prefix=settings.bus_prefix)
             state.alerts = await alerts.start_alert_delivery(state, stack)
