@@ -1,8 +1,11 @@
 """Bearer API keys and their scopes: from ``COO_API_KEYS`` (admin) or the ``api_keys`` table
 (stored as SHA-256).
 
-A database key is looked up on every request, so a revoked or expired key is refused by every
-replica as soon as the revocation commits (or the expiry passes on the database's clock).
+A database key found valid is remembered by each replica for ``CACHE_TTL_S`` (or until it expires,
+if sooner), so a request usually costs no lookup. A revocation made through this replica (any
+UPDATE or DELETE of ``api_keys`` on its engine) empties its memory at once; **other replicas may
+still accept a revoked key for up to ``CACHE_TTL_S`` seconds** after the revocation commits. An
+unknown, revoked or expired key is never remembered: it is looked up every time.
 """
 
 from __future__ import annotations
@@ -11,18 +14,25 @@ import enum
 import hashlib
 import hmac
 import secrets
+import time
 import uuid
 from collections.abc import Collection
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy import Delete, Update, and_, event, func, or_, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine.base import OptionEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from services.common.db.models import ApiKey
 from services.common.settings import Settings
 
 TOUCH_EVERY_S = 60  # last_used_at is kept to the minute: one write per key per minute at most
+CACHE_TTL_S = 5.0  # how long a replica remembers a valid stored key (and a revoked one may still work elsewhere)
+_CACHE_MAX = 10_000
+_QUIET_S = 1.0
 
 
 class Scope(enum.StrEnum):
@@ -70,13 +80,39 @@ def new_key() -> str:
 
 
 class KeyStore:
-    """Checks keys: ``COO_API_KEYS`` in memory, stored keys in the database on every call."""
+    """Checks keys: ``COO_API_KEYS`` in memory, stored keys in the database, remembered briefly."""
 
     def __init__(self, settings: Settings, reads: async_sessionmaker[AsyncSession]) -> None:
         self._static = {
             hash_key(k.get_secret_value()): f"env-{hash_key(k.get_secret_value())[:8]}" for k in settings.api_keys
         }
         self._reads = reads
+        self._cache: dict[str, tuple[Caller, float]] = {}  # digest -> (caller, until, on time.monotonic())
+        self._generation = 0  # bumped by every change of api_keys made through this process
+        # After a change, nothing is remembered for a moment: a lookup that starts after the change's
+        # statement but before its commit still reads the key as it was.
+        self._quiet_until = 0.0
+        bind = reads.kw.get("bind")
+        if isinstance(bind, AsyncEngine):
+            engine = bind.sync_engine
+            while isinstance(engine, OptionEngine):  # reads run on the autocommit copy: watch the engine itself
+                engine = engine._proxied
+            event.listen(engine, "after_execute", self._on_execute)
+
+    def _on_execute(self, _conn: Connection, statement: Any, *_: Any) -> None:
+        """A revocation (or any other change of a key) made in this replica is seen at once."""
+        if (
+            isinstance(statement, Update | Delete)
+            and getattr(statement.table, "name", None) == ApiKey.__tablename__
+            and not statement.get_execution_options().get("key_touch")
+        ):
+            self.forget()
+
+    def forget(self) -> None:
+        """Drop every remembered key: the next request of each looks it up again."""
+        self._generation += 1
+        self._quiet_until = time.monotonic() + _QUIET_S
+        self._cache.clear()
 
     async def authenticate(self, raw: str) -> Caller | None:
         """The caller a key belongs to; None for an unknown, revoked or expired key."""
@@ -84,6 +120,26 @@ class KeyStore:
         for known, name in self._static.items():
             if hmac.compare_digest(known, digest):
                 return Caller(name=name, scope=Scope.ADMIN)
+        cached = self._cache.get(digest)
+        if cached is not None:
+            if time.monotonic() < cached[1]:
+                return cached[0]
+            del self._cache[digest]
+        generation = self._generation
+        looked_up = await self._look_up(digest)
+        if looked_up is None:
+            return None
+        caller, expires_at = looked_up
+        if generation == self._generation and time.monotonic() >= self._quiet_until:  # no change meanwhile
+            until = time.monotonic() + CACHE_TTL_S
+            if expires_at is not None:
+                until = min(until, time.monotonic() + (expires_at.timestamp() - time.time()))
+            if len(self._cache) >= _CACHE_MAX:
+                self._cache.clear()
+            self._cache[digest] = (caller, until)
+        return caller
+
+    async def _look_up(self, digest: str) -> tuple[Caller, datetime | None] | None:
         now = func.clock_timestamp()
         stale = or_(
             ApiKey.last_used_at.is_(None),
@@ -92,7 +148,7 @@ class KeyStore:
         async with self._reads() as session:
             row = (
                 await session.execute(
-                    select(ApiKey.id, ApiKey.name, ApiKey.scopes, stale.label("stale")).where(
+                    select(ApiKey.id, ApiKey.name, ApiKey.scopes, ApiKey.expires_at, stale.label("stale")).where(
                         ApiKey.hash == digest,
                         ApiKey.revoked_at.is_(None),
                         or_(ApiKey.expires_at.is_(None), ApiKey.expires_at > now),
@@ -106,7 +162,7 @@ class KeyStore:
                     update(ApiKey)
                     .where(and_(ApiKey.id == row.id, stale))
                     .values(last_used_at=now)
-                    .execution_options(synchronize_session=False)
+                    .execution_options(synchronize_session=False, key_touch=True)  # not a change of the key
                 )
                 await session.commit()
-        return Caller(name=row.name, scope=scope_of(row.scopes or []), key_id=row.id)
+        return Caller(name=row.name, scope=scope_of(row.scopes or []), key_id=row.id), row.expires_at
