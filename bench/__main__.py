@@ -75,7 +75,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--b4-rate",
         type=float,
         default=None,
-        help="B4 arrival rate for the peers when COO is not part of the run (default: 50%% of COO's B1 rate)",
+        help="B4 arrival rate for every system (default: each system at 50%% of its own B1 rate)",
+    )
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="run only the scale workload: COO with 1/2/4 worker and 1/2 orchestrator processes, B1's shape "
+        "(the full profile runs it too, after COO's other workloads; --quick --scale for a small one)",
     )
     return parser.parse_args(argv)
 
@@ -94,8 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     run = Run(profile, results_dir / f"{stamp}.json")
+    if args.scale:  # the scale workload alone: COO only
+        systems = ["coo"]
     peers = [p for p in PEERS if p in systems]
-    budget = Budget(profile.total_budget_s, reserved_s=profile.peer_reserve_s * len(peers))
+    if args.scale:
+        total_s = profile.scale_budget_s
+    else:
+        total_s = profile.total_budget_s + (profile.scale_budget_s if profile.scale_in_profile else 0.0)
+    budget = Budget(total_s, reserved_s=profile.peer_reserve_s * len(peers))
     log(f"bench profile '{profile.name}', results -> {run.path}")
     started = time.monotonic()
     infra = None
@@ -107,11 +119,10 @@ def main(argv: list[str] | None = None) -> int:
             "nats_version": environment.command_version([nats_server_binary(), "--version"]),
         }
         run.save()
+        b4_rate = float(args.b4_rate or 0.0)  # 0: each system at half its own B1 rate
+        run.data["run"]["b4_rate_override_per_s"] = b4_rate or None
         if "coo" in systems:
-            run_coo(infra, profile, budget, run.coo)
-        coo_rate = float((run.data["coo"].get("b1") or {}).get("items_per_s") or 0.0)
-        b4_rate = 0.5 * coo_rate if coo_rate > 0 else float(args.b4_rate or 0.0)
-        run.data["run"]["b4_rate_per_s"] = b4_rate
+            run_coo(infra, profile, budget, run.coo, b4_rate=b4_rate, scale_only=args.scale)
         for name in peers:
             budget.release(profile.peer_reserve_s)
             log(f"{name}: starting ...")
@@ -127,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         if infra is not None:
             infra.stop()
         run.data["run"]["duration_s"] = round(time.monotonic() - started, 1)
+        run.data["run"]["b4_rate_per_s"] = report.b4_rates(run.data)
         run.data["ratios"] = report.ratios(run.data)
         run.save()
     charts = report.charts(run.data, results_dir / stamp)

@@ -22,9 +22,14 @@ class Profile:
     total_budget_s: float  # the whole run; workloads that would start past it are skipped
     peer_reserve_s: float  # expected time of one peer: kept back from COO's share of the budget
     peer_timeout_s: float  # one peer's driver process, all its workloads, at most
+    scale_missions: int  # the scale workload: 1-step missions per shape (workers x orchestrators)
+    scale_budget_s: float  # added to the run's budget when the scale workload runs
+    scale_in_profile: bool  # the profile runs it (otherwise only `--scale` does)
     b6_background_s: float = 3.0  # B6: idle window measured first (the engine's housekeeping)
     warmup_missions: int = 20  # COO and each peer run this many 1-step items first, unmeasured
     submit_concurrency: int = 16
+    # the scale workload's shapes: (worker processes, orchestrator processes), one sandbox each time
+    scale_shapes: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (4, 1), (1, 2), (2, 2), (4, 2))
 
 
 FULL = Profile(
@@ -43,6 +48,9 @@ FULL = Profile(
     total_budget_s=1140.0,
     peer_reserve_s=160.0,
     peer_timeout_s=420.0,
+    scale_missions=600,
+    scale_budget_s=360.0,
+    scale_in_profile=True,
 )
 
 QUICK = Profile(
@@ -58,9 +66,12 @@ QUICK = Profile(
     b7_connections=16,
     batch_deadline_s=25.0,
     latency_drain_s=8.0,
-    total_budget_s=115.0,
-    peer_reserve_s=15.0,
-    peer_timeout_s=40.0,
+    total_budget_s=150.0,
+    peer_reserve_s=20.0,
+    peer_timeout_s=60.0,
+    scale_missions=100,
+    scale_budget_s=240.0,
+    scale_in_profile=False,
     b6_background_s=2.0,
     warmup_missions=10,
 )

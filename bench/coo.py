@@ -27,6 +27,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 # Raised so that admission never holds back a batch: the benchmark measures the engine, not the queue.
 MAX_ACTIVE_MISSIONS = 1_000_000
+# Per-key requests per minute when the rate limiter is on (B7): high enough that the load generator,
+# one API key, is never answered 429, while every request still goes through the limiter's upsert.
+HIGH_RATE_LIMIT_PER_MINUTE = 1_000_000_000
+
+
+def process_names(service: str, count: int) -> list[str]:
+    """``orchestrator``, ``orchestrator-2``, ...: the first replica keeps the service's name."""
+    return [service if n == 1 else f"{service}-{n}" for n in range(1, count + 1)]
+
+
+def service_of(name: str) -> str:
+    return name.split("-", 1)[0]
 
 
 @dataclass
@@ -40,6 +52,8 @@ class CooStack:
     log_level: str = "INFO"
     generation: int = 0
     telemetry_env: dict[str, str] = field(default_factory=dict)  # OTEL_* for the services (B5)
+    rate_limit_per_minute: int = 0  # 0: the limiter off (the harness is one key submitting far past 100/min)
+    replicas: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SERVICES, 1))
 
     @property
     def data_dir(self) -> Path:
@@ -48,6 +62,15 @@ class CooStack:
     @property
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.ports['orchestrator']}"
+
+    @property
+    def api_urls(self) -> list[str]:
+        """Every orchestrator replica's API."""
+        return [f"http://127.0.0.1:{self.ports[n]}" for n in self.names() if service_of(n) == "orchestrator"]
+
+    def names(self) -> list[str]:
+        """Every process of the current shape, by name."""
+        return [name for service in SERVICES for name in process_names(service, self.replicas.get(service, 1))]
 
     def settings(self) -> Settings:
         return Settings(
@@ -58,7 +81,8 @@ class CooStack:
             data_dir=self.data_dir,
         )
 
-    def env(self) -> dict[str, str]:
+    def env(self, name: str | None = None) -> dict[str, str]:
+        """The services' environment; ``name`` (a replica such as ``worker-2``) gets its own port."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("COO_")}
         env.update(
             {
@@ -70,13 +94,15 @@ class CooStack:
                 "COO_DATA_DIR": str(self.data_dir),
                 "COO_MAX_ACTIVE_MISSIONS": str(MAX_ACTIVE_MISSIONS),
                 "COO_LOG_LEVEL": self.log_level,
-                "COO_RATE_LIMIT_PER_MINUTE": "0",  # the harness is one client submitting far past 100/min
+                "COO_RATE_LIMIT_PER_MINUTE": str(self.rate_limit_per_minute),
                 "COO_ORCHESTRATOR_PORT": str(self.ports["orchestrator"]),
                 "COO_WORKER_PORT": str(self.ports["worker"]),
                 "COO_SANDBOX_PORT": str(self.ports["sandbox"]),
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        if name is not None:
+            env[f"COO_{service_of(name).upper()}_PORT"] = str(self.ports[name])
         env.update(self.telemetry_env)
         return env
 
@@ -87,8 +113,11 @@ class CooStack:
             "bus_prefix": self.bus_prefix,
             "max_active_missions": MAX_ACTIVE_MISSIONS,
             "log_level": self.log_level,
+            "rate_limit_per_minute": "0 (limiter off) for B1-B6 and the scale workload; for B7 the limiter is on "
+            f"with a per-key limit of {HIGH_RATE_LIMIT_PER_MINUTE} requests/min",
             "other_settings": "defaults (db_pool_size 10, worker_concurrency 8, engine_tick_s 1.0)",
-            "processes": "one each of orchestrator, worker, sandbox (python -m services.cli.main serve ...)",
+            "processes": "one each of orchestrator, worker, sandbox (python -m services.cli.main serve ...); "
+            "the scale workload runs more workers and orchestrators",
         }
 
     def migrate(self) -> None:
@@ -98,35 +127,37 @@ class CooStack:
     def log_path(self, service: str) -> Path:
         return self.data_dir / "logs" / f"{service}.{self.generation}.log"
 
-    def start(self, log_level: str = "INFO", deadline_s: float = 90.0) -> None:
-        """Spawn the three services and wait until each answers ``/readyz``."""
+    def start(
+        self, log_level: str = "INFO", deadline_s: float = 90.0, *, workers: int = 1, orchestrators: int = 1
+    ) -> None:
+        """Spawn the services (``workers`` worker and ``orchestrators`` orchestrator processes, one
+        sandbox, all on one Postgres and NATS) and wait until each answers ``/readyz``."""
         self.log_level = log_level
         self.generation += 1
-        self.ports = {service: free_port() for service in SERVICES}
-        env = self.env()
-        for service in SERVICES:
-            self.children[service] = CHILDREN.spawn(
-                f"coo-{service}",
-                serve_argv(service),
-                log=self.log_path(service),
-                env=env,
+        self.replicas = {"orchestrator": orchestrators, "worker": workers, "sandbox": 1}
+        self.ports = {name: free_port() for name in self.names()}
+        for name in self.names():
+            self.children[name] = CHILDREN.spawn(
+                f"coo-{name}",
+                serve_argv(service_of(name)),
+                log=self.log_path(name),
+                env=self.env(name),
                 cwd=REPO,
             )
         self.wait_ready(deadline_s)
 
     def wait_ready(self, deadline_s: float) -> None:
-        def exited(service: str) -> str | None:
-            child = self.children[service]
-            return None if child.alive() else f"COO {service} exited during start-up:\n{child.tail()}"
+        def exited(name: str) -> str | None:
+            child = self.children[name]
+            return None if child.alive() else f"COO {name} exited during start-up:\n{child.tail()}"
 
-        urls = {service: f"http://127.0.0.1:{self.ports[service]}/readyz" for service in SERVICES}
+        urls = {name: f"http://127.0.0.1:{self.ports[name]}/readyz" for name in self.names()}
         wait_until_ready(urls, exited, deadline_s=deadline_s)
 
     def stop(self) -> None:
-        for service in ("worker", "orchestrator", "sandbox"):
-            child = self.children.pop(service, None)
-            if child is not None:
-                CHILDREN.stop(child)
+        order = {"worker": 0, "orchestrator": 1, "sandbox": 2}
+        for name in sorted(self.children, key=lambda n: order.get(service_of(n), 3)):
+            CHILDREN.stop(self.children.pop(name))
 
     def dead_service(self) -> str | None:
         for service, child in self.children.items():
@@ -151,9 +182,9 @@ class CooStack:
 
     def log_bytes(self) -> int:
         total = 0
-        for service in SERVICES:
+        for name in self.names():
             with contextlib.suppress(OSError):
-                total += self.log_path(service).stat().st_size
+                total += self.log_path(name).stat().st_size
         return total
 
     async def drop_schema_and_streams(self) -> None:

@@ -1,28 +1,131 @@
-"""COO's workloads. Submission goes only through the REST API; completion is read from the
-``missions`` table in bulk (one ``GROUP BY status`` query per poll, then ``finished_at`` of every
-mission at the end), which is exact and costs COO almost nothing."""
+"""COO's workloads. Submission goes only through the REST API. A mission's completion is the moment
+its terminal timeline event (``mission.succeeded`` / ``failed`` / ``cancelled``) reaches the
+measuring process: the orchestrator publishes it on core NATS (``<prefix>.coo.timeline.<id>``) only
+after the transaction that ended the mission committed, so it is when the completion became
+visible, not ``missions.finished_at`` (set inside that transaction, before COMMIT). The ``missions``
+table is still polled in bulk (one ``GROUP BY status`` query per poll) to know when everything has
+ended, and its ``finished_at`` stands in for a mission whose event was missed (counted and reported
+as ``completion_fallbacks``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+import nats
 
 from bench import stats
 from bench.coo import CooClient, CooStack, chain3, fanout, one_step
 from bench.infra import connect
+from services.common.bus.subjects import Subjects
 
 TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL_EVENTS = {"mission.succeeded", "mission.failed", "mission.cancelled"}
 POLL_S = 0.25
+EVENT_GRACE_S = 2.0  # after the table shows every mission ended, how long the last events may take
 COMPLETION_NOTE = (
-    "completion read in bulk from the missions table (status, finished_at); submission via POST /v1/missions"
+    "completion = receipt of the mission's terminal timeline event (core NATS, published after COMMIT); "
+    "the missions table is polled (GROUP BY status) to know when all have ended, and its finished_at is "
+    "used only for a mission whose event was missed; submission via POST /v1/missions"
 )
+TABLE_NOTE = "completion read in bulk from the missions table (status, finished_at); submission via POST /v1/missions"
+
+
+class Completions:
+    """Receipt times of terminal timeline events, from a core NATS subscription to
+    ``<prefix>.coo.timeline.*`` held by a thread of its own (its own event loop, so that a busy
+    submitting loop does not delay the timestamps). Start it before submitting."""
+
+    def __init__(self, stack: CooStack) -> None:
+        self.url = stack.infra.nats_url
+        self.subject = Subjects(stack.settings()).timeline_all
+        self.done: dict[str, tuple[str, float]] = {}  # mission id -> (event type, receipt time)
+        self.events = 0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="coo-completions", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._subscribe())
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    async def _subscribe(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=-1, name="bench-completions")
+
+        async def on_event(msg: Any) -> None:
+            received = time.time()
+            self.events += 1
+            event = json.loads(msg.data)
+            if event.get("type") in TERMINAL_EVENTS:
+                self.done.setdefault(str(event.get("mission_id")), (str(event["type"]), received))
+
+        try:
+            await nc.subscribe(self.subject, cb=on_event, pending_msgs_limit=-1, pending_bytes_limit=-1)
+            await nc.flush(timeout=5)
+            self._ready.set()
+            await self._stop.wait()
+        finally:
+            await nc.close()
+
+    def start(self, timeout_s: float = 10.0) -> Completions:
+        self._thread.start()
+        if not self._ready.wait(timeout_s) or self._error is not None:
+            raise RuntimeError(f"timeline subscription to {self.subject} failed: {self._error!r}")
+        return self
+
+    def stop(self) -> None:
+        loop, stop = self._loop, self._stop
+        if loop is not None and stop is not None and self._thread.is_alive():
+            loop.call_soon_threadsafe(stop.set)
+        self._thread.join(timeout=10)
+
+    def completed_at(self, mission_id: str) -> float | None:
+        got = self.done.get(mission_id)
+        return got[1] if got is not None and got[0] == "mission.succeeded" else None
+
+    async def wait_for(self, mission_ids: list[str], timeout_s: float = EVENT_GRACE_S) -> None:
+        """Until every one of ``mission_ids`` has its terminal event, or ``timeout_s``."""
+        give_up = time.monotonic() + timeout_s
+        # the events arrive on another thread's loop: polled, not awaited
+        while time.monotonic() < give_up and any(m not in self.done for m in mission_ids):  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+
+
+def completion_times(
+    rows: dict[str, tuple[str, float | None]], ids: list[str], completions: Completions | None
+) -> tuple[dict[str, float], int]:
+    """mission id -> completion time of each succeeded one among ``ids`` (the event's receipt, else the
+    table's finished_at), and how many fell back to the table."""
+    out: dict[str, float] = {}
+    fallbacks = 0
+    for mid in ids:
+        status, fin = rows.get(mid, ("missing", None))
+        if status != "succeeded":
+            continue
+        at = completions.completed_at(mid) if completions is not None else None
+        if at is None:
+            if fin is None:
+                continue
+            if completions is not None:
+                fallbacks += 1
+            at = fin
+        out[mid] = at
+    return out, fallbacks
 
 
 @dataclass
@@ -84,12 +187,16 @@ class Submitted:
     last: float = 0.0
 
 
-async def submit_batch(client: CooClient, workflow: str, count: int, concurrency: int, deadline: float) -> Submitted:
-    """``count`` missions from ``concurrency`` concurrent submitters, as fast as the API accepts them."""
+async def submit_batch(
+    client: CooClient | Sequence[CooClient], workflow: str, count: int, concurrency: int, deadline: float
+) -> Submitted:
+    """``count`` missions from ``concurrency`` concurrent submitters, as fast as the API accepts them;
+    with several clients (one per orchestrator replica), submitter ``j`` uses client ``j mod n``."""
+    clients = [client] if isinstance(client, CooClient) else list(client)
     out = Submitted(first=time.time())
     next_index = iter(range(count))
 
-    async def submitter() -> None:
+    async def submitter(client: CooClient) -> None:
         for i in next_index:
             if time.monotonic() > deadline:
                 return
@@ -99,7 +206,7 @@ async def submit_batch(client: CooClient, workflow: str, count: int, concurrency
                 out.errors += 1
                 out.first_error = out.first_error or repr(exc)[:300]
 
-    await asyncio.gather(*(submitter() for _ in range(concurrency)))
+    await asyncio.gather(*(submitter(clients[j % len(clients)]) for j in range(concurrency)))
     out.last = time.time()
     return out
 
@@ -118,7 +225,7 @@ async def wait_terminal(
 
 
 async def run_batch(
-    client: CooClient,
+    client: CooClient | Sequence[CooClient],
     table: MissionTable,
     workflow: str,
     *,
@@ -127,8 +234,10 @@ async def run_batch(
     concurrency: int,
     deadline_s: float,
     unit: str,
+    completions: Completions | None = None,
 ) -> dict[str, Any]:
-    """A closed batch: submit ``count`` missions, wait for all to end, throughput from the table."""
+    """A closed batch: submit ``count`` missions, wait for all to end; each completion is its
+    terminal event's receipt (``completions``) or, without one, the table's ``finished_at``."""
     deadline = time.monotonic() + deadline_s
     submitted: list[Submitted] = []
 
@@ -146,12 +255,17 @@ async def run_batch(
         with contextlib.suppress(asyncio.CancelledError):
             await submit_task
     sub = submitted[0] if submitted else Submitted(first=time.time(), last=time.time())
+    if completions is not None:
+        await completions.wait_for(sub.ids)
     rows = await table.finished(workflow)
-    ok = [fin for status, fin in rows.values() if status == "succeeded" and fin is not None]
+    times, fallbacks = completion_times(rows, list(rows), completions)
+    ok = list(times.values())
     failed = sum(1 for status, _ in rows.values() if status in ("failed", "cancelled"))
     unfinished = sum(1 for status, _ in rows.values() if status not in TERMINAL)
     note = stats_note(sub)
-    return stats.throughput(
+    if completions is not None:
+        note += f"; {fallbacks} completions from the table's finished_at (terminal event not received)"
+    result = stats.throughput(
         unit=unit,
         items=count,
         steps_per_item=steps_per_mission,
@@ -165,6 +279,10 @@ async def run_batch(
         timed_out=not done,
         note=note,
     )
+    result["completion_source"] = "timeline event after COMMIT" if completions is not None else "finished_at"
+    if completions is not None:
+        result["completion_fallbacks"] = fallbacks
+    return result
 
 
 def stats_note(sub: Submitted) -> str:
@@ -184,9 +302,11 @@ async def run_open_loop(
     max_missions: int,
     drain_s: float,
     max_in_flight: int = 256,
+    completions: Completions | None = None,
 ) -> dict[str, Any]:
-    """Poisson arrivals at ``rate_per_s``; latency = finished_at - the arrival's scheduled time
-    (so a slow API cannot hide queueing: no coordinated omission)."""
+    """Poisson arrivals at ``rate_per_s``; latency = completion (the terminal event's receipt, else
+    ``finished_at``) - the arrival's scheduled time (so a slow API cannot hide queueing: no
+    coordinated omission)."""
     offsets = stats.poisson_arrivals(rate_per_s, duration_s, max_missions)
     sent: dict[str, float] = {}
     errors: list[str] = []
@@ -217,20 +337,21 @@ async def run_open_loop(
         await asyncio.wait(list(in_flight), timeout=drain_s)
     deadline = time.monotonic() + drain_s
     await wait_terminal(table, workflow, lambda: len(sent), deadline)
+    if completions is not None:
+        await completions.wait_for(list(sent))
     rows = await table.finished(workflow)
-    latencies: list[float] = []
-    for mid, scheduled in sent.items():
-        status, fin = rows.get(mid, ("missing", None))
-        if status == "succeeded" and fin is not None:
-            latencies.append(fin - scheduled)
+    times, fallbacks = completion_times(rows, list(sent), completions)
+    latencies = [at - sent[mid] for mid, at in times.items()]
     failed = sum(1 for mid in sent if mid in rows and rows[mid][0] in ("failed", "cancelled"))
     unfinished = sum(1 for mid in sent if mid not in rows or rows[mid][0] not in TERMINAL)
-    note = COMPLETION_NOTE
+    note = COMPLETION_NOTE if completions is not None else TABLE_NOTE
+    if completions is not None:
+        note += f"; {fallbacks} completions from the table's finished_at (terminal event not received)"
     if dropped:
         note += f"; {dropped} arrivals not sent ({max_in_flight} submissions already in flight)"
     if errors:
         note += f"; first submit error: {errors[0]}"
-    return stats.latency(
+    result = stats.latency(
         target_rate_per_s=rate_per_s,
         duration_s=duration_s,
         scheduled=len(offsets),
@@ -242,6 +363,10 @@ async def run_open_loop(
         max_send_lag_s=max_lag,
         note=note,
     )
+    result["completion_source"] = "timeline event after COMMIT" if completions is not None else "finished_at"
+    if completions is not None:
+        result["completion_fallbacks"] = fallbacks
+    return result
 
 
 class RssSampler:

@@ -1,9 +1,12 @@
-"""B7: requests/s of ``GET /v1/missions/{id}`` against a bare FastAPI hello route on the same host,
-the same load generator (``wrk`` when installed, else ``bench.httpgen``) running as its own process."""
+"""B7: requests/s of COO's ``GET /v1/missions/{id}`` (rate limiter on) against a FastAPI baseline
+that does the least such a route must do, one asyncpg fetch of the same mission row
+(``bench.baseline_app``), on the same host, the same load generator (``wrk`` when installed, else
+``bench.httpgen``) running as its own process."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import time
@@ -12,10 +15,16 @@ from typing import Any
 
 import httpx
 
+from bench.infra import plain_dsn
 from bench.procs import CHILDREN, python_argv
 from services.cli.embedded import free_port
 
 WRK = "/usr/bin/wrk"
+BASELINE = "fastapi_asyncpg"  # the results' key: coo_get_mission vs fastapi_asyncpg, coo_over_fastapi_asyncpg
+BASELINE_ABOUT = (
+    "FastAPI + one asyncpg fetch of the same mission row (SELECT * FROM missions WHERE id = $1, same database "
+    "and schema, pool of 10 opened in the lifespan) returned as JSON, one uvicorn process"
+)
 _UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
@@ -69,17 +78,18 @@ def load(url: str, *, headers: dict[str, str], connections: int, duration_s: flo
     return result
 
 
-class HelloServer:
-    """``uvicorn bench.hello_app:app`` in its own process on a free port."""
+class BaselineServer:
+    """``uvicorn bench.baseline_app:app`` in its own process on a free port, reading COO's schema."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, database_url: str, schema: str, mission_id: str) -> None:
         self.port = free_port()
-        self.log = log_dir / "hello.log"
+        self.log = log_dir / "baseline.log"
+        env = {**os.environ, "BENCH_BASELINE_DSN": plain_dsn(database_url), "BENCH_BASELINE_SCHEMA": schema}
         self.child = CHILDREN.spawn(
-            "hello",
+            "baseline",
             python_argv(
                 "uvicorn",
-                "bench.hello_app:app",
+                "bench.baseline_app:app",
                 "--host",
                 "127.0.0.1",
                 "--port",
@@ -90,45 +100,64 @@ class HelloServer:
                 "--no-server-header",
             ),
             log=self.log,
+            env=env,
             cwd=Path(__file__).resolve().parents[1],
         )
-        self.url = f"http://127.0.0.1:{self.port}/hello"
+        self.url = f"http://127.0.0.1:{self.port}/v1/missions/{mission_id}"
 
     def wait_ready(self, deadline_s: float = 30.0) -> None:
         give_up = time.monotonic() + deadline_s
         with httpx.Client(timeout=1.0) as client:
             while time.monotonic() < give_up:
                 if not self.child.alive():
-                    raise RuntimeError(f"hello server exited:\n{self.child.tail()}")
+                    raise RuntimeError(f"baseline server exited:\n{self.child.tail()}")
                 try:
-                    if client.get(self.url).status_code == 200:
+                    answer = client.get(self.url)
+                    if answer.status_code == 200:
                         return
+                    if answer.status_code != 503:
+                        raise RuntimeError(f"baseline server answered {answer.status_code}: {answer.text[:300]}")
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.1)
-        raise RuntimeError(f"hello server not ready after {deadline_s:g}s")
+        raise RuntimeError(f"baseline server not ready after {deadline_s:g}s")
 
     def stop(self) -> None:
         CHILDREN.stop(self.child)
 
 
-def compare(mission_url: str, api_key: str, *, log_dir: Path, connections: int, duration_s: float) -> dict[str, Any]:
-    hello = HelloServer(log_dir)
+def compare(
+    mission_url: str,
+    api_key: str,
+    *,
+    database_url: str,
+    schema: str,
+    mission_id: str,
+    log_dir: Path,
+    connections: int,
+    duration_s: float,
+) -> dict[str, Any]:
+    baseline = BaselineServer(log_dir, database_url, schema, mission_id)
     try:
-        hello.wait_ready()
+        baseline.wait_ready()
         coo = load(
             mission_url, headers={"Authorization": f"Bearer {api_key}"}, connections=connections, duration_s=duration_s
         )
-        base = load(hello.url, headers={}, connections=connections, duration_s=duration_s)
+        base = load(baseline.url, headers={}, connections=connections, duration_s=duration_s)
     finally:
-        hello.stop()
+        baseline.stop()
     ratio = None
     if coo.get("requests_per_s") and base.get("requests_per_s"):
         ratio = round(coo["requests_per_s"] / base["requests_per_s"], 4)
     return {
         "generator": generator_name(),
+        "baseline": BASELINE,
+        "baseline_about": BASELINE_ABOUT,
         "coo_get_mission": coo,
-        "fastapi_hello": base,
-        "coo_over_hello": ratio,
-        "note": "both served by one uvicorn process on 127.0.0.1; generator in a separate process",
+        BASELINE: base,
+        f"coo_over_{BASELINE}": ratio,
+        "note": "each served by one uvicorn process on 127.0.0.1, reading the same mission row from the same "
+        "Postgres; COO with its rate limiter on (the API key's limit raised so that the load is never "
+        "answered 429: every request still counts against it in Postgres) and its API-key check; "
+        "generator in a separate process",
     }

@@ -61,6 +61,15 @@ def ratios(data: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     return out
 
 
+def b4_rates(data: dict[str, Any]) -> dict[str, float | None]:
+    """The B4 arrival rate each system ran at (its own, or --b4-rate)."""
+    out: dict[str, float | None] = {}
+    for name, result in systems(data):
+        b4 = result.get("b4") if isinstance(result, dict) else None
+        out[name] = _num(b4, "target_rate_per_s")
+    return out
+
+
 def charts(data: dict[str, Any], prefix: Path) -> list[Path]:
     """Throughput by system (log scale) and B4's latency CDF, as PNGs next to the JSON."""
     try:
@@ -97,12 +106,12 @@ def charts(data: dict[str, Any], prefix: Path) -> list[Path]:
         for name, b4 in curves:
             xs = [p[0] * 1000 for p in b4["cdf"]]
             ys = [p[1] for p in b4["cdf"]]
-            ax.step(xs, ys, where="post", color=COLORS.get(name), label=f"{name} (p99 {b4['p99_s'] * 1000:.0f} ms)")
-        rate = curves[0][1]["target_rate_per_s"]
+            label = f"{name} at {b4['target_rate_per_s']:g}/s (p99 {b4['p99_s'] * 1000:.0f} ms)"
+            ax.step(xs, ys, where="post", color=COLORS.get(name), label=label)
         ax.set_xscale("log")
         ax.set_xlabel("submit -> succeeded (ms, log scale)")
         ax.set_ylabel("fraction of missions")
-        ax.set_title(f"B4 latency CDF, open loop at {rate:g}/s (50% of COO's B1 rate)")
+        ax.set_title("B4 latency CDF, open loop, each system at its own rate (see legend)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
         fig.tight_layout()
@@ -196,13 +205,35 @@ def markdown(data: dict[str, Any], json_path: Path, chart_paths: list[Path]) -> 
             section = result.get(workload)
             if isinstance(section, dict) and section.get("skipped"):
                 skipped.append(f"- {name} {workload.upper()} skipped: {section.get('reason')}")
-    b4 = data.get("coo", {}).get("b4")
-    if isinstance(b4, dict) and not b4.get("skipped"):
+    rates = {name: rate for name, rate in b4_rates(data).items() if rate}
+    if rates:
+        duration = data["run"].get("workloads", {}).get("b4_duration_s")
+        how = (
+            "the rate given with --b4-rate, for every system"
+            if data["run"].get("b4_rate_override_per_s")
+            else "each system at 50% of its own B1 rate"
+        )
         lines.append("")
         lines.append(
-            f"B4: open-loop Poisson arrivals at {b4['target_rate_per_s']}/s (50% of COO's B1 rate) for "
-            f"{b4['duration_s']} s, the same rate and seed for every system; latency from the scheduled "
-            "arrival to the item's recorded completion."
+            f"B4: open-loop Poisson arrivals ({how}: "
+            + ", ".join(f"{name} {rate:.4g}/s" for name, rate in rates.items())
+            + f") for {duration} s, the same seed for every system; latency from the scheduled "
+            "arrival to the item's recorded completion. The B4 ratios below compare latencies at these "
+            "different rates, each the same fraction of that system's own capacity."
+        )
+    fallbacks = {
+        key.upper(): section["completion_fallbacks"]
+        for key, section in data.get("coo", {}).items()
+        if isinstance(section, dict) and isinstance(section.get("completion_fallbacks"), int)
+    }
+    if fallbacks:
+        lines.append("")
+        lines.append(
+            "COO's completion time: the receipt, by the measuring process, of the mission's terminal timeline "
+            "event, which the orchestrator publishes on core NATS after COMMIT (not missions.finished_at, set "
+            "before COMMIT); missions whose event was missed fell back to finished_at: "
+            + ", ".join(f"{k} {v}" for k, v in fallbacks.items())
+            + "."
         )
     lines += ["", *skipped] if skipped else []
     lines += _ratio_lines(data)
@@ -280,15 +311,20 @@ def _coo_lines(data: dict[str, Any]) -> list[str]:
             out.append(f"({note})")
     b7 = coo.get("b7")
     if isinstance(b7, dict) and not b7.get("skipped"):
-        c, h = b7["coo_get_mission"], b7["fastapi_hello"]
+        base_key = str(b7.get("baseline", "fastapi_asyncpg"))
+        c, h = b7["coo_get_mission"], b7[base_key]
         out += [
             "",
             f"B7 (same host, {b7['generator']}, {c['connections']} connections, {c['duration_s']} s each): "
-            f"`GET /v1/missions/{{id}}` {_fmt(c.get('requests_per_s'))} req/s (p50 {_fmt(c.get('p50_ms'))} ms, "
-            f"p99 {_fmt(c.get('p99_ms'))} ms, non-2xx {c.get('non_2xx')}) vs bare FastAPI hello "
-            f"{_fmt(h.get('requests_per_s'))} req/s (p50 {_fmt(h.get('p50_ms'))} ms, p99 {_fmt(h.get('p99_ms'))} ms); "
-            f"COO/hello = {_fmt(b7.get('coo_over_hello'))}.",
+            f"COO's `GET /v1/missions/{{id}}` (rate limiter on, per-key limit raised to "
+            f"{b7.get('coo_rate_limit_per_minute')}/min so that the load is never refused) "
+            f"{_fmt(c.get('requests_per_s'))} req/s (p50 {_fmt(c.get('p50_ms'))} ms, "
+            f"p99 {_fmt(c.get('p99_ms'))} ms, non-2xx {c.get('non_2xx')}) vs the baseline, "
+            f"{b7.get('baseline_about', base_key)}: {_fmt(h.get('requests_per_s'))} req/s "
+            f"(p50 {_fmt(h.get('p50_ms'))} ms, p99 {_fmt(h.get('p99_ms'))} ms, non-2xx {h.get('non_2xx')}); "
+            f"COO / FastAPI+asyncpg = {_fmt(b7.get(f'coo_over_{base_key}'))}.",
         ]
+    out += _scale_lines(coo.get("scale"))
     b8 = coo.get("b8_rss")
     if isinstance(b8, dict):
         under = b8.get("under_b1", {})
@@ -298,6 +334,31 @@ def _coo_lines(data: dict[str, Any]) -> list[str]:
             for svc in b8.get("idle_mib", {})
         ]
         out += ["", "B8 (COO RSS): " + "; ".join(parts) + "."]
+    return out
+
+
+def _scale_lines(scale: Any) -> list[str]:
+    if not isinstance(scale, dict):
+        return []
+    shapes = {k: v for k, v in scale.items() if isinstance(v, dict)}
+    if not shapes:
+        return []
+    out = [
+        "",
+        f"Scale (COO only) — {scale.get('note', '')}. On a 2-core machine this shows contention, not speed-up: "
+        "more processes compete for the same two cores (and Postgres and NATS run there too).",
+        "",
+        "| shape | workers | orchestrators | missions/s | completed |",
+        "|---|---|---|---|---|",
+    ]
+    for key, r in shapes.items():
+        if r.get("skipped"):
+            out.append(f"| {key} | - | - | skipped ({r.get('reason')}) | - |")
+            continue
+        out.append(
+            f"| {key} | {r.get('workers')} | {r.get('orchestrators')} | {_cell_throughput(r, 'items_per_s')} "
+            f"| {r.get('completed')}/{r.get('items')} |"
+        )
     return out
 
 

@@ -21,6 +21,7 @@ from bench import stats
 from bench.config import FULL, QUICK, Profile
 
 POLL_S = 0.25
+B4_FRACTION = 0.5  # B4 runs each system at this fraction of its own B1 rate (unless --b4-rate)
 KINDS = {"one_step": 1, "chain3": 3, "fanout": 100}
 
 
@@ -206,8 +207,12 @@ async def run_workloads(driver: Driver, profile: Profile, b4_rate: float, budget
                 f"{key.upper()}: {result['items_per_s']} {unit}/s, {result['steps_per_s']} steps/s "
                 f"({result['completed']}/{count} ok)",
             )
+        b4_override = b4_rate > 0
+        if not b4_override:  # 50% of this system's own B1 rate, like COO's
+            b1 = out.data.get("b1") or {}
+            b4_rate = B4_FRACTION * float(b1.get("items_per_s") or 0.0)
         if b4_rate <= 0:
-            out.put("b4", stats.skipped("no COO B1 rate to run at (COO did not run or completed nothing)"))
+            out.put("b4", stats.skipped(f"no B1 rate of its own to run at ({driver.name} completed no B1 mission)"))
         elif give_up - time.monotonic() < profile.b4_duration_s + 3:
             out.put("b4", stats.skipped("time budget"))
         else:
@@ -219,6 +224,7 @@ async def run_workloads(driver: Driver, profile: Profile, b4_rate: float, budget
                 max_items=profile.b4_max_missions,
                 drain_s=min(profile.latency_drain_s, deadline(60)),
             )
+            b4["rate_source"] = "--b4-rate" if b4_override else f"{B4_FRACTION:.0%} of its own B1 rate"
             out.put("b4", b4)
             log(driver.name, f"B4: p50 {b4['p50_s']}s p95 {b4['p95_s']}s p99 {b4['p99_s']}s")
     finally:
@@ -229,7 +235,9 @@ def main(make_driver: Callable[[dict[str, Any]], Driver]) -> None:
     """Entry point of a peer's driver process: ``python -m bench.peers.<peer> drive --spec JSON``."""
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["drive"])
-    parser.add_argument("--spec", required=True, help="JSON: profile, b4_rate, budget_s, out, and peer settings")
+    parser.add_argument(
+        "--spec", required=True, help="JSON: profile, b4_rate (0: half its own B1 rate), budget_s, out, peer settings"
+    )
     args = parser.parse_args()
     spec = json.loads(args.spec)
     profile = QUICK if spec["profile"] == "quick" else FULL

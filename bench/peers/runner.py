@@ -35,7 +35,9 @@ def drive(
     too, with an ``error`` when it failed or ran out of time)."""
     out = work_dir / f"{name}-driver.json"
     log = work_dir / f"{name}-driver.log"
-    budget_s = min(profile.peer_timeout_s, max(10.0, budget.remaining()))
+    # at least its own reserve, even when the systems before it overran theirs: every peer gets to run
+    # its workloads, B4 included
+    budget_s = min(profile.peer_timeout_s, max(profile.peer_reserve_s, budget.remaining()))
     full_spec = {**spec, "profile": profile.name, "b4_rate": b4_rate, "budget_s": budget_s - 5, "out": str(out)}
     child = CHILDREN.spawn(
         f"{name}-driver",

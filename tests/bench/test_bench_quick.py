@@ -50,9 +50,16 @@ def test_the_quick_benchmark_runs_every_workload_and_writes_its_results(tmp_path
     statements = coo["b6"]["statements"]  # an external Postgres without pg_stat_statements cannot say
     assert _positive(statements["statements_per_step"]) or statements["source"] == "not measured", statements
     assert _positive(coo["b7"]["coo_get_mission"]["requests_per_s"]), coo["b7"]
-    assert _positive(coo["b7"]["fastapi_hello"]["requests_per_s"]), coo["b7"]
+    assert _positive(coo["b7"]["fastapi_asyncpg"]["requests_per_s"]), coo["b7"]
+    assert _positive(coo["b7"]["coo_over_fastapi_asyncpg"]), coo["b7"]
+    assert coo["b7"]["coo_get_mission"]["non_2xx"] == 0, coo["b7"]  # the rate limiter is on, never refusing
+    for key in ("b1", "b4"):  # completion = the terminal timeline event's receipt, after COMMIT
+        assert coo[key]["completion_source"] == "timeline event after COMMIT", coo[key]
     assert all(_positive(mib) for mib in coo["b8_rss"]["idle_mib"].values()), coo["b8_rss"]
+    assert _positive(coo["b5"]["on"]["spans_exported"]), coo["b5"]  # counted by the receiver's own process
     for name, peer in data["peers"].items():  # a peer that cannot run here says why
         assert (peer.get("skipped") and peer.get("reason")) or _positive(peer["b1"]["items_per_s"]), (name, peer)
+        if not peer.get("skipped") and not peer["b4"].get("skipped"):  # at half its own B1 rate
+            assert peer["b4"]["target_rate_per_s"] > 0, (name, peer["b4"])
     table = (tmp_path / "RESULTS.md").read_text()
     assert "| coo |" in table and "B6" in table and "B7" in table
