@@ -218,8 +218,13 @@ def markdown(data: dict[str, Any], json_path: Path, chart_paths: list[Path]) -> 
             f"B4: open-loop Poisson arrivals ({how}: "
             + ", ".join(f"{name} {rate:.4g}/s" for name, rate in rates.items())
             + f") for {duration} s, the same seed for every system; latency from the scheduled "
-            "arrival to the item's recorded completion. The B4 ratios below compare latencies at these "
-            "different rates, each the same fraction of that system's own capacity."
+            "arrival to the item's recorded completion."
+            + (
+                ""
+                if data["run"].get("b4_rate_override_per_s")
+                else " The B4 ratios below compare latencies at these different rates, each the same fraction "
+                "of that system's own capacity."
+            )
         )
     fallbacks = {
         key.upper(): section["completion_fallbacks"]
