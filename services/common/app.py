@@ -35,7 +35,7 @@ from services.common.infra import Infra, open_infra
 from services.common.resources import ServiceResources
 from services.common.runtime_metrics import register_pool_metrics, service_registry
 from services.common.settings import Settings
-from services.common.telemetry import Telemetry, instrument_app, instrument_engine
+from services.common.telemetry import Telemetry, instrument_engine, instrument_http_clients, server_telemetry
 
 VERSION = "0.1.0"
 
@@ -80,9 +80,10 @@ class ServiceScaffold:
             lifespan=lifespan,
             docs_url="/docs" if docs else None,
             redoc_url="/redoc" if docs else None,
+            telemetry=server_telemetry(),
         )
         install_error_handlers(app)
         install_http_metrics(app, self._http_metrics, self.service)
-        instrument_app(app)
+        instrument_http_clients()
         install_health_routes(app, checks={**infra_checks(self.resources), **(checks or {})}, registry=self.registry)
         return app

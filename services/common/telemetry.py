@@ -29,7 +29,6 @@ from services.common.log_export import set_otlp_logger
 from services.common.scrub import REDACTED, is_secret_key, scrub_text
 
 if TYPE_CHECKING:
-    from fastapi import FastAPI
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -53,10 +52,11 @@ __all__ = [
     "exemplar",
     "extract_context",
     "inject_headers",
-    "instrument_app",
     "instrument_engine",
+    "instrument_http_clients",
     "scrub_attributes",
     "sdk_disabled",
+    "server_telemetry",
     "traceparent_context",
     "tracer",
 ]
@@ -340,17 +340,29 @@ class Telemetry:
 _instrumented_httpx = False
 
 
-def instrument_app(app: FastAPI) -> None:
-    """FastAPI server spans (no per-chunk receive/send spans; health and metrics routes left out)
-    and httpx client spans."""
+_UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def server_telemetry() -> dict[str, Any]:
+    """``FastAPI(telemetry=...)``: FastAPI's own server spans (one per request, named
+    ``<METHOD> <route>``, with ``http.route`` and the stable HTTP attributes), once a tracer
+    provider is set; none for the health and metrics routes, no spans per dependency, endpoint or
+    serialization step, and no OTel HTTP metrics (the Prometheus ones are the service's)."""
+    return {
+        "tracing": not sdk_disabled(),
+        "metrics": False,
+        "logs": False,
+        "operation_spans": False,
+        "auto_configure": False,
+        "exclude": lambda scope: scope.get("path") in _UNTRACED_PATHS,
+    }
+
+
+def instrument_http_clients() -> None:
+    """httpx client spans (the server spans are FastAPI's own: ``server_telemetry``)."""
     global _instrumented_httpx
     if sdk_disabled():
         return
-    from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
-
-    FastAPIInstrumentor.instrument_app(
-        app, excluded_urls="/healthz,/readyz,/metrics", exclude_spans=["receive", "send"]
-    )
     if not _instrumented_httpx:
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor
 
