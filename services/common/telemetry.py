@@ -170,18 +170,33 @@ def scrub_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
 
 
 def _scrubbed_span(span: ReadableSpan) -> ReadableSpan:
+    """``span`` with its secrets redacted: itself when it holds none (nearly always), else a copy."""
     from opentelemetry.sdk.trace import Event, ReadableSpan
 
     status = span.status
     if status.description:
-        status = Status(status.status_code, scrub_text(status.description))
+        description = scrub_text(status.description)
+        if description is not status.description:
+            status = Status(status.status_code, description)
+    name = scrub_text(span.name)
+    attributes = span.attributes or {}
+    scrubbed = scrub_attributes(attributes)
+    events = [(event, scrub_attributes(event.attributes)) for event in span.events]
+    unchanged = (
+        status is span.status
+        and name is span.name
+        and all(scrubbed[key] is value for key, value in attributes.items())
+        and all(clean[key] is value for event, clean in events for key, value in (event.attributes or {}).items())
+    )
+    if unchanged:
+        return span
     return ReadableSpan(
-        name=scrub_text(span.name),
+        name=name,
         context=span.context,
         parent=span.parent,
         resource=span.resource,
-        attributes=scrub_attributes(span.attributes),
-        events=[Event(e.name, scrub_attributes(e.attributes), e.timestamp) for e in span.events],
+        attributes=scrubbed,
+        events=[Event(event.name, clean, event.timestamp) for event, clean in events],
         links=span.links,
         kind=span.kind,
         status=status,
