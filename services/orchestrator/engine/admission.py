@@ -3,16 +3,31 @@
 from __future__ import annotations
 
 import uuid
+from typing import NamedTuple
 
 from sqlalchemy import and_, bindparam, exists, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from services.common.db.models import Mission
+from services.common.db.models import Mission, Step
 from services.common.settings import Settings
 from services.common.status import MissionStatus
 from services.orchestrator.engine.scheduler import advance, load_steps_of
 from services.orchestrator.engine.transitions import move_mission
 from services.orchestrator.engine.unit import UnitOfWork
+
+
+class NewMission(NamedTuple):
+    """A mission created in this unit of work, with its steps (not inserted until the flush)."""
+
+    mission: Mission
+    steps: list[Step]
+
+
+def new_missions(uow: UnitOfWork) -> dict[uuid.UUID, NewMission]:
+    """The missions created in ``uow`` so far, by id."""
+    created: dict[uuid.UUID, NewMission] = uow.memo.setdefault("new_missions", {})
+    return created
+
 
 # Any constant shared by every orchestrator replica: serialises admission decisions.
 ADMISSION_LOCK = 0x0C00_AD41
@@ -33,17 +48,53 @@ _NEXT_QUEUED = (
 
 
 async def admit(uow: UnitOfWork, settings: Settings) -> list[uuid.UUID]:
-    """Start queued missions while there is room; returns the ids started."""
-    session = uow.session
-    await session.execute(_LOCK)
-    result = await session.execute(_NEXT_QUEUED, {"max_active": settings.max_active_missions})
-    missions = list(result.scalars())
-    steps = await load_steps_of(session, [mission.id for mission in missions])
-    for mission in missions:
-        move_mission(uow, mission, MissionStatus.RUNNING)
-        await advance(uow, mission, steps.get(mission.id, []))
-    return [mission.id for mission in missions]
+    """Start queued missions while there is room; returns the ids started.
 
+    Missions created in this unit of work and not inserted yet compete with the stored queue by
+    the same order (priority, then arrival); those admitted start before their first flush, so
+    that they are inserted running, with their first steps dispatched, instead of inserted queued
+    and then updated."""
+    session = uow.session
+    created = [new for new in new_missions(uow).values() if new.mission in session.new]
+    if not created:
+        await session.execute(_LOCK)
+        result = await session.execute(_NEXT_QUEUED, {"max_active": settings.max_active_missions})
+        missions = list(result.scalars())
+        steps = await load_steps_of(session, [mission.id for mission in missions])
+        for mission in missions:
+            move_mission(uow, mission, MissionStatus.RUNNING)
+            await advance(uow, mission, steps.get(mission.id, []))
+        return [mission.id for mission in missions]
+    with session.no_autoflush:  # the new missions stay unflushed until they are admitted or not
+        await session.execute(_LOCK)
+        room = settings.max_active_missions - int(await session.scalar(_RUNNING) or 0)
+        if room <= 0:
+            return []
+        result = await session.execute(_QUEUED_FIRST, {"room": room})
+        stored = list(result.scalars())
+        pending = {new.mission.id: new for new in created if new.mission.status == MissionStatus.QUEUED}
+        chosen = sorted(
+            [*stored, *(new.mission for new in pending.values())],
+            key=lambda mission: (-mission.priority, mission.created_at, mission.id),
+        )[:room]
+        steps = await load_steps_of(session, [mission.id for mission in chosen if mission.id not in pending])
+        for mission in chosen:
+            move_mission(uow, mission, MissionStatus.RUNNING)
+            own = pending.get(mission.id)
+            await advance(uow, mission, own.steps if own is not None else steps.get(mission.id, []))
+    return [mission.id for mission in chosen]
+
+
+# With missions of its own not yet inserted, admission needs the room before it picks (it picks
+# among the stored queue and its own missions, by the same order).
+_RUNNING = select(func.count()).select_from(Mission).where(Mission.status == MissionStatus.RUNNING)
+_QUEUED_FIRST = (
+    select(Mission)
+    .where(Mission.status == MissionStatus.QUEUED)
+    .order_by(Mission.priority.desc(), Mission.created_at, Mission.id)
+    .limit(bindparam("room"))
+    .with_for_update(skip_locked=True)
+)
 
 _ANY_QUEUED = select(exists().where(Mission.status == MissionStatus.QUEUED))
 

@@ -12,7 +12,7 @@ from services.common.scrub import scrub
 from services.common.settings import Settings
 from services.common.status import MissionStatus, StepStatus
 from services.common.telemetry import current_traceparent, tracer
-from services.orchestrator.engine.admission import admit_before_commit
+from services.orchestrator.engine.admission import NewMission, admit_before_commit, new_missions
 from services.orchestrator.engine.dag import WorkflowDefinition
 from services.orchestrator.engine.transitions import record
 from services.orchestrator.engine.unit import UnitOfWork
@@ -60,21 +60,25 @@ async def create_mission(
             idempotency_key=idempotency_key,
             traceparent=traceparent or current_traceparent(),
         )
-        uow.session.add(mission)  # inserted with its steps at the next flush (one statement per table)
-        uow.session.add_all(
-            [
-                Step(
-                    mission_id=mission.id,
-                    key=spec.id,
-                    agent=spec.agent,
-                    status=StepStatus.PENDING,
-                    depends_on=list(spec.depends_on),
-                    max_attempts=spec.retry.max_attempts,
-                    timeout_s=spec.timeout_s,
-                )
-                for spec in definition.steps
-            ]
-        )
+        steps = [
+            Step(
+                id=uuid.uuid4(),
+                mission_id=mission.id,
+                key=spec.id,
+                agent=spec.agent,
+                status=StepStatus.PENDING,
+                attempt=0,
+                depends_on=list(spec.depends_on),
+                max_attempts=spec.retry.max_attempts,
+                timeout_s=spec.timeout_s,
+            )
+            for spec in definition.steps
+        ]
+        # Inserted with its steps at the next flush (one statement per table); admission may start
+        # it before then, so that it is inserted as it runs rather than inserted, then updated.
+        uow.session.add(mission)
+        uow.session.add_all(steps)
+        new_missions(uow)[mission.id] = NewMission(mission, steps)
         record(
             uow,
             mission.id,
