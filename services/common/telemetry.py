@@ -29,6 +29,7 @@ from services.common.log_export import set_otlp_logger
 from services.common.scrub import REDACTED, is_secret_key, scrub_text
 
 if TYPE_CHECKING:
+    from fastapi.telemetry import TelemetryConfig
     from opentelemetry.sdk._logs import LoggerProvider
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -358,7 +359,7 @@ _instrumented_httpx = False
 _UNTRACED_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
-def server_telemetry() -> dict[str, Any]:
+def server_telemetry() -> TelemetryConfig:
     """``FastAPI(telemetry=...)``: FastAPI's own server spans (one per request, named
     ``<METHOD> <route>``, with ``http.route`` and the stable HTTP attributes), once a tracer
     provider is set; none for the health and metrics routes, no spans per dependency, endpoint or

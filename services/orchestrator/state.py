@@ -4,8 +4,10 @@ reached by routes, console pages and the audit trail through ``state_of``."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import cast
 
 from prometheus_client import CollectorRegistry
+from sqlalchemy import Table
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
@@ -50,7 +52,7 @@ class OrchestratorState:
         self.submissions = UnitBatcher(self.unit, name="submissions")
         self.results = UnitBatcher(self.unit, name="results", prepare=lock_batch)
         self.keys = KeyStore(self.settings, self.reads)
-        self.audit = GroupInsert(self.engine, AuditEvent.__table__)
+        self.audit = GroupInsert(self.engine, cast(Table, AuditEvent.__table__))
 
     async def close(self) -> None:
         await self.submissions.close()

@@ -6,9 +6,9 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import insert
+from sqlalchemy import Table, insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import Bus
@@ -23,9 +23,8 @@ log = get_logger(__name__)
 
 # Core, every column given for every row (``step_key`` too when it is NULL): one multi-row INSERT
 # per unit of work, however its events alternate between mission and step events.
-_INSERT_EVENTS = insert(TimelineEventRow.__table__).returning(
-    TimelineEventRow.__table__.c.id, sort_by_parameter_order=True
-)
+_EVENTS = cast(Table, TimelineEventRow.__table__)
+_INSERT_EVENTS = insert(_EVENTS).returning(_EVENTS.c.id, sort_by_parameter_order=True)
 
 
 @dataclass(frozen=True)
