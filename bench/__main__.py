@@ -15,7 +15,7 @@ from typing import Any
 
 from bench import environment, report
 from bench.budget import Budget
-from bench.config import FULL, QUICK, Profile
+from bench.config import FULL, QUICK, SMOKE, Profile
 from bench.coo_run import log, run_coo
 from bench.infra import server_version, start_infra
 from bench.peers import PEERS
@@ -61,6 +61,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small workloads (about 2 minutes)")
     parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="the smallest workloads, to check that the harness runs (the test suite's run; its figures mean nothing)",
+    )
+    parser.add_argument(
         "--systems",
         default="coo," + ",".join(PEERS),
         help="comma-separated subset of: coo," + ",".join(PEERS) + " (default: all)",
@@ -88,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    profile = QUICK if args.quick else FULL
+    profile = SMOKE if args.smoke else QUICK if args.quick else FULL
     systems = [s.strip() for s in args.systems.split(",") if s.strip()]
     unknown = set(systems) - {"coo", *PEERS}
     if unknown:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,24 @@ QUICK = Profile(
     b6_background_s=2.0,
     warmup_missions=10,
 )
+
+# The test suite's smoke run (``--smoke``): every workload and peer, as small as still exercises
+# them. It checks that the harness works; its figures mean nothing.
+SMOKE = replace(
+    QUICK,
+    name="smoke",
+    b1_missions=60,
+    b2_chains=10,
+    b3_fanouts=1,
+    b4_duration_s=2.0,
+    b4_max_missions=100,
+    b5_missions=60,
+    b6_missions=20,
+    b7_duration_s=1.0,
+    latency_drain_s=6.0,
+    total_budget_s=130.0,
+    peer_reserve_s=20.0,
+    warmup_missions=5,
+)
+
+PROFILES = {profile.name: profile for profile in (FULL, QUICK, SMOKE)}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import stats
-from bench.config import FULL, QUICK, Profile
+from bench.config import PROFILES, Profile
 
 POLL_S = 0.25
 B4_FRACTION = 0.5  # B4 runs each system at this fraction of its own B1 rate (unless --b4-rate)
@@ -240,7 +240,7 @@ def main(make_driver: Callable[[dict[str, Any]], Driver]) -> None:
     )
     args = parser.parse_args()
     spec = json.loads(args.spec)
-    profile = QUICK if spec["profile"] == "quick" else FULL
+    profile = PROFILES[spec["profile"]]
     driver = make_driver(spec)
     out = Output(Path(spec["out"]), driver)
     asyncio.run(run_workloads(driver, profile, float(spec["b4_rate"]), float(spec["budget_s"]), out))

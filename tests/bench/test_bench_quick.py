@@ -1,5 +1,6 @@
-"""The benchmark's quick profile runs end to end and produces numbers (a smoke test: no speed
-is asserted here; speed is read from ``make bench``'s ratios, never from a timed assertion)."""
+"""The benchmark runs end to end and produces numbers: its smoke profile (the quick profile's
+workloads and peers, smaller). No speed is asserted here; speed is read from ``make bench``'s
+ratios, never from a timed assertion."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ def test_the_quick_benchmark_runs_every_workload_and_writes_its_results(tmp_path
         if os.environ.get(name):
             env[name] = os.environ[name]
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
         cwd=REPO,
         env=env,
         capture_output=True,
