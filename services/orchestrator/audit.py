@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from services.common.db.models import AuditEvent
 from services.common.logging import get_logger
 from services.orchestrator.auth import Caller
-from services.orchestrator.reads.paging import after_cursor, encode_cursor
+from services.orchestrator.reads.paging import newest_first, split_page
 from services.orchestrator.state import STATE_KEY, OrchestratorState
 from services.orchestrator.storable import storable_text
 
@@ -138,15 +138,11 @@ async def find_audit_events(
     state: OrchestratorState, *, limit: int, cursor: str | None, key: str | None, route: str | None
 ) -> AuditPage:
     """Audit events newest first, filtered by key name and route template."""
-    query = select(AuditEvent).order_by(AuditEvent.created_at.desc(), AuditEvent.id.desc()).limit(limit + 1)
+    query = newest_first(select(AuditEvent), AuditEvent, limit=limit, cursor=cursor)
     if key is not None:
         query = query.where(AuditEvent.key_name == key)
     if route is not None:
         query = query.where(AuditEvent.route == route)
-    if cursor is not None:
-        query = query.where(after_cursor(AuditEvent.created_at, AuditEvent.id, cursor))
     async with state.reads() as session:
-        rows = list((await session.execute(query)).scalars())
-    page = rows[:limit]
-    more = len(rows) > limit
-    return AuditPage(items=page, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if more else None)
+        page, next_cursor = split_page(list((await session.execute(query)).scalars()), limit)
+    return AuditPage(items=list(page), next_cursor=next_cursor)

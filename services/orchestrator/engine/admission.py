@@ -59,30 +59,30 @@ async def admit(uow: UnitOfWork, settings: Settings) -> list[uuid.UUID]:
     if not created:
         await session.execute(_LOCK)
         result = await session.execute(_NEXT_QUEUED, {"max_active": settings.max_active_missions})
-        missions = list(result.scalars())
-        steps = await load_steps_of(session, [mission.id for mission in missions])
-        for mission in missions:
-            move_mission(uow, mission, MissionStatus.RUNNING)
-            await advance(uow, mission, steps.get(mission.id, []))
-        return [mission.id for mission in missions]
+        return await _start(uow, list(result.scalars()), {})
     with session.no_autoflush:  # the new missions stay unflushed until they are admitted or not
         await session.execute(_LOCK)
         room = settings.max_active_missions - int(await session.scalar(_RUNNING) or 0)
         if room <= 0:
             return []
         result = await session.execute(_QUEUED_FIRST, {"room": room})
-        stored = list(result.scalars())
         pending = {new.mission.id: new for new in created if new.mission.status == MissionStatus.QUEUED}
         chosen = sorted(
-            [*stored, *(new.mission for new in pending.values())],
+            [*result.scalars(), *(new.mission for new in pending.values())],
             key=lambda mission: (-mission.priority, mission.created_at, mission.id),
         )[:room]
-        steps = await load_steps_of(session, [mission.id for mission in chosen if mission.id not in pending])
-        for mission in chosen:
-            move_mission(uow, mission, MissionStatus.RUNNING)
-            own = pending.get(mission.id)
-            await advance(uow, mission, own.steps if own is not None else steps.get(mission.id, []))
-    return [mission.id for mission in chosen]
+        return await _start(uow, chosen, pending)
+
+
+async def _start(uow: UnitOfWork, missions: list[Mission], created: dict[uuid.UUID, NewMission]) -> list[uuid.UUID]:
+    """Start ``missions``: the steps of those ``created`` in this unit of work are at hand, the
+    others' are read in one statement."""
+    stored = await load_steps_of(uow.session, [mission.id for mission in missions if mission.id not in created])
+    for mission in missions:
+        move_mission(uow, mission, MissionStatus.RUNNING)
+        own = created.get(mission.id)
+        await advance(uow, mission, own.steps if own is not None else stored.get(mission.id, []))
+    return [mission.id for mission in missions]
 
 
 # With missions of its own not yet inserted, admission needs the room before it picks (it picks

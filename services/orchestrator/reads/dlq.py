@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from sqlalchemy import select
 
 from services.common.db.models import DeadLetter, Step
-from services.orchestrator.reads.paging import after_cursor, encode_cursor
+from services.orchestrator.reads.paging import newest_first, split_page
 from services.orchestrator.state import OrchestratorState
 
 
@@ -65,22 +65,20 @@ async def find_dead_letters(
     state: OrchestratorState, *, mission_id: uuid.UUID | None, replayed: bool | None, limit: int, cursor: str | None
 ) -> DeadLetterPage:
     """Dead letters newest first, filtered; the REST list and the console share it."""
-    query = (
-        select(DeadLetter, Step.key)
-        .outerjoin(Step, Step.id == DeadLetter.step_id)
-        .order_by(DeadLetter.created_at.desc(), DeadLetter.id.desc())
-        .limit(limit + 1)
+    query = newest_first(
+        select(DeadLetter, Step.key).outerjoin(Step, Step.id == DeadLetter.step_id),
+        DeadLetter,
+        limit=limit,
+        cursor=cursor,
     )
     if mission_id is not None:
         query = query.where(DeadLetter.mission_id == mission_id)
     if replayed is not None:
         query = query.where(DeadLetter.replayed_at.is_not(None) if replayed else DeadLetter.replayed_at.is_(None))
-    if cursor is not None:
-        query = query.where(after_cursor(DeadLetter.created_at, DeadLetter.id, cursor))
     async with state.sessionmaker() as session:
         rows = (await session.execute(query)).all()
-    page = rows[:limit]
+    page, next_cursor = split_page(rows, limit, last=lambda row: row[0])
     return DeadLetterPage(
         items=[_out(letter, key) for letter, key in page],
-        next_cursor=encode_cursor(page[-1][0].created_at, page[-1][0].id) if len(rows) > limit else None,
+        next_cursor=next_cursor,
     )

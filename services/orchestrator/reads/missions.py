@@ -18,7 +18,7 @@ from services.common.status import MissionStatus
 from services.orchestrator.engine.admission import queue_position
 from services.orchestrator.engine.scheduler import definition_for
 from services.orchestrator.errors import NotFound
-from services.orchestrator.reads.paging import after_cursor, encode_cursor
+from services.orchestrator.reads.paging import newest_first, split_page
 from services.orchestrator.state import OrchestratorState
 
 
@@ -135,20 +135,15 @@ async def find_missions(
     state: OrchestratorState, *, status: str | None, workflow: str | None, limit: int, cursor: str | None
 ) -> MissionPage:
     """Missions newest first, filtered; the REST list and the console share it."""
-    query = select(Mission).order_by(Mission.created_at.desc(), Mission.id.desc()).limit(limit + 1)
+    query = newest_first(select(Mission), Mission, limit=limit, cursor=cursor)
     if status is not None:
         query = query.where(Mission.status == status)
     if workflow is not None:
         query = query.where(Mission.workflow_name == workflow)
-    if cursor is not None:
-        query = query.where(after_cursor(Mission.created_at, Mission.id, cursor))
     async with state.reads() as session:
-        rows = list((await session.execute(query)).scalars())
-        page = rows[:limit]
+        page, next_cursor = split_page(list((await session.execute(query)).scalars()), limit)
         items = [mission_out(m, await queue_position(session, m)) for m in page]
-    return MissionPage(
-        items=items, next_cursor=encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
-    )
+    return MissionPage(items=items, next_cursor=next_cursor)
 
 
 async def get_mission(session: AsyncSession, mission_id: uuid.UUID) -> Mission:
