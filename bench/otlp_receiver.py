@@ -25,22 +25,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
-from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
-
-def _value(value: AnyValue) -> Any:
-    kind = value.WhichOneof("value")
-    if kind is None:
-        return None
-    if kind == "array_value":
-        return [_value(v) for v in value.array_value.values]
-    if kind == "kvlist_value":
-        return {kv.key: _value(kv.value) for kv in value.kvlist_value.values}
-    return getattr(value, kind)
-
-
-def _attributes(pairs: Any) -> dict[str, Any]:
-    return {kv.key: _value(kv.value) for kv in pairs}
+from tests.fakes.otlp import any_value, attributes  # the tests' OTLP receiver: the same decoding
 
 
 class Counts:
@@ -71,12 +57,12 @@ def _traces(body: bytes) -> tuple[bytes, dict[str, int]]:
     request = ExportTraceServiceRequest.FromString(body)
     spans = 0
     for rs in request.resource_spans:
-        _attributes(rs.resource.attributes)
+        attributes(rs.resource.attributes)
         for ss in rs.scope_spans:
             for span in ss.spans:
-                _attributes(span.attributes)
+                attributes(span.attributes)
                 for event in span.events:
-                    _attributes(event.attributes)
+                    attributes(event.attributes)
                 spans += 1
     return ExportTraceServiceResponse().SerializeToString(), {"spans": spans}
 
@@ -85,11 +71,11 @@ def _logs(body: bytes) -> tuple[bytes, dict[str, int]]:
     request = ExportLogsServiceRequest.FromString(body)
     records = size = 0
     for rl in request.resource_logs:
-        _attributes(rl.resource.attributes)
+        attributes(rl.resource.attributes)
         for sl in rl.scope_logs:
             for record in sl.log_records:
-                text = _value(record.body)
-                _attributes(record.attributes)
+                text = any_value(record.body)
+                attributes(record.attributes)
                 size += len(text.encode() if isinstance(text, str) else json.dumps(text, default=str).encode())
                 records += 1
     reply = ExportLogsServiceResponse().SerializeToString()
@@ -100,14 +86,14 @@ def _metrics(body: bytes) -> tuple[bytes, dict[str, int]]:
     request = ExportMetricsServiceRequest.FromString(body)
     points = 0
     for rm in request.resource_metrics:
-        _attributes(rm.resource.attributes)
+        attributes(rm.resource.attributes)
         for sm in rm.scope_metrics:
             for metric in sm.metrics:
                 kind = metric.WhichOneof("data")
                 if kind is None:
                     continue
                 for point in getattr(metric, kind).data_points:
-                    _attributes(point.attributes)
+                    attributes(point.attributes)
                     points += 1
     return ExportMetricsServiceResponse().SerializeToString(), {"metric_points": points}
 
