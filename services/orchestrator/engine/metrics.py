@@ -13,6 +13,7 @@ from services.common.status import MISSION_TERMINAL
 
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200)
 _START_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+_LAG_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 _WAIT_BUCKETS = (1, 5, 15, 30, 60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400)
 
 
@@ -84,6 +85,41 @@ class EngineMetrics:
         self.rate_limited = Counter(
             "coo_rate_limited_requests", "API requests refused by the per-key rate limit.", registry=registry
         )
+
+        self.schedule_fires = Counter(
+            "coo_schedule_fires",
+            "Fire times a schedule reached, by schedule and outcome: started (a mission), skipped (overlap "
+            "policy), buffered (to start when the running one ends), missed (older than the catch-up window), "
+            "failed (no mission could be made: the workflow or its input is refused).",
+            ["schedule", "outcome"],
+            registry=registry,
+        )
+        self.schedule_lag = Histogram(
+            "coo_schedule_lag_seconds",
+            "Time from a fire time (plus its jitter) to its mission being created, by schedule.",
+            ["schedule"],
+            buckets=_LAG_BUCKETS,
+            registry=registry,
+        )
+        self.trigger_deliveries = Counter(
+            "coo_trigger_deliveries",
+            "Events and webhook deliveries a trigger received, by trigger, source (event, webhook) and outcome: "
+            "started, duplicate (a redelivery, answered with the same missions), ignored (another event, or "
+            "the filter is false), bad_signature (webhook refused with 401), failed (the input or workflow "
+            "was refused).",
+            ["trigger", "source", "outcome"],
+            registry=registry,
+        )
+
+    def prepare_schedule(self, schedule: str) -> None:
+        """Create a schedule's counters at 0, so that its first missed or skipped fire is an increase."""
+        for outcome in ("started", "skipped", "buffered", "missed", "failed"):
+            self.schedule_fires.labels(schedule=schedule, outcome=outcome)
+
+    def prepare_trigger(self, trigger: str, source: str) -> None:
+        """Create a trigger's counters at 0 for ``source``, so that the first bad signature is an increase."""
+        for outcome in ("started", "duplicate", "ignored", "bad_signature", "failed"):
+            self.trigger_deliveries.labels(trigger=trigger, source=source, outcome=outcome)
 
     def prepare_workflow(self, workflow: str) -> None:
         """Create a workflow's counters at 0 when its first mission starts, so that the first failure
