@@ -189,7 +189,8 @@ def workflow_overview() -> Any:
     return board(
         "coo-workflows",
         "COO / Workflow overview",
-        "Missions: throughput, outcomes, durations, the admission queue, approvals and budget pauses.",
+        "Missions: throughput, outcomes, durations, the admission queue, approvals, budget pauses, and the "
+        "schedules and triggers that start them.",
         [variable("workflow", "Workflow", "label_values(coo_workflow_runs_total, workflow)")],
         [
             (
@@ -279,6 +280,44 @@ def workflow_overview() -> Any:
                         [Q(f"sum by (workflow) (increase(coo_budget_exceeded_total{{{WF}}}[{RATE}]))", "{{workflow}}")],
                     ),
                     graph("Dead letters waiting", [Q("max(coo_dlq_messages)", "dead letters")]),
+                ],
+            ),
+            (
+                "Triggers",
+                [
+                    graph(
+                        "Schedule fires, by schedule and outcome",
+                        [
+                            Q(
+                                f"sum by (schedule, outcome) (rate(coo_schedule_fires_total[{RATE}]))",
+                                "{{schedule}} {{outcome}}",
+                            )
+                        ],
+                        unit="ops",
+                        width=8,
+                        description="Fire times reached: started a mission, skipped or buffered by the overlap "
+                        "policy, missed (older than the catch-up window) or failed (no mission could be made).",
+                    ),
+                    graph(
+                        "Schedule lag (p90), by schedule",
+                        [Q(quantile(0.9, "coo_schedule_lag_seconds", by="schedule"), "{{schedule}}")],
+                        unit="s",
+                        width=8,
+                        description="Time from a fire time (plus its jitter) to its mission being created.",
+                    ),
+                    graph(
+                        "Trigger deliveries, by trigger and outcome",
+                        [
+                            Q(
+                                f"sum by (trigger, outcome) (rate(coo_trigger_deliveries_total[{RATE}]))",
+                                "{{trigger}} {{outcome}}",
+                            )
+                        ],
+                        unit="ops",
+                        width=8,
+                        description="Events and webhook deliveries: started, duplicate (a redelivery), ignored, "
+                        "bad_signature (webhook refused with 401) or failed.",
+                    ),
                 ],
             ),
             (

@@ -70,6 +70,8 @@ COUNTERS_AND_GAUGES = {
     "coo_nats_consumer_pending",
     "coo_nats_consumer_redelivered",
     "coo_worker_slots",
+    "coo_schedule_fires_total",
+    "coo_trigger_deliveries_total",
     # prometheus-client's process, platform and garbage-collector collectors (runtime_metrics.py)
     "process_cpu_seconds_total",
     "process_open_fds",
@@ -92,6 +94,7 @@ HISTOGRAMS = {
     "coo_sandbox_duration_seconds",
     "coo_http_request_duration_seconds",
     "coo_step_schedule_to_start_seconds",
+    "coo_schedule_lag_seconds",
 }
 SLO_RECORDS = {
     "slo:objective:ratio",
