@@ -63,3 +63,49 @@ ResultStatus = Literal[RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.TIMEOUT,
 
 MISSION_TERMINAL = frozenset({MissionStatus.SUCCEEDED, MissionStatus.FAILED, MissionStatus.CANCELLED})
 STEP_TERMINAL = frozenset({StepStatus.SUCCEEDED, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.CANCELLED})
+
+
+class TriggerType(StrEnum):
+    """What started a mission (``missions.trigger.type``)."""
+
+    API = "api"
+    SCHEDULE = "schedule"
+    EVENT = "event"
+    WEBHOOK = "webhook"
+
+
+class Overlap(StrEnum):
+    """What a schedule does at a fire time while its previous mission still runs (Temporal's policies)."""
+
+    SKIP = "skip"  # record the fire time as skipped
+    BUFFER_ONE = "buffer_one"  # start it when the running one ends; one at most waits, later ones are skipped
+    ALLOW_ALL = "allow_all"  # start it anyway
+    CANCEL_OTHER = "cancel_other"  # cancel the running one, then start it
+
+
+class FireOutcome(StrEnum):
+    """What became of one fire time of a schedule (``schedule_fires.outcome``)."""
+
+    STARTED = "started"
+    SKIPPED = "skipped"
+    BUFFERED = "buffered"
+    MISSED = "missed"
+    FAILED = "failed"
+
+
+class FireKind(StrEnum):
+    """How a fire time came about (``schedule_fires.kind``)."""
+
+    SCHEDULED = "scheduled"  # on time, or late within the catch-up window
+    BACKFILL = "backfill"
+    MANUAL = "manual"  # POST /v1/schedules/{name}/trigger
+
+
+class DeliveryOutcome(StrEnum):
+    """What became of one event or webhook delivery to a trigger (``trigger_deliveries.outcome``)."""
+
+    STARTED = "started"
+    DUPLICATE = "duplicate"  # not stored: a redelivery answered with the first one's mission
+    IGNORED = "ignored"
+    BAD_SIGNATURE = "bad_signature"  # not stored: nothing is written for an unauthenticated request
+    FAILED = "failed"

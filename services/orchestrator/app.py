@@ -12,7 +12,19 @@ from services.common.app import ServiceScaffold
 from services.common.http import error_body
 from services.common.logging import get_logger
 from services.common.settings import Settings
-from services.orchestrator.api import agents, alerts, audit, control, dlq, events, keys, missions, workflows
+from services.orchestrator.api import (
+    agents,
+    alerts,
+    audit,
+    control,
+    dlq,
+    events,
+    keys,
+    missions,
+    schedules,
+    triggers,
+    workflows,
+)
 from services.orchestrator.audit import AuditTrail
 from services.orchestrator.console import install_console
 from services.orchestrator.engine.consumers import start_engine
@@ -61,6 +73,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(alerts.router)
     app.include_router(keys.router)
     app.include_router(audit.router)
+    app.include_router(schedules.router)
+    app.include_router(triggers.router)
     install_console(app)
     app.add_middleware(AuditTrail)
     return app

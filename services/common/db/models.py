@@ -24,11 +24,21 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from services.common.status import ApprovalStatus, MissionStatus, RunStatus, StepStatus
+from services.common.status import (
+    ApprovalStatus,
+    DeliveryOutcome,
+    FireKind,
+    FireOutcome,
+    MissionStatus,
+    Overlap,
+    RunStatus,
+    StepStatus,
+)
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -46,10 +56,10 @@ def _uuid() -> uuid.UUID:
     return uuid.uuid4()
 
 
-def _status_in(values: Iterable[str]) -> CheckConstraint:
-    """``status`` holds only ``values`` (named ``ck_<table>_status``; migration 0004 creates them)."""
+def _status_in(values: Iterable[str], column: str = "status") -> CheckConstraint:
+    """``column`` holds only ``values`` (named ``ck_<table>_<column>``; migrations 0004 and 0005 create them)."""
     listed = ", ".join(f"'{value}'" for value in values)
-    return CheckConstraint(f"status IN ({listed})", name="status")
+    return CheckConstraint(f"{column} IN ({listed})", name=column)
 
 
 class Base(DeclarativeBase):
@@ -91,6 +101,12 @@ class Mission(Base):
         UniqueConstraint("caller", "idempotency_key"),
         Index("ix_missions_queue", "status", "priority", "created_at"),
         Index("ix_missions_created_at_id", "created_at", "id"),
+        Index(
+            "ix_missions_trigger_created_at",
+            text("(trigger ->> 'type')"),
+            text("(trigger ->> 'name')"),
+            "created_at",
+        ),
         _status_in(MissionStatus),
     )
 
@@ -111,6 +127,8 @@ class Mission(Base):
     caller: Mapped[str] = mapped_column(String(100), default="")
     idempotency_key: Mapped[str | None] = mapped_column(String(200), default=None)
     traceparent: Mapped[str | None] = mapped_column(String(100), default=None)
+    # Why it started: {"type": "api"|"schedule"|"event"|"webhook", "name"?, "fire_time"?, "event_id"?}
+    trigger: Mapped[Json] = mapped_column(default=lambda: {"type": "api"}, server_default='{"type": "api"}')
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -302,3 +320,112 @@ class RateLimitWindow(Base):
     bucket: Mapped[str] = mapped_column(String(200), primary_key=True)
     window_start: Mapped[datetime] = mapped_column(primary_key=True)
     count: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Schedule(Base):
+    """Starts missions of a workflow at fire times: a cron expression in a timezone, or an interval."""
+
+    __tablename__ = "schedules"
+    __table_args__ = (
+        CheckConstraint("(cron IS NULL) <> (interval_s IS NULL)", name="cron_or_interval"),
+        Index("ix_schedules_due", "next_due_at", postgresql_where=text("NOT paused")),
+        _status_in(Overlap, "overlap"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    workflow: Mapped[str] = mapped_column(String(100))
+    workflow_version: Mapped[int | None] = mapped_column(Integer, default=None)  # None: the latest at each fire
+    cron: Mapped[str | None] = mapped_column(String(200), default=None)
+    interval_s: Mapped[float | None] = mapped_column(default=None)
+    timezone: Mapped[str] = mapped_column(String(64), default="UTC")
+    input: Mapped[Json] = mapped_column(default=dict)
+    overlap: Mapped[str] = mapped_column(String(16), default=Overlap.SKIP)
+    catchup_window_s: Mapped[float] = mapped_column(default=3600.0)
+    jitter_s: Mapped[float] = mapped_column(default=0.0)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    budget_usd: Mapped[Decimal | None] = mapped_column(Usd, default=None)
+    budget_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    next_fire_at: Mapped[datetime]  # the first fire time not handled yet
+    next_due_at: Mapped[datetime]  # next_fire_at plus its jitter: when the engine handles it
+    buffered_fire_at: Mapped[datetime | None] = mapped_column(default=None)  # buffer_one: waits for the running one
+    last_mission_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    caller: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class ScheduleFire(Base):
+    """One fire time of a schedule and what became of it; the unique key makes it happen once."""
+
+    __tablename__ = "schedule_fires"
+    __table_args__ = (
+        UniqueConstraint("schedule_id", "fire_time"),
+        _status_in(FireOutcome, "outcome"),
+        _status_in(FireKind, "kind"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    schedule_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("schedules.id", ondelete="CASCADE"))
+    fire_time: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(16))
+    outcome: Mapped[str] = mapped_column(String(16))
+    mission_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class Trigger(Base):
+    """Starts a mission of a workflow for each matching event (``POST /v1/events``) or signed webhook."""
+
+    __tablename__ = "triggers"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=_uuid)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    event: Mapped[str] = mapped_column(String(200), index=True)
+    workflow: Mapped[str] = mapped_column(String(100))
+    workflow_version: Mapped[int | None] = mapped_column(Integer, default=None)
+    input: Mapped[Json] = mapped_column(default=dict)  # templates over {{ event.* }}
+    filter: Mapped[str | None] = mapped_column(Text, default=None)
+    secret: Mapped[str | None] = mapped_column(String(500), default=None)  # the webhook's HMAC key; never read out
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    budget_usd: Mapped[Decimal | None] = mapped_column(Usd, default=None)
+    budget_tokens: Mapped[int | None] = mapped_column(BigInteger, default=None)
+    caller: Mapped[str] = mapped_column(String(100), default="")
+    created_at: Mapped[datetime] = mapped_column(server_default=func.now())
+
+
+class TriggerDelivery(Base):
+    """One event or webhook delivery to a trigger and its outcome; a redelivery finds it by its id."""
+
+    __tablename__ = "trigger_deliveries"
+    __table_args__ = (
+        UniqueConstraint("trigger_id", "delivery_id"),
+        Index("ix_trigger_deliveries_trigger_id_received_at", "trigger_id", "received_at"),
+        _status_in(DeliveryOutcome, "outcome"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    trigger_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("triggers.id", ondelete="CASCADE"))
+    delivery_id: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(String(16))  # event | webhook
+    event: Mapped[str] = mapped_column(String(200))
+    outcome: Mapped[str] = mapped_column(String(16))
+    mission_id: Mapped[uuid.UUID | None] = mapped_column(default=None)
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now(), onupdate=func.now())
+
+
+class EventRecord(Base):
+    """An event posted to ``/v1/events``, kept so that the same id again starts nothing new."""
+
+    __tablename__ = "events"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    event: Mapped[str] = mapped_column(String(200))
+    digest: Mapped[str] = mapped_column(String(64))  # sha256 of the event and payload: same id, other event → 409
+    missions: Mapped[list[Any]] = mapped_column(default=list)
+    caller: Mapped[str] = mapped_column(String(100), default="")
+    received_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -6,7 +6,7 @@ import uuid
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from services.common.status import MissionStatus
+from services.common.status import MissionStatus, TriggerType
 from services.orchestrator.api.deps import CallerDep, OperatorDep, StateDep
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.audit import note_target
@@ -45,8 +45,20 @@ async def list_missions(
     workflow: str | None = None,
     limit: int = Query(default=50, ge=1, le=500),
     cursor: str | None = None,
+    trigger: TriggerType | None = Query(default=None, description="Only missions started this way"),
+    trigger_name: str | None = Query(
+        default=None, max_length=100, description="Only those of this schedule or trigger"
+    ),
 ) -> MissionPage:
-    return await find_missions(state, status=status, workflow=workflow, limit=limit, cursor=cursor)
+    return await find_missions(
+        state,
+        status=status,
+        workflow=workflow,
+        limit=limit,
+        cursor=cursor,
+        trigger=trigger,
+        trigger_name=trigger_name,
+    )
 
 
 @router.get("/{mission_id}", summary="A mission with its steps, spend and queue position", response_model=MissionOut)

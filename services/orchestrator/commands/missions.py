@@ -7,7 +7,6 @@ import uuid
 from decimal import Decimal
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -17,11 +16,9 @@ from services.common.scrub import scrub
 from services.common.status import MissionStatus
 from services.orchestrator.auth import Caller
 from services.orchestrator.engine.admission import queue_position
-from services.orchestrator.engine.missions import WorkflowRef, create_mission
-from services.orchestrator.engine.scheduler import definition_for
+from services.orchestrator.engine.missions import MissionSpec, start_mission
 from services.orchestrator.engine.unit import UnitOfWork
-from services.orchestrator.errors import Conflict, InvalidInput, OrchestratorError
-from services.orchestrator.reads.catalog import find_workflow_ref
+from services.orchestrator.errors import Conflict, OrchestratorError
 from services.orchestrator.reads.missions import get_mission
 from services.orchestrator.state import OrchestratorState
 from services.orchestrator.storable import require_storable
@@ -53,33 +50,23 @@ async def submit_mission(body: MissionCreate, state: OrchestratorState, caller: 
         if replay is not None:
             return replay
 
+    spec = MissionSpec(
+        workflow=body.workflow,
+        version=body.version,
+        input=body.input,
+        caller=caller.name,
+        priority=body.priority,
+        budget_usd=body.budget_usd,
+        budget_tokens=body.budget_tokens,
+        idempotency_key=body.idempotency_key,
+    )
+
     async def create(uow: UnitOfWork) -> Mission | OrchestratorError:
         # A bad request is answered, not raised: it never costs the submissions it came with.
         try:
-            # Read once per batch: the submissions that come together mostly name the same workflow.
-            refs: dict[tuple[str, int | None], WorkflowRef] = uow.memo.setdefault("workflow_refs", {})
-            workflow = refs.get((body.workflow, body.version))
-            if workflow is None:
-                workflow = refs[(body.workflow, body.version)] = await find_workflow_ref(
-                    uow.session, body.workflow, body.version
-                )
-            definition = await definition_for(uow.session, workflow.id)
-            _check_input(definition.input_schema, body.input)
+            return await start_mission(uow, state.settings, spec)
         except OrchestratorError as refused:
             return refused
-        return await create_mission(
-            uow,
-            state.settings,
-            workflow,
-            definition,
-            mission_input=body.input,
-            priority=body.priority,
-            caller=caller.name,
-            budget_usd=body.budget_usd,
-            budget_tokens=body.budget_tokens,
-            idempotency_key=body.idempotency_key,
-            traceparent=None,
-        )
 
     try:
         mission = await state.submissions.run(create)  # committed with the submissions that came with it
@@ -124,14 +111,3 @@ async def _replay(state: OrchestratorState, caller: str, body: MissionCreate) ->
             )
         position = await queue_position(session, existing)
         return MissionAccepted(id=existing.id, status=existing.status, queue_position=position)
-
-
-def _check_input(schema: dict[str, Any] | None, mission_input: dict[str, Any]) -> None:
-    """The workflow's ``input_schema``, if it has one: 422 naming the first bad field."""
-    if schema is None:
-        return
-    errors = sorted(Draft202012Validator(schema).iter_errors(mission_input), key=lambda e: list(e.absolute_path))
-    if errors:
-        first = errors[0]
-        where = "input" + "".join(f".{part}" for part in first.absolute_path)
-        raise InvalidInput(f"{where}: {first.message}", field=where)

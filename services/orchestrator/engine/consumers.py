@@ -27,6 +27,7 @@ from services.orchestrator.engine.approvals import ApprovalAnnouncer
 from services.orchestrator.engine.control import apply_control
 from services.orchestrator.engine.housekeeping import Housekeeper
 from services.orchestrator.engine.results import apply_result, apply_started
+from services.orchestrator.engine.schedules import ScheduleRunner
 from services.orchestrator.engine.unit import UnitOfWork
 from services.orchestrator.notify.slack import SlackNotifier
 from services.orchestrator.state import OrchestratorState
@@ -131,11 +132,13 @@ async def start_engine(state: OrchestratorState, stack: AsyncExitStack) -> None:
     slack = await stack.enter_async_context(SlackNotifier(settings.slack_webhook_url))
     housekeeper = Housekeeper(settings, state.sessionmaker, state.bus, state.metrics, state.rate_limiter)
     announcer = ApprovalAnnouncer(state.sessionmaker, slack, settings.api_url, settings.engine_tick_s)
+    schedule_runner = ScheduleRunner(settings, state.sessionmaker, state.bus, state.metrics)
     tasks = [
         asyncio.create_task(results.run(), name="results-consumer"),
         asyncio.create_task(controls.run(), name="control-consumer"),
         asyncio.create_task(housekeeper.run(), name="housekeeping"),
         asyncio.create_task(announcer.run(), name="approval-announcements"),
+        asyncio.create_task(schedule_runner.run(), name="schedules"),
     ]
 
     async def stop() -> None:

@@ -1,11 +1,17 @@
-"""Creating missions: a mission row, its steps, and admission, in one transaction."""
+"""Creating missions: a mission row, its steps, and admission, in one transaction; whatever
+started it (a request, a schedule, an event) asks through ``start_mission``."""
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
+
+from jsonschema import Draft202012Validator
+from sqlalchemy import bindparam, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import Mission, Step, Workflow
 from services.common.scrub import scrub
@@ -14,8 +20,10 @@ from services.common.status import MissionStatus, StepStatus
 from services.common.telemetry import current_traceparent, tracer
 from services.orchestrator.engine.admission import NewMission, admit_before_commit, new_missions
 from services.orchestrator.engine.dag import WorkflowDefinition
+from services.orchestrator.engine.scheduler import definition_for
 from services.orchestrator.engine.transitions import record
 from services.orchestrator.engine.unit import UnitOfWork
+from services.orchestrator.errors import InvalidInput, NotFound
 
 
 class WorkflowRef(NamedTuple):
@@ -24,6 +32,90 @@ class WorkflowRef(NamedTuple):
     id: uuid.UUID
     name: str
     version: int
+
+
+@dataclass(frozen=True)
+class MissionSpec:
+    """What a new mission is asked to be, and why it starts (``trigger``: ``{"type": "api"}``,
+    ``{"type": "schedule", "name", "fire_time"}``, ``{"type": "event"|"webhook", "name", "event_id"}``)."""
+
+    workflow: str
+    version: int | None
+    input: dict[str, Any]
+    caller: str
+    priority: int = 0
+    budget_usd: Decimal | None = None
+    budget_tokens: int | None = None
+    idempotency_key: str | None = None
+    trigger: dict[str, Any] = field(default_factory=lambda: {"type": "api"})
+
+
+async def start_mission(uow: UnitOfWork, settings: Settings, spec: MissionSpec) -> Mission:
+    """A new mission of ``spec`` in ``uow``; ``NotFound`` for an unknown workflow, ``InvalidInput``
+    for an input its ``input_schema`` refuses. The workflow is read once per unit of work: the
+    missions that come together mostly name the same one."""
+    refs: dict[tuple[str, int | None], WorkflowRef] = uow.memo.setdefault("workflow_refs", {})
+    workflow = refs.get((spec.workflow, spec.version))
+    if workflow is None:
+        workflow = refs[(spec.workflow, spec.version)] = await find_workflow_ref(
+            uow.session, spec.workflow, spec.version
+        )
+    definition = await definition_for(uow.session, workflow.id)
+    check_input(definition.input_schema, spec.input)
+    return await create_mission(
+        uow,
+        settings,
+        workflow,
+        definition,
+        mission_input=spec.input,
+        priority=spec.priority,
+        caller=spec.caller,
+        budget_usd=spec.budget_usd,
+        budget_tokens=spec.budget_tokens,
+        idempotency_key=spec.idempotency_key,
+        traceparent=None,
+        trigger=spec.trigger,
+    )
+
+
+def check_input(schema: dict[str, Any] | None, mission_input: dict[str, Any]) -> None:
+    """The workflow's ``input_schema``, if it has one: 422 naming the first bad field."""
+    if schema is None:
+        return
+    errors = sorted(Draft202012Validator(schema).iter_errors(mission_input), key=lambda e: list(e.absolute_path))
+    if errors:
+        first = errors[0]
+        where = "input" + "".join(f".{part}" for part in first.absolute_path)
+        raise InvalidInput(f"{where}: {first.message}", field=where)
+
+
+# What a mission needs of its workflow (the definition itself is cached by id), built once.
+_REF_LATEST = (
+    select(Workflow.id, Workflow.name, Workflow.version)
+    .where(Workflow.name == bindparam("name"))
+    .order_by(Workflow.version.desc())
+    .limit(1)
+)
+_REF_VERSION = select(Workflow.id, Workflow.name, Workflow.version).where(
+    Workflow.name == bindparam("name"), Workflow.version == bindparam("version")
+)
+
+
+async def find_workflow_ref(session: AsyncSession, name: str, version: int | None) -> WorkflowRef:
+    """The id, name and version of a workflow (the latest when ``version`` is None), or 404."""
+    query, params = (
+        (_REF_LATEST, {"name": name}) if version is None else (_REF_VERSION, {"name": name, "version": version})
+    )
+    # On the connection (Core): a submission batch's earlier missions are not flushed by this read.
+    row = (await (await session.connection()).execute(query, params)).one_or_none()
+    if row is None:
+        raise workflow_not_found(name, version)
+    return WorkflowRef(row.id, row.name, row.version)
+
+
+def workflow_not_found(name: str, version: int | None) -> NotFound:
+    what = f"workflow '{name}'" + (f" version {version}" if version is not None else "")
+    return NotFound(f"{what} not found", field="workflow")
 
 
 async def create_mission(
@@ -39,6 +131,7 @@ async def create_mission(
     budget_tokens: int | None,
     idempotency_key: str | None,
     traceparent: str | None,
+    trigger: dict[str, Any] | None = None,
 ) -> Mission:
     """A mission is one trace: its ``mission.execute`` span (a child of the submitting request's
     span) is the parent of every ``step.dispatch``; its context is kept in ``missions.traceparent``."""
@@ -59,6 +152,7 @@ async def create_mission(
             budget_tokens=budget_tokens,
             idempotency_key=idempotency_key,
             traceparent=traceparent or current_traceparent(),
+            trigger=trigger or {"type": "api"},
         )
         steps = [
             Step(
@@ -88,6 +182,7 @@ async def create_mission(
             priority=priority,
             caller=caller,
             actor=caller,
+            trigger=mission.trigger,
         )
         admit_before_commit(uow, settings)
         span.set_attribute("coo.mission_id", str(mission.id))

@@ -242,3 +242,8 @@ def evaluate_condition(expression: str, context: Mapping[str, Any], *, field: st
     if isinstance(value, str):
         return value.strip().lower() not in ("", "false", "0", "no", "none")
     return bool(value)
+
+
+def event_context(event: Mapping[str, Any]) -> dict[str, Any]:
+    """What a trigger's ``input`` templates and ``filter`` see: ``{{ event.payload.… }}``, ``{{ event.id }}``."""
+    return {"event": _wrap(dict(event), "event")}

@@ -7,11 +7,11 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import Agent, Workflow
-from services.orchestrator.engine.missions import WorkflowRef
+from services.orchestrator.engine.missions import workflow_not_found
 from services.orchestrator.errors import NotFound
 from services.orchestrator.state import OrchestratorState
 
@@ -89,34 +89,5 @@ async def find_workflow(session: AsyncSession, name: str, version: int | None) -
     query = query.where(Workflow.version == version) if version is not None else query.order_by(Workflow.version.desc())
     row = (await session.execute(query.limit(1))).scalar_one_or_none()
     if row is None:
-        raise _workflow_not_found(name, version)
+        raise workflow_not_found(name, version)
     return row
-
-
-# What a submission needs of its workflow (the definition itself is cached by id), built once.
-_REF_LATEST = (
-    select(Workflow.id, Workflow.name, Workflow.version)
-    .where(Workflow.name == bindparam("name"))
-    .order_by(Workflow.version.desc())
-    .limit(1)
-)
-_REF_VERSION = select(Workflow.id, Workflow.name, Workflow.version).where(
-    Workflow.name == bindparam("name"), Workflow.version == bindparam("version")
-)
-
-
-async def find_workflow_ref(session: AsyncSession, name: str, version: int | None) -> WorkflowRef:
-    """The id, name and version of a workflow (the latest when ``version`` is None), or 404."""
-    query, params = (
-        (_REF_LATEST, {"name": name}) if version is None else (_REF_VERSION, {"name": name, "version": version})
-    )
-    # On the connection (Core): a submission batch's earlier missions are not flushed by this read.
-    row = (await (await session.connection()).execute(query, params)).one_or_none()
-    if row is None:
-        raise _workflow_not_found(name, version)
-    return WorkflowRef(row.id, row.name, row.version)
-
-
-def _workflow_not_found(name: str, version: int | None) -> NotFound:
-    what = f"workflow '{name}'" + (f" version {version}" if version is not None else "")
-    return NotFound(f"{what} not found", field="workflow")

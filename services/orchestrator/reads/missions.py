@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -56,6 +56,9 @@ class MissionOut(BaseModel):
     spent_usd: Decimal
     spent_tokens: int
     idempotency_key: str | None
+    trigger: dict[str, Any] = Field(
+        description='Why it started: {"type": "api"|"schedule"|"event"|"webhook", "name"?, "fire_time"?, "event_id"?}'
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -124,6 +127,7 @@ def mission_out(mission: Mission, position: int | None, steps: list[Step] | None
         spent_usd=mission.spent_usd,
         spent_tokens=mission.spent_tokens,
         idempotency_key=mission.idempotency_key,
+        trigger=mission.trigger,
         created_at=mission.created_at,
         started_at=mission.started_at,
         finished_at=mission.finished_at,
@@ -132,7 +136,14 @@ def mission_out(mission: Mission, position: int | None, steps: list[Step] | None
 
 
 async def find_missions(
-    state: OrchestratorState, *, status: str | None, workflow: str | None, limit: int, cursor: str | None
+    state: OrchestratorState,
+    *,
+    status: str | None,
+    workflow: str | None,
+    limit: int,
+    cursor: str | None,
+    trigger: str | None = None,
+    trigger_name: str | None = None,
 ) -> MissionPage:
     """Missions newest first, filtered; the REST list and the console share it."""
     query = newest_first(select(Mission), Mission, limit=limit, cursor=cursor)
@@ -140,6 +151,10 @@ async def find_missions(
         query = query.where(Mission.status == status)
     if workflow is not None:
         query = query.where(Mission.workflow_name == workflow)
+    if trigger is not None:
+        query = query.where(Mission.trigger["type"].astext == trigger)
+    if trigger_name is not None:
+        query = query.where(Mission.trigger["name"].astext == trigger_name)
     async with state.reads() as session:
         page, next_cursor = split_page(list((await session.execute(query)).scalars()), limit)
         items = [mission_out(m, await queue_position(session, m)) for m in page]
@@ -177,7 +192,7 @@ _QUEUED = MissionStatus.QUEUED.value
 _MISSION_DETAIL = f"""
 SELECT m.id, m.workflow_id, m.workflow_name, m.workflow_version, m.status, m.pause_reason, m.priority,
   m.input::text AS input, m.output::text AS output, m.error::text AS error,
-  m.budget_usd, m.budget_tokens, m.spent_usd, m.spent_tokens, m.idempotency_key,
+  m.budget_usd, m.budget_tokens, m.spent_usd, m.spent_tokens, m.idempotency_key, m.trigger::text AS trigger,
   m.created_at, m.started_at, m.finished_at,
   CASE WHEN m.status = '{_QUEUED}' THEN 1 + (
     SELECT count(*) FROM missions q
@@ -251,6 +266,7 @@ def _detail_fields(row: _Row, json_value: Callable[[str | None], Any]) -> dict[s
         "spent_usd": row["spent_usd"],
         "spent_tokens": row["spent_tokens"],
         "idempotency_key": row["idempotency_key"],
+        "trigger": json_value(row["trigger"]),
         "created_at": row["created_at"],
         "started_at": row["started_at"],
         "finished_at": row["finished_at"],
