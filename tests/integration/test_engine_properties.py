@@ -1,9 +1,11 @@
 """Property test of the state machine and the DAG scheduler, on random DAGs with random `when`
 conditions and random attempt outcomes, against the real engine code, Postgres and NATS.
 
-The test plays the workers: it picks any in-flight step, in any order, and reports success, a
-retryable failure or a fatal one. Whatever it does, every reachable step runs after its
-dependencies, succeeds at most once, and the mission ends in a final state."""
+The mission is started as a user's request, a schedule's fire time or an event delivered to a
+trigger (delivered twice: the second starts nothing). The test then plays the workers: it picks any
+in-flight step, in any order, and reports success, a retryable failure or a fatal one. Whatever it
+does, every reachable step runs after its dependencies, succeeds at most once, and the mission
+ends in a final state."""
 
 from __future__ import annotations
 
@@ -17,12 +19,16 @@ from hypothesis import strategies as st
 from sqlalchemy import select, update
 
 from services.common.contracts import StepError, WorkResult
-from services.common.db.models import Mission, Step, TimelineEventRow, Workflow
+from services.common.db.models import Mission, Schedule, Step, TimelineEventRow, Trigger, Workflow
 from services.common.errors import ErrorType
-from services.orchestrator.engine.dag import parse_definition
+from services.common.settings import Settings
+from services.common.status import DeliveryOutcome, FireKind, FireOutcome, TriggerType
+from services.orchestrator.engine.dag import WorkflowDefinition, parse_definition
+from services.orchestrator.engine.deliveries import deliver
 from services.orchestrator.engine.missions import create_mission
 from services.orchestrator.engine.results import apply_result
 from services.orchestrator.engine.scheduler import advance, lock_mission
+from services.orchestrator.engine.schedules import fire, set_next_fire
 from services.orchestrator.engine.unit import UnitOfWork
 
 WHEN = [None, None, None, "{{ input.go }}", "{{ not input.go }}"]
@@ -65,9 +71,9 @@ def expected_when_all_succeed(definition: dict[str, Any], go: bool) -> dict[str,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(definition=dags(), go=st.booleans(), data=st.data())
+@given(definition=dags(), go=st.booleans(), start=st.sampled_from(["api", "schedule", "event"]), data=st.data())
 async def test_any_dag_under_any_outcomes_runs_each_reachable_step_once_after_its_dependencies(
-    engine_parts: Any, definition: dict[str, Any], go: bool, data: st.DataObject
+    engine_parts: Any, definition: dict[str, Any], go: bool, start: str, data: st.DataObject
 ) -> None:
     settings, sessionmaker, bus = engine_parts
     parsed = parse_definition(definition, known_agents={"echo"})
@@ -79,20 +85,17 @@ async def test_any_dag_under_any_outcomes_runs_each_reachable_step_once_after_it
         workflow = Workflow(name=parsed.name, version=1, definition=parsed.model_dump(mode="json", by_alias=True))
         uow.session.add(workflow)
         await uow.session.flush()
-        mission = await create_mission(
-            uow,
-            settings,
-            workflow,
-            parsed,
-            mission_input={"go": go},
-            priority=0,
-            caller="property",
-            budget_usd=None,
-            budget_tokens=None,
-            idempotency_key=None,
-            traceparent=None,
+        mission_id = await _start(uow, settings, workflow, parsed, go, start)
+    if start == "event":  # the same event again: answered with the same mission, nothing new
+        async with unit() as uow:
+            trigger = (await uow.session.execute(select(Trigger).where(Trigger.name == parsed.name))).scalar_one()
+            again = await deliver(uow, settings, None, trigger, TriggerType.EVENT, "e-1", "go", {"go": go})
+        assert again.outcome is DeliveryOutcome.DUPLICATE and again.mission_id == mission_id
+    async with sessionmaker() as session:
+        started = list(
+            (await session.execute(select(Mission.id).where(Mission.workflow_name == parsed.name))).scalars()
         )
-        mission_id = mission.id
+    assert started == [mission_id]
 
     all_ok = True
     for _ in range(200):
@@ -173,3 +176,50 @@ async def test_any_dag_under_any_outcomes_runs_each_reachable_step_once_after_it
     else:
         assert any(s.status == "failed" for s in steps)
         assert not all_ok
+
+
+async def _start(
+    uow: UnitOfWork, settings: Settings, workflow: Workflow, parsed: WorkflowDefinition, go: bool, start: str
+) -> uuid.UUID:
+    """A mission of ``workflow`` with input ``{"go": go}``: requested, fired by a schedule, or
+    started by an event delivered to a trigger."""
+    if start == "schedule":
+        schedule = Schedule(
+            id=uuid.uuid4(),
+            name=parsed.name,
+            workflow=parsed.name,
+            interval_s=3600,
+            timezone="UTC",
+            jitter_s=0.0,
+            input={"go": go},
+            overlap="skip",
+        )
+        set_next_fire(schedule, datetime.now(UTC))
+        uow.session.add(schedule)
+        await uow.session.flush()
+        fired = await fire(uow, settings, schedule, schedule.next_fire_at, FireKind.SCHEDULED)
+        assert fired.outcome is FireOutcome.STARTED and fired.mission_id is not None
+        return fired.mission_id
+    if start == "event":
+        trigger = Trigger(
+            id=uuid.uuid4(), name=parsed.name, event="go", workflow=parsed.name, input={"go": "{{ event.payload.go }}"}
+        )
+        uow.session.add(trigger)
+        await uow.session.flush()
+        delivered = await deliver(uow, settings, None, trigger, TriggerType.EVENT, "e-1", "go", {"go": go})
+        assert delivered.outcome is DeliveryOutcome.STARTED and delivered.mission_id is not None
+        return delivered.mission_id
+    mission = await create_mission(
+        uow,
+        settings,
+        workflow,
+        parsed,
+        mission_input={"go": go},
+        priority=0,
+        caller="property",
+        budget_usd=None,
+        budget_tokens=None,
+        idempotency_key=None,
+        traceparent=None,
+    )
+    return mission.id

@@ -13,33 +13,29 @@ from __future__ import annotations
 import hashlib
 import hmac
 import uuid
-from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import EventRecord, Trigger, TriggerDelivery
-from services.common.errors import CooError
 from services.common.scrub import scrub
 from services.common.status import DeliveryOutcome, TriggerType
 from services.orchestrator.auth import Caller
-from services.orchestrator.engine.missions import MissionSpec, find_workflow_ref, start_mission
+from services.orchestrator.engine.deliveries import Delivery, deliver
+from services.orchestrator.engine.missions import find_workflow_ref
 from services.orchestrator.engine.templates import (
     check_syntax,
-    evaluate_condition,
-    event_context,
     is_template,
     referenced_roots,
-    render_value,
 )
 from services.orchestrator.engine.unit import UnitOfWork
-from services.orchestrator.errors import Conflict, InvalidInput, NotFound, OrchestratorError
+from services.orchestrator.errors import Conflict, InvalidInput, NotFound
 from services.orchestrator.reads.triggers import TriggerOut, trigger_out
 from services.orchestrator.state import OrchestratorState
 from services.orchestrator.storable import require_storable
@@ -160,7 +156,11 @@ async def deliver_event(state: OrchestratorState, body: EventIn, caller: Caller)
             .all()
         )
         deliveries = [
-            await _deliver(uow, state, trigger, TriggerType.EVENT, body.id, body.event, body.payload)
+            _delivery_out(
+                await deliver(
+                    uow, state.settings, state.metrics, trigger, TriggerType.EVENT, body.id, body.event, body.payload
+                )
+            )
             for trigger in triggers
         ]
         missions = [d.mission_id for d in deliveries if d.mission_id is not None]
@@ -223,96 +223,22 @@ async def deliver_webhook(state: OrchestratorState, name: str, delivery: Webhook
     async with state.unit() as uow:
         trigger = await _find(uow.session, name)
         event = delivery.event or trigger.event
-        return await _deliver(uow, state, trigger, TriggerType.WEBHOOK, delivery.delivery_id, event, delivery.payload)
-
-
-async def _deliver(
-    uow: UnitOfWork,
-    state: OrchestratorState,
-    trigger: Trigger,
-    source: TriggerType,
-    delivery_id: str,
-    event: str,
-    payload: Mapping[str, Any],
-) -> DeliveryOut:
-    """One delivery to one trigger, once: claimed by its row (a concurrent one waits for it)."""
-    metrics = state.metrics
-    metrics.prepare_trigger(trigger.name, source.value)
-    session = uow.session
-    claimed = await session.execute(
-        insert(TriggerDelivery)
-        .values(
-            trigger_id=trigger.id,
-            delivery_id=delivery_id,
-            source=source.value,
-            event=event,
-            outcome=DeliveryOutcome.FAILED,  # settled below, in this transaction
+        delivered = await deliver(
+            uow,
+            state.settings,
+            state.metrics,
+            trigger,
+            TriggerType.WEBHOOK,
+            delivery.delivery_id,
+            event,
+            delivery.payload,
         )
-        .on_conflict_do_nothing(index_elements=["trigger_id", "delivery_id"])
-        .returning(TriggerDelivery.id)
-    )
-    row_id = claimed.scalar_one_or_none()
-    if row_id is None:  # delivered before (a concurrent delivery is waited for by the INSERT)
-        earlier = (
-            await session.execute(
-                select(TriggerDelivery)
-                .where(TriggerDelivery.trigger_id == trigger.id, TriggerDelivery.delivery_id == delivery_id)
-                .with_for_update()
-            )
-        ).scalar_one()
-        if earlier.outcome != DeliveryOutcome.FAILED:
-            _count(uow, trigger.name, source, DeliveryOutcome.DUPLICATE)
-            return DeliveryOut(
-                trigger=trigger.name, outcome=DeliveryOutcome.DUPLICATE, mission_id=earlier.mission_id, error=None
-            )
-        row_id = earlier.id  # it failed: this delivery tries again
-    outcome, mission_id, error = await _start(uow, state, trigger, source, delivery_id, event, payload)
-    await session.execute(
-        TriggerDelivery.__table__.update()  # type: ignore[attr-defined]
-        .where(TriggerDelivery.id == row_id)
-        .values(outcome=outcome, mission_id=mission_id, error=error, event=event, received_at=func.now())
-    )
-    _count(uow, trigger.name, source, outcome)
-    return DeliveryOut(trigger=trigger.name, outcome=outcome, mission_id=mission_id, error=error)
+    return _delivery_out(delivered)
 
 
-async def _start(
-    uow: UnitOfWork,
-    state: OrchestratorState,
-    trigger: Trigger,
-    source: TriggerType,
-    delivery_id: str,
-    event: str,
-    payload: Mapping[str, Any],
-) -> tuple[DeliveryOutcome, uuid.UUID | None, str | None]:
-    if event != trigger.event:
-        return DeliveryOutcome.IGNORED, None, f"event '{event}' is not the trigger's '{trigger.event}'"
-    context = event_context({"name": event, "id": delivery_id, "source": source.value, "payload": dict(payload)})
-    try:
-        if trigger.filter is not None and not evaluate_condition(trigger.filter, context, field="filter"):
-            return DeliveryOutcome.IGNORED, None, "the trigger's filter is false for this event"
-        mission_input = render_value(trigger.input, context, field="input")
-        spec = MissionSpec(
-            workflow=trigger.workflow,
-            version=trigger.workflow_version,
-            input=mission_input,
-            caller=f"trigger:{trigger.name}",
-            priority=trigger.priority,
-            budget_usd=trigger.budget_usd,
-            budget_tokens=trigger.budget_tokens,
-            trigger={"type": source.value, "name": trigger.name, "event": event, "event_id": delivery_id},
-        )
-        mission = await start_mission(uow, state.settings, spec)
-    except CooError as exc:
-        return DeliveryOutcome.FAILED, None, exc.message
-    except OrchestratorError as exc:
-        return DeliveryOutcome.FAILED, None, exc.message
-    return DeliveryOutcome.STARTED, mission.id, None
-
-
-def _count(uow: UnitOfWork, trigger: str, source: TriggerType, outcome: DeliveryOutcome) -> None:
-    uow.after_commit(
-        lambda metrics: metrics.trigger_deliveries.labels(trigger=trigger, source=source.value, outcome=outcome).inc()
+def _delivery_out(delivered: Delivery) -> DeliveryOut:
+    return DeliveryOut(
+        trigger=delivered.trigger, outcome=delivered.outcome, mission_id=delivered.mission_id, error=delivered.error
     )
 
 
