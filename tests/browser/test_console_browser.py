@@ -202,7 +202,15 @@ async def test_reconnecting_banner_while_the_orchestrator_is_down(page: Page, co
 
 async def test_keyboard_labels_and_focus(page: Page, console: Console) -> None:
     expect = _expect
-    for path in ("/console", "/console/workflows/repo-health", "/console/dlq", "/console/agents", "/console/alerts"):
+    for path in (
+        "/console",
+        "/console/workflows/repo-health",
+        "/console/dlq",
+        "/console/agents",
+        "/console/alerts",
+        "/console/schedules",
+        "/console/triggers",
+    ):
         await page.goto(path)
         unlabelled = await page.evaluate(
             """[...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]

@@ -1,22 +1,26 @@
 """The console's actions: pause, resume (with added budget), cancel, approve, reject, replay a dead
-letter and submit a mission. Each takes the same path as its REST route (the
-CONTROL command applied in the request; the dead-letter replay; the mission submit), and
-its outcome, good or bad, is shown on the page."""
+letter, submit a mission, and pause, resume or fire a schedule now. Each takes the same path as its
+REST route (the CONTROL command applied in the request; the dead-letter replay; the mission submit;
+the schedule commands), and its outcome, good or bad, is shown on the page."""
 
 from __future__ import annotations
 
 import json
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import APIRouter, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
 from services.common.contracts import Control, ControlAction
+from services.common.status import FireOutcome
+from services.orchestrator.audit import note_target
 from services.orchestrator.commands.control import ReasonBody, ResumeBody, run_control
 from services.orchestrator.commands.dlq import replay_letter
 from services.orchestrator.commands.missions import MissionCreate, submit_mission
+from services.orchestrator.commands.schedules import pause_schedule, trigger_schedule
 from services.orchestrator.console import views
 from services.orchestrator.console.session import safe_next
 from services.orchestrator.console.web import (
@@ -186,3 +190,46 @@ async def submit(request: Request, name: str, operator: ActorDep, form: FormDep)
     if is_htmx(request):
         return Response("", status_code=200, headers={"HX-Redirect": target})
     return RedirectResponse(target, status_code=303)
+
+
+async def _pause_schedule(
+    request: Request, name: str, operator: Operator, form: dict[str, str], paused: bool
+) -> Response:
+    note_target("schedule", name)
+    try:
+        schedule = await pause_schedule(state_of(request), name, paused=paused)
+    except OrchestratorError as exc:
+        raise refusal_page(exc) from exc
+    if paused:
+        message = f"Schedule '{name}' paused: nothing fires until it is resumed."
+    else:
+        upcoming = schedule.next_fire_times
+        message = f"Schedule '{name}' resumed" + (f": it next fires at {views.when(upcoming[0])}." if upcoming else ".")
+    return _done(request, operator, message, form, f"/console/schedules/{quote(name, safe='')}")
+
+
+@router.post("/console/schedules/{name}/pause")
+async def pause_a_schedule(request: Request, name: str, operator: ActorDep, form: FormDep) -> Response:
+    return await _pause_schedule(request, name, operator, form, paused=True)
+
+
+@router.post("/console/schedules/{name}/resume")
+async def resume_a_schedule(request: Request, name: str, operator: ActorDep, form: FormDep) -> Response:
+    return await _pause_schedule(request, name, operator, form, paused=False)
+
+
+@router.post("/console/schedules/{name}/fire")
+async def fire_a_schedule(request: Request, name: str, operator: ActorDep, form: FormDep) -> Response:
+    note_target("schedule", name)
+    try:
+        fired = await trigger_schedule(state_of(request), name)
+    except OrchestratorError as exc:
+        raise refusal_page(exc) from exc
+    one = fired.fires[0]
+    if one.outcome == FireOutcome.STARTED and one.mission_id is not None:
+        message = f"Schedule '{name}' fired: mission {views.short_id(one.mission_id)} started."
+    elif one.outcome == FireOutcome.FAILED:
+        message = f"Schedule '{name}' fired, but no mission started: {one.error or 'refused'}."
+    else:
+        message = f"Schedule '{name}' fired: {one.outcome} by its overlap policy, as its mission still runs."
+    return _done(request, operator, message, form, f"/console/schedules/{quote(name, safe='')}")

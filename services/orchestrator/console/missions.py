@@ -6,14 +6,15 @@ they run the same query functions as the REST routes."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse
 
-from services.common.status import MISSION_TERMINAL, MissionStatus, StepStatus
+from services.common.status import MISSION_TERMINAL, MissionStatus, StepStatus, TriggerType
 from services.orchestrator.console import views
 from services.orchestrator.console.graph import GraphStep, Layout, layout
 from services.orchestrator.console.web import (
@@ -42,30 +43,36 @@ PAGE_SIZE = 25
 TIMELINE_LIMIT = 1000
 
 
-async def _list_context(request: Request, status: str, workflow: str, cursor: str) -> dict[str, Any]:
+async def _list_context(request: Request, filters: MissionFilters, cursor: str) -> dict[str, Any]:
     state = state_of(request)
     problem = None
+    status, workflow, trigger, trigger_name = filters.status, filters.workflow, filters.trigger, filters.trigger_name
     if status and status not in {s.value for s in MissionStatus}:
         problem, status = f"unknown status '{status}': showing every status", ""
+    if trigger and trigger not in {t.value for t in TriggerType}:
+        problem, trigger = f"unknown trigger type '{trigger}': showing every kind of start", ""
+    trigger_name = trigger_name.strip()
+    chosen = {
+        "status": status or None,
+        "workflow": workflow or None,
+        "trigger": trigger or None,
+        "trigger_name": trigger_name or None,
+    }
     try:
-        page = await find_missions(
-            state, status=status or None, workflow=workflow or None, limit=PAGE_SIZE, cursor=cursor or None
-        )
+        page = await find_missions(state, **chosen, limit=PAGE_SIZE, cursor=cursor or None)
     except InvalidInput:
         problem = "that page link is no longer valid: showing the newest missions"
-        page = await find_missions(
-            state, status=status or None, workflow=workflow or None, limit=PAGE_SIZE, cursor=None
-        )
+        page = await find_missions(state, **chosen, limit=PAGE_SIZE, cursor=None)
         cursor = ""
     progress = await overview.step_progress(state, [m.id for m in page.items])
-    kept = {"status": status, "workflow": workflow}
+    kept = {"status": status, "workflow": workflow, "trigger": trigger, "trigger_name": trigger_name}
     return {
         "newest_url": "/console?" + _query(kept) if cursor else None,
         "older_url": "/console?" + _query({**kept, "cursor": page.next_cursor}) if page.next_cursor else None,
         "missions": page.items,
         "next_cursor": page.next_cursor,
         "progress": progress,
-        "filters": {"status": status, "workflow": workflow, "cursor": cursor},
+        "filters": {**kept, "cursor": cursor},
         "problem": problem,
     }
 
@@ -74,15 +81,27 @@ def _query(filters: Mapping[str, str | None]) -> str:
     return urlencode({k: v for k, v in filters.items() if v})
 
 
+@dataclass(frozen=True)
+class MissionFilters:
+    """The missions list's filters, as the query string gives them ("": any)."""
+
+    status: str = ""
+    workflow: str = ""
+    trigger: str = ""
+    trigger_name: str = ""
+
+
+FiltersDep = Annotated[MissionFilters, Depends()]
+
+
 @router.get("/console", response_class=HTMLResponse)
-async def missions_page(
-    request: Request, operator: OperatorDep, status: str = "", workflow: str = "", cursor: str = ""
-) -> HTMLResponse:
-    context = await _list_context(request, status, workflow, cursor)
+async def missions_page(request: Request, operator: OperatorDep, filters: FiltersDep, cursor: str = "") -> HTMLResponse:
+    context = await _list_context(request, filters, cursor)
     workflows = [w.name for w in await latest_workflows(state_of(request))]
     context.update(
         workflows=workflows,
         statuses=[s.value for s in MissionStatus],
+        triggers=[t.value for t in TriggerType],
         table_query=_query(context["filters"]),
     )
     return await render_page(request, "missions.html", context, operator=operator)
@@ -90,9 +109,9 @@ async def missions_page(
 
 @router.get("/console/missions/table", response_class=HTMLResponse)
 async def missions_table(
-    request: Request, operator: OperatorDep, status: str = "", workflow: str = "", cursor: str = ""
+    request: Request, operator: OperatorDep, filters: FiltersDep, cursor: str = ""
 ) -> HTMLResponse:
-    context = await _list_context(request, status, workflow, cursor)
+    context = await _list_context(request, filters, cursor)
     return render(request, "_missions_table.html", context, operator=operator)
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
-from services.common.status import MissionStatus, RunStatus, StepStatus
+from services.common.status import DeliveryOutcome, FireOutcome, MissionStatus, RunStatus, StepStatus
 
 # Every status the console shows, by the tone its badge takes (colour is never the only cue: the
 # badge always carries the status's words too): missions, steps and sandbox runs from the shared
@@ -37,6 +37,15 @@ _TONES: dict[str, str] = {
     "expired": "muted",
     "replayed": "muted",
     "ok": "success",
+    # schedules' fire times and triggers' deliveries
+    FireOutcome.STARTED: "success",
+    FireOutcome.SKIPPED: "muted",
+    FireOutcome.BUFFERED: "warning",
+    FireOutcome.MISSED: "warning",
+    DeliveryOutcome.DUPLICATE: "muted",
+    DeliveryOutcome.IGNORED: "muted",
+    DeliveryOutcome.BAD_SIGNATURE: "danger",
+    "active": "success",
 }
 _LABELS: dict[str, str] = {
     StepStatus.AWAITING_APPROVAL: "awaiting approval",
@@ -96,6 +105,28 @@ def when(value: datetime | None) -> str:
     if value is None:
         return "—"
     return value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def moment(value: datetime | str | None) -> str:
+    """``when`` of a timestamp kept as ISO 8601 text (a mission's trigger's fire time), or the text as it is."""
+    if isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            return value
+        return when(parsed.astimezone(UTC) if parsed.tzinfo is not None else parsed)
+    return when(value)
+
+
+def every(seconds: float | None) -> str:
+    """A schedule's interval: "every 90 s", with minutes, hours or days alongside when it is whole."""
+    if seconds is None:
+        return "—"
+    text = f"every {seconds:g} s"
+    for unit, size in (("d", 86_400), ("h", 3600), ("min", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{text} ({seconds / size:g} {unit})"
+    return text
 
 
 def clock(value: datetime | None) -> str:
@@ -185,6 +216,8 @@ FILTERS = {
     "count": count,
     "duration_ms": duration_ms,
     "when": when,
+    "moment": moment,
+    "every": every,
     "between": between,
     "clock": clock,
     "iso": iso,
