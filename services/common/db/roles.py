@@ -60,6 +60,12 @@ GRANTS: Mapping[str, Mapping[Service, frozenset[str]]] = {
     # retention deletes old audit events
     "audit_events": {"orchestrator": frozenset({"SELECT", "INSERT", "DELETE"})},
     "rate_limit_windows": {"orchestrator": frozenset({"SELECT", "INSERT", "UPDATE", "DELETE"})},
+    # schedules and triggers are deleted with their record of fire times and deliveries
+    "schedules": {"orchestrator": _WRITE | {"DELETE"}},
+    "schedule_fires": {"orchestrator": _WRITE | {"DELETE"}},
+    "triggers": {"orchestrator": _WRITE | {"DELETE"}},
+    "trigger_deliveries": {"orchestrator": _WRITE | {"DELETE"}},
+    "events": {"orchestrator": _WRITE},
 }
 
 _PREFIX_RE = re.compile(r"^[a-z_][a-z0-9_]{0,40}$")
