@@ -129,6 +129,38 @@ class CooClient:
     def replay(self, dead_letter_id: str) -> Any:
         return self._call("POST", f"/v1/dlq/{dead_letter_id}/replay")
 
+    def schedules(self) -> Any:
+        return self._call("GET", "/v1/schedules")
+
+    def schedule(self, name: str, *, fires: int | None = None) -> Any:
+        params = {"fires": fires} if fires is not None else {}
+        return self._call("GET", f"/v1/schedules/{name}", params=params)
+
+    def create_schedule(self, body: dict[str, Any]) -> Any:
+        return self._call("POST", "/v1/schedules", json=body)
+
+    def schedule_action(self, name: str, action: str, body: dict[str, Any] | None = None) -> Any:
+        """``pause``, ``resume``, ``trigger`` or ``backfill`` a schedule."""
+        return self._call("POST", f"/v1/schedules/{name}/{action}", json=body or {})
+
+    def delete_schedule(self, name: str) -> None:
+        self._call("DELETE", f"/v1/schedules/{name}")
+
+    def triggers(self) -> Any:
+        return self._call("GET", "/v1/triggers")
+
+    def trigger(self, name: str) -> Any:
+        return self._call("GET", f"/v1/triggers/{name}")
+
+    def create_trigger(self, body: dict[str, Any]) -> Any:
+        return self._call("POST", "/v1/triggers", json=body)
+
+    def delete_trigger(self, name: str) -> None:
+        self._call("DELETE", f"/v1/triggers/{name}")
+
+    def send_event(self, event: str, event_id: str, payload: dict[str, Any]) -> Any:
+        return self._call("POST", "/v1/events", json={"event": event, "id": event_id, "payload": payload})
+
     def follow(self, mission_id: str, *, after: int = 0) -> Iterator[dict[str, Any]]:
         """The mission's timeline live (SSE), resuming with Last-Event-ID when the stream drops,
         until the mission is final."""

@@ -14,6 +14,8 @@ from services.cli import steer
 from services.cli.admin import db_app, keys_app
 from services.cli.base import fail as _fail
 from services.cli.base import load_settings as _settings
+from services.cli.schedules import schedules_app
+from services.cli.triggers import events_app, triggers_app
 from services.common.settings import get_settings
 from services.common.status import MissionStatus
 
@@ -25,6 +27,9 @@ app = typer.Typer(
 )
 app.add_typer(db_app, name="db")
 app.add_typer(keys_app, name="keys")
+app.add_typer(schedules_app, name="schedules")
+app.add_typer(triggers_app, name="triggers")
+app.add_typer(events_app, name="events")
 steer.install(app)
 
 SERVICE_NAMES = ("orchestrator", "worker", "sandbox")
