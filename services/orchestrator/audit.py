@@ -63,10 +63,20 @@ def target_of(route: str, params: dict[str, Any]) -> str | None:
     if "key_id" in params:
         parts.append(f"key:{params['key_id']}")
     if "name" in params:
-        parts.append(f"{'agent' if route.startswith('/v1/agents') else 'workflow'}:{params['name']}")
+        parts.append(f"{_named_kind(route)}:{params['name']}")
     if "key" in params:
         parts.append(f"step:{params['key']}")
     return "/".join(parts) or None
+
+
+_NAMED = (("agents", "agent"), ("schedules", "schedule"), ("triggers", "trigger"), ("workflows", "workflow"))
+
+
+def _named_kind(route: str) -> str:
+    """What a route's ``{name}`` names: ``/v1/schedules/{name}`` and ``/console/schedules/{name}/…``
+    a schedule, and so on."""
+    collection = route.removeprefix("/v1/").removeprefix("/console/").split("/", 1)[0]
+    return next((kind for plural, kind in _NAMED if collection == plural), "workflow")
 
 
 class AuditTrail:

@@ -46,6 +46,9 @@ def test_audit_targets_name_what_a_route_acted_on() -> None:
     )
     assert target_of("/v1/agents/{name}", {"name": "echo"}) == "agent:echo"
     assert target_of("/console/workflows/{name}/missions", {"name": "hello"}) == "workflow:hello"
+    assert target_of("/v1/schedules/{name}/pause", {"name": "nightly"}) == "schedule:nightly"
+    assert target_of("/console/schedules/{name}/fire", {"name": "nightly"}) == "schedule:nightly"
+    assert target_of("/v1/triggers/{name}", {"name": "on-push"}) == "trigger:on-push"
     assert target_of("/v1/keys/{key_id}", {"key_id": "k1"}) == "key:k1"
     assert target_of("/v1/dlq/{dead_letter_id}/replay", {"dead_letter_id": "d1"}) == "dead_letter:d1"
     assert target_of("/v1/missions", {}) is None
