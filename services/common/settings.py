@@ -110,6 +110,12 @@ class Settings(BaseSettings):
     audit_retention_days: int = Field(
         default=400, ge=0, description="Audit events older than this many days are deleted (0: kept forever)."
     )
+    trigger_history_days: int = Field(
+        default=90,
+        ge=0,
+        description="Schedule fire times, trigger deliveries and event ids older than this many days are deleted "
+        "(0: kept forever); an event id or fire time older than this may start a mission again.",
+    )
     slack_webhook_url: SecretStr | None = Field(
         default=None, description="Slack incoming-webhook URL for approvals, alerts and notifier agents."
     )

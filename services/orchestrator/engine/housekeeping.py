@@ -44,12 +44,26 @@ _GAUGES = text(
 )
 
 
-AUDIT_PRUNE_BATCH = 10_000
-_PRUNE_AUDIT = text(
-    """
-    DELETE FROM audit_events
-    WHERE id IN (SELECT id FROM audit_events WHERE created_at < :cutoff ORDER BY created_at LIMIT :batch)
-    """
+PRUNE_BATCH = 10_000
+
+
+def _prune(table: str, column: str, keep: str = "true") -> Any:
+    """Delete up to ``:batch`` rows of ``table`` older than ``:cutoff`` by ``column`` (oldest first)."""
+    return text(
+        f"""
+        DELETE FROM {table} WHERE ctid IN (
+          SELECT ctid FROM {table} WHERE {column} < :cutoff AND NOT ({keep}) ORDER BY {column} LIMIT :batch
+        )
+        """  # table and column names come from this module, never from input
+    )
+
+
+_PRUNE_AUDIT = _prune("audit_events", "created_at", "false")
+# A buffered fire time still waits for its mission: kept until it starts.
+_PRUNE_HISTORY = (
+    ("schedule_fires", _prune("schedule_fires", "fire_time", "outcome = 'buffered'")),
+    ("trigger_deliveries", _prune("trigger_deliveries", "received_at", "false")),
+    ("events", _prune("events", "received_at", "false")),
 )
 
 
@@ -100,24 +114,36 @@ class Housekeeper:
         self._ticks += 1
         if self.rate_limiter is not None and self._ticks % 60 == 1:
             await self.rate_limiter.prune()
-        if self.settings.audit_retention_days > 0 and self._ticks % self._audit_prune_every == 1:
-            await self.prune_audit()
+        if self._ticks % self._audit_prune_every == 1:
+            if self.settings.audit_retention_days > 0:
+                await self.prune_audit()
+            if self.settings.trigger_history_days > 0:
+                await self.prune_trigger_history()
 
     async def prune_audit(self) -> int:
-        """Delete audit events past ``COO_AUDIT_RETENTION_DAYS``, in bounded batches (any replica may
-        run it: deleting the same rows twice is harmless)."""
-        cutoff = datetime.now(UTC) - timedelta(days=self.settings.audit_retention_days)
+        """Delete audit events past ``COO_AUDIT_RETENTION_DAYS``."""
+        return await self._prune("audit_events", _PRUNE_AUDIT, self.settings.audit_retention_days)
+
+    async def prune_trigger_history(self) -> int:
+        """Delete fire times, deliveries and event ids past ``COO_TRIGGER_HISTORY_DAYS``."""
+        days = self.settings.trigger_history_days
+        return sum([await self._prune(table, statement, days) for table, statement in _PRUNE_HISTORY])
+
+    async def _prune(self, table: str, statement: Any, days: int) -> int:
+        """Delete ``table``'s rows older than ``days``, in bounded batches (any replica may run it:
+        deleting the same rows twice is harmless)."""
+        cutoff = datetime.now(UTC) - timedelta(days=days)
         deleted = 0
         while True:
             async with self.sessionmaker() as session, session.begin():
-                params = {"cutoff": cutoff, "batch": AUDIT_PRUNE_BATCH}
-                result = cast("CursorResult[Any]", await session.execute(_PRUNE_AUDIT, params))
+                params = {"cutoff": cutoff, "batch": PRUNE_BATCH}
+                result = cast("CursorResult[Any]", await session.execute(statement, params))
                 batch = result.rowcount
             deleted += batch
-            if batch < AUDIT_PRUNE_BATCH:
+            if batch < PRUNE_BATCH:
                 break
         if deleted:
-            log.info("audit_events_pruned", deleted=deleted, older_than=cutoff.isoformat())
+            log.info("history_pruned", table=table, deleted=deleted, older_than=cutoff.isoformat())
         return deleted
 
     async def expire_approvals(self) -> None:
