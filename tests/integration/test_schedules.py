@@ -75,7 +75,14 @@ async def test_an_interval_schedule_fires_once_per_fire_time_across_replicas_and
     client, apps = api
     created = await client.post(
         "/v1/schedules",
-        json={"name": "every-2s", "workflow": "tick", "interval_s": 2, "input": {"n": 1}, "overlap": "allow_all"},
+        json={
+            "name": "every-2s",
+            "workflow": "tick",
+            "interval_s": 2,
+            "jitter_s": 0.5,
+            "input": {"n": 1},
+            "overlap": "allow_all",
+        },
     )
     assert created.status_code == 201, created.text
     body = created.json()
