@@ -37,6 +37,24 @@ class StepError(BaseModel):
     message: str
     detail: str | None = None
     retry_after_s: float | None = None
+    retryable: bool | None = Field(
+        default=None, description="Overrides the type's own retry policy (a GitHub 4xx is not retried, a 5xx is)"
+    )
+
+    @property
+    def retried(self) -> bool:
+        """Whether an attempt that failed with this error is tried again (attempts left permitting)."""
+        return self.type.retryable if self.retryable is None else self.retryable
+
+
+class AttemptEvent(BaseModel):
+    """Something that happened inside an attempt, recorded on the mission's timeline with its result."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["step.iteration", "github.failed"]
+    at: datetime
+    data: JsonDict = Field(default_factory=dict)
 
 
 class WorkItem(Contract):
@@ -90,6 +108,7 @@ class WorkResult(Contract):
     duration_ms: int = 0
     worker: str | None = None  # who ran it, and when it started: a quick attempt sends no StepStarted
     started_at: datetime | None = None
+    events: list[AttemptEvent] = Field(default_factory=list, max_length=1000)
 
     @property
     def msg_id(self) -> str:

@@ -18,6 +18,13 @@ class ErrorType(StrEnum):
     REJECTED = "REJECTED"
     VALIDATION = "VALIDATION"
     INTERNAL = "INTERNAL"
+    # A step's checks still failing when its iterations ran out, by the failing check's kind.
+    TEST_FAILED = "TEST_FAILED"
+    LINT_FAILED = "LINT_FAILED"
+    TYPECHECK_FAILED = "TYPECHECK_FAILED"
+    BUILD_FAILED = "BUILD_FAILED"
+    # GitHub refused or could not take a pull request (retryable for 429 and 5xx: see StepError.retryable).
+    GITHUB_FAILED = "GITHUB_FAILED"
 
     @property
     def retryable(self) -> bool:
@@ -33,6 +40,7 @@ _RETRYABLE = frozenset(
         ErrorType.SANDBOX_UNAVAILABLE,
         ErrorType.SANDBOX_FAILED,
         ErrorType.INTERNAL,
+        ErrorType.GITHUB_FAILED,
     }
 )
 
@@ -40,8 +48,11 @@ _RETRYABLE = frozenset(
 class CooError(Exception):
     """An error with an ErrorType, safe to send to another process."""
 
-    def __init__(self, error_type: ErrorType, message: str, *, detail: str | None = None) -> None:
+    def __init__(
+        self, error_type: ErrorType, message: str, *, detail: str | None = None, retryable: bool | None = None
+    ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
         self.detail = detail
+        self.retryable = retryable  # None: the type's own policy

@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import Deferred
-from services.common.contracts import StepError, WorkItem, WorkResult
+from services.common.contracts import AttemptEvent, StepError, WorkItem, WorkResult
 from services.common.db.models import AgentResult
 from services.common.errors import CooError, ErrorType
 from services.common.logging import get_logger
@@ -32,6 +32,7 @@ from services.common.telemetry import StatusCode, current_trace_id, tracer
 from services.common.text import cap_utf8
 from services.worker import genai
 from services.worker.agent_output import check_output, parse_output, usable
+from services.worker.agents.code import CODE_AGENTS, CODE_MODEL, CodeRun
 from services.worker.gate import AgentDefinition, Verdict, claim_attempt
 from services.worker.llm.base import (
     ChatRequest,
@@ -171,20 +172,32 @@ class AgentRunner:
             egress=list(item.egress),
         )
         calls: list[ToolCall] = []
+        events: list[AttemptEvent] = []
         spend = Spend()
         model = "unknown"
+        provider = self.provider.name
         output: dict[str, Any] | None = None
         error: StepError | None = None
         verification: dict[str, Any] | None = None
+        code = CODE_AGENTS.get(item.agent)
         try:
             agent = usable(item.agent, agent_def)
-            model = self._label(agent.model)
-            offline = self._offline
-            self.metrics.prepare_agent(
-                item.agent, None if offline else agent.model, priced=not offline and self.prices.knows(agent.model)
-            )
+            if code is not None:
+                model = provider = CODE_MODEL
+                self.metrics.prepare_agent(item.agent, None, priced=False)
+            else:
+                model = self._label(agent.model)
+                offline = self._offline
+                self.metrics.prepare_agent(
+                    item.agent, None if offline else agent.model, priced=not offline and self.prices.knows(agent.model)
+                )
             async with asyncio.timeout(item.timeout_s):
-                output = await self._loop(item, agent, ctx, calls, spend)
+                if code is not None:
+                    run = CodeRun(item=item, settings=self.settings, metrics=self.metrics, tools=ctx, calls=calls)
+                    run.events = events
+                    output = await code(run)
+                else:
+                    output = await self._loop(item, agent, ctx, calls, spend)
                 if item.checks:
                     verification = await self._verify(item, ctx)
         except CooError as exc:
@@ -195,6 +208,7 @@ class AgentRunner:
                 message=exc.message,
                 detail=exc.detail,
                 retry_after_s=getattr(exc, "retry_after_s", None),
+                retryable=exc.retryable,
             )
         except TimeoutError:
             error = StepError(type=ErrorType.TIMEOUT, message=f"step exceeded its timeout of {item.timeout_s:g}s")
@@ -230,7 +244,7 @@ class AgentRunner:
             "cache_write_tokens": usage.cache_write_tokens,
             "cost_usd": spend.cost_usd,
             "model": model,
-            "provider": self.provider.name,
+            "provider": provider,
             "duration_ms": duration_ms,
             "success": error is None,
             "verification": scrub(verification) if verification is not None else None,
@@ -259,6 +273,7 @@ class AgentRunner:
             duration_ms=duration_ms,
             worker=self.worker_id,
             started_at=started_at,
+            events=events,
         )
 
     async def _store(self, claim: AsyncSession, item: WorkItem, row: dict[str, Any]) -> WorkResult | None:

@@ -99,6 +99,9 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
             step.started_at = result.started_at
         _observe_schedule_to_start(uow, step, result.started_at)
     budgets.account(uow, mission, result)
+    for event in result.events:  # what happened inside the attempt, in order, before its outcome
+        data = {**event.data, "attempt": step.attempt, "at": event.at.isoformat()}
+        record(uow, mission.id, event.type, step_key=step.key, **data)
 
     if result.success:
         step.output = result.output or {}
@@ -116,7 +119,8 @@ async def apply_result(uow: UnitOfWork, settings: Settings, result: WorkResult) 
         error_type = error.type if error else ErrorType.INTERNAL
         message = error.message if error else "worker reported failure without an error"
         step.error = error_dict(error_type, message, error.detail if error else None)
-        if error_type.retryable and step.attempt < step.max_attempts:
+        retried = error.retried if error else error_type.retryable
+        if retried and step.attempt < step.max_attempts:
             definition = await definition_for(session, mission.workflow_id)
             policy = definition.step(step.key).retry
             delay = backoff_s(policy, step.attempt, retry_after_s=error.retry_after_s if error else None)
