@@ -70,6 +70,7 @@ class WorkItem(Contract):
     timeout_s: float = Field(gt=0)
     workflow: str
     checks: list[JsonDict] = Field(default_factory=list)
+    max_iterations: int = Field(default=1, ge=1, le=20, description="Agent runs per attempt while checks fail.")
     egress: list[str] = Field(default_factory=list, description="host:port patterns its commands may reach.")
 
     @property
@@ -228,6 +229,29 @@ class SandboxExecResult(Contract):
     )
 
 
+class CheckKind(StrEnum):
+    """What a check verifies: a failing one fails its attempt with the matching error type."""
+
+    TEST = "test"
+    LINT = "lint"
+    TYPECHECK = "typecheck"
+    BUILD = "build"
+    CUSTOM = "custom"
+
+    @property
+    def error_type(self) -> ErrorType:
+        return _CHECK_ERRORS[self]
+
+
+_CHECK_ERRORS = {
+    CheckKind.TEST: ErrorType.TEST_FAILED,
+    CheckKind.LINT: ErrorType.LINT_FAILED,
+    CheckKind.TYPECHECK: ErrorType.TYPECHECK_FAILED,
+    CheckKind.BUILD: ErrorType.BUILD_FAILED,
+    CheckKind.CUSTOM: ErrorType.VERIFICATION_FAILED,
+}
+
+
 class VerificationCheck(BaseModel):
     """A command that must exit 0 (the workflow's step ``checks``: tests, lint, a file that must exist)."""
 
@@ -236,6 +260,7 @@ class VerificationCheck(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     argv: list[str] = Field(min_length=1)
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    kind: CheckKind = CheckKind.CUSTOM
 
 
 class SandboxCancel(Contract):
@@ -262,6 +287,9 @@ class SandboxVerifyRequest(Contract):
     egress: list[str] = Field(default_factory=list, max_length=100)
     workspace_source: str | None = None
     cleanup: bool = Field(default=True, description="Delete the attempt's workspace once the checks ran.")
+    keep_on_failure: bool = Field(
+        default=False, description="Keep the workspace when a check failed (the agent iterates on it)."
+    )
 
     @field_validator("env")
     @classmethod
@@ -286,6 +314,7 @@ class CheckResult(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     name: str
+    kind: CheckKind = CheckKind.CUSTOM
     passed: bool
     exit_code: int | None
     duration_ms: int
@@ -316,4 +345,5 @@ class VerificationReport(Contract):
         parts = [
             f"{c.name} ({'timed out' if c.status == RunStatus.TIMEOUT else f'exit {c.exit_code}'})" for c in failed
         ]
-        return StepError(type=ErrorType.VERIFICATION_FAILED, message="checks failed: " + ", ".join(parts))
+        # The first failing check's kind names the failure (TEST_FAILED for a failing test check).
+        return StepError(type=failed[0].kind.error_type, message="checks failed: " + ", ".join(parts))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from services.common.contracts import StepError, WorkResult
+from services.common.contracts import AttemptEvent, StepError, WorkResult
 from services.common.db.models import AgentResult
 
 
@@ -26,4 +26,5 @@ def result_from_row(mission_id: uuid.UUID, row: AgentResult) -> WorkResult:
         duration_ms=row.duration_ms,
         worker=row.worker,
         started_at=row.started_at,
+        events=[AttemptEvent.model_validate(event) for event in row.events or ()],
     )

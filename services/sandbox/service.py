@@ -244,15 +244,17 @@ class SandboxService:
             )
             return await self.runs.run_in(workspace, command)
 
-        given_up = False
+        keep = False
         try:
             with self._attempt_running(request.step_id, request.attempt):
-                return await run_checks(request.checks, run_check)
+                report = await run_checks(request.checks, run_check)
+            keep = request.keep_on_failure and not report.passed  # the agent iterates on it
+            return report
         except asyncio.CancelledError:
-            given_up = True  # by its worker: the workspace stays for the attempt's next run
+            keep = True  # given up by its worker: the workspace stays for the attempt's next run
             raise
         finally:
-            if request.cleanup and not given_up:
+            if request.cleanup and not keep:
                 await self._release(workspace)
 
     async def _release(self, workspace: Workspace) -> None:

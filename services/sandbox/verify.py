@@ -30,6 +30,7 @@ def check_result(check: VerificationCheck, result: SandboxExecResult) -> CheckRe
         tail = output_tail(tail, f"[sandbox] timed out after {check.timeout_s:g}s")
     return CheckResult(
         name=check.name,
+        kind=check.kind,
         passed=result.status == RunStatus.SUCCEEDED,
         exit_code=result.exit_code,
         duration_ms=result.duration_ms,

@@ -7,12 +7,9 @@ import time
 import traceback
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
-import orjson
 from prometheus_client import CollectorRegistry
 from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
@@ -20,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from services.common.bus import Deferred
-from services.common.contracts import AttemptEvent, StepError, WorkItem, WorkResult
+from services.common.contracts import AttemptEvent, StepError, VerificationReport, WorkItem, WorkResult
 from services.common.db.models import AgentResult
 from services.common.errors import CooError, ErrorType
 from services.common.logging import get_logger
@@ -30,24 +27,18 @@ from services.common.settings import Settings
 from services.common.slack import SlackClient
 from services.common.telemetry import StatusCode, current_trace_id, tracer
 from services.common.text import cap_utf8
-from services.worker import genai
-from services.worker.agent_output import check_output, parse_output, usable
+from services.worker.agent_output import usable
 from services.worker.agents.code import CODE_AGENTS, CODE_MODEL, CodeRun
+from services.worker.conversation import Conversation, Models, Spend
 from services.worker.gate import AgentDefinition, Verdict, claim_attempt
+from services.worker.iterations import Mark, feedback
 from services.worker.llm.base import (
-    ChatRequest,
-    Message,
     ModelProvider,
-    ModelResponse,
-    TextBlock,
-    ToolResult,
-    Usage,
 )
-from services.worker.llm.offline import OFFLINE_MODEL
 from services.worker.llm.pricing import PriceTable
 from services.worker.metrics import WorkerMetrics
 from services.worker.sandbox_client import SandboxClient
-from services.worker.tools import TOOLS, ToolCall, ToolContext, call_tool
+from services.worker.tools import ToolCall, ToolContext
 
 log = get_logger(__name__)
 
@@ -57,15 +48,6 @@ CLAIM_RETRY_S = 5.0
 _INSERT_RESULT = (
     insert(AgentResult).on_conflict_do_nothing(index_elements=["step_id", "attempt"]).returning(AgentResult.id)
 )  # a copy of a running attempt waits this long before looking again
-
-
-@dataclass
-class Spend:
-    """What the model calls of one attempt used, and cost (``None``: some call had no known price)."""
-
-    usage: Usage = field(default_factory=Usage)
-    cost_usd: Decimal | None = Decimal(0)
-    model: str | None = None
 
 
 class AgentRunner:
@@ -89,15 +71,7 @@ class AgentRunner:
         self.worker_id = worker_id
         self.metrics = metrics or WorkerMetrics(CollectorRegistry())
         self.prices = prices or PriceTable(settings.model_prices)
-
-    @property
-    def _offline(self) -> bool:
-        """The offline provider: its calls cost nothing and are labelled with ``OFFLINE_MODEL``."""
-        return self.provider.name == OFFLINE_MODEL
-
-    def _label(self, model: str) -> str:
-        """The model name metrics and spans carry (one label for whatever the offline provider plays)."""
-        return OFFLINE_MODEL if self._offline else model
+        self.models = Models(settings, provider, self.prices, self.metrics)
 
     async def existing_result(self, session: AsyncSession, item: WorkItem) -> WorkResult:
         row = (
@@ -179,6 +153,7 @@ class AgentRunner:
         output: dict[str, Any] | None = None
         error: StepError | None = None
         verification: dict[str, Any] | None = None
+        iterations: list[dict[str, Any]] = []
         code = CODE_AGENTS.get(item.agent)
         try:
             agent = usable(item.agent, agent_def)
@@ -186,20 +161,20 @@ class AgentRunner:
                 model = provider = CODE_MODEL
                 self.metrics.prepare_agent(item.agent, None, priced=False)
             else:
-                model = self._label(agent.model)
-                offline = self._offline
+                model = self.models.label(agent.model)
+                offline = self.models.offline
                 self.metrics.prepare_agent(
                     item.agent, None if offline else agent.model, priced=not offline and self.prices.knows(agent.model)
                 )
-            async with asyncio.timeout(item.timeout_s):
+            async with asyncio.timeout(item.timeout_s):  # the whole attempt, every iteration
                 if code is not None:
-                    run = CodeRun(item=item, settings=self.settings, metrics=self.metrics, tools=ctx, calls=calls)
-                    run.events = events
+                    run = CodeRun(item, self.settings, self.metrics, ctx, calls=calls, events=events)
                     output = await code(run)
+                    if item.checks:
+                        verification = await self._verify(item, ctx, last=True)
                 else:
-                    output = await self._loop(item, agent, ctx, calls, spend)
-                if item.checks:
-                    verification = await self._verify(item, ctx)
+                    conversation = Conversation(self.models, item, agent, ctx, calls, spend)
+                    output, verification = await self._iterate(conversation, iterations, events)
         except CooError as exc:
             if isinstance(exc, VerificationFailed):
                 verification = exc.report
@@ -248,6 +223,8 @@ class AgentRunner:
             "duration_ms": duration_ms,
             "success": error is None,
             "verification": scrub(verification) if verification is not None else None,
+            "iterations": iterations if len(iterations) > 1 else None,
+            "events": [event.model_dump(mode="json") for event in events] or None,
             "trace_id": trace_id,
             "worker": self.worker_id,
             "started_at": started_at,
@@ -295,122 +272,97 @@ class AgentRunner:
             inserted = (await (await stored.connection()).execute(_INSERT_RESULT, row)).scalar_one_or_none()
             return None if inserted is not None else await self.existing_result(stored, item)
 
-    async def _loop(
-        self, item: WorkItem, agent: AgentDefinition, ctx: ToolContext, calls: list[ToolCall], spend: Spend
-    ) -> dict[str, Any]:
-        unknown = sorted(set(agent.tools) - set(TOOLS))
-        if unknown:
-            raise CooError(
-                ErrorType.VALIDATION, f"agent '{agent.name}' lists unknown tools {unknown}; available: {sorted(TOOLS)}"
-            )
-        tools = tuple(TOOLS[name] for name in agent.tools)
-        messages: list[Message] = [
-            Message(role="user", content=(TextBlock(text=orjson.dumps(item.input).decode()),)),
-        ]
-        capture = self.settings.capture_content
-        for _turn in range(self.settings.max_agent_turns):
-            request = ChatRequest(
-                agent=agent.name,
-                model=agent.model,
-                system=agent.system_prompt,
-                messages=tuple(messages),
-                tools=tools,
-                timeout_s=item.timeout_s,
-            )
-            label = self._label(request.model)
-            with genai.chat_span(request, provider=self.provider.name, model=label, capture=capture) as chat:
-                response = await self._chat(request, spend)
-                genai.record_response(chat, response, model=spend.model or label, capture=capture)
-            messages.append(Message(role="assistant", content=response.content))
-            if not response.tool_uses:
-                ctx.transcript_out.append(response.text)
-                output = parse_output(response.text)
-                check_output(agent, output)
-                return output
-            results: list[ToolResult] = []
-            for use in response.tool_uses:
-                with genai.tool_span(use, parent=chat, capture=capture) as tool:
-                    call = await call_tool(ctx, use.name, use.input)
-                    genai.record_tool(tool, call, capture=capture)
-                calls.append(call)
-                results.append(ToolResult(tool_use_id=use.id, content=call.output, is_error=call.status != "ok"))
-            messages.append(Message(role="user", content=tuple(results)))
-        raise CooError(
-            ErrorType.AGENT_CRASH, f"agent did not finish within {self.settings.max_agent_turns} model turns"
-        )
+    async def _iterate(
+        self, conversation: Conversation, iterations: list[dict[str, Any]], events: list[AttemptEvent]
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The agent's runs of one attempt, each followed by the step's checks: again in the same
+        workspace, told what failed, while they fail and iterations are left. Each run's record goes
+        to ``iterations`` (and, when the step may iterate, a ``step.iteration`` event to ``events``),
+        whether it ended well or not."""
+        item, ctx, calls, spend = conversation.item, conversation.ctx, conversation.calls, conversation.spend
+        most = item.max_iterations
+        for n in range(1, most + 1):
+            mark = Mark.begin(n, ctx, calls, spend)
+            output: dict[str, Any] | None = None
+            verification: dict[str, Any] | None = None
+            error_type: str | None = None
+            try:
+                with tracer().start_as_current_span("agent.iteration", attributes={"coo.iteration": n}) as span:
+                    output = await conversation.answer()
+                    if not item.checks:
+                        return output, None
+                    report = await self._check(item, ctx, keep_on_failure=n < most)
+                    verification = report.model_dump(mode="json")
+                    failure = report.failure()
+                    if failure is None:
+                        return output, verification
+                    error_type = str(failure.type)
+                    span.set_attribute("error.type", error_type)
+                    if n == most:
+                        raise VerificationFailed(failure.message, verification, failure.type)
+                    conversation.tell(feedback(report, n, most))
+            except CooError as exc:
+                error_type = str(exc.error_type)
+                raise
+            except TimeoutError:
+                error_type = str(ErrorType.TIMEOUT)
+                raise
+            finally:
+                cap = self.settings.output_cap_bytes
+                iterations.append(
+                    mark.record(
+                        ctx,
+                        calls,
+                        spend,
+                        output=output,
+                        verification=verification,
+                        error_type=error_type,
+                        cap_bytes=cap,
+                    )
+                )
+                if most > 1:
+                    events.append(_iteration_event(iterations[-1], verification))
+        raise AssertionError("unreachable: the last iteration returns or raises")
 
-    async def _chat(self, request: ChatRequest, spend: Spend) -> ModelResponse:
-        """One model call: measured, its tokens and cost added to ``spend``."""
-        provider = self.provider.name
-        label = self._label(request.model)
-        started = time.perf_counter()
-        try:
-            response = await self.provider.chat(request)
-        except CooError as exc:
-            self.metrics.model_call(
-                provider=provider,
-                model=label,
-                usage=None,
-                duration_s=time.perf_counter() - started,
-                error_type=str(exc.error_type),
-            )
-            raise
-        except TimeoutError:
-            self.metrics.model_call(
-                provider=provider,
-                model=label,
-                usage=None,
-                duration_s=time.perf_counter() - started,
-                error_type=str(ErrorType.TIMEOUT),
-            )
-            raise
-        model = self._label(response.model)
-        spend.model = model
-        spend.usage = spend.usage + response.usage
-        self.metrics.model_call(
-            provider=provider,
-            model=label,
-            usage=response.usage,
-            duration_s=time.perf_counter() - started,
-            error_type=None,
-        )
-        if self._offline:
-            return response
-        cost = self.prices.cost(model, response.usage)
-        if cost is None and self.prices.knows(request.model):
-            cost = self.prices.cost(request.model, response.usage)  # a dated snapshot of a priced alias
-        self.metrics.cost(model=model, agent=request.agent, usd=cost)
-        if cost is None:
-            log.warning(
-                "model_cost_unknown",
-                model=model,
-                agent=request.agent,
-                detail="no price for this model: its cost is stored as unknown; set COO_MODEL_PRICES to price it",
-            )
-            spend.cost_usd = None
-        elif spend.cost_usd is not None:
-            spend.cost_usd += cost
-        return response
-
-    async def _verify(self, item: WorkItem, ctx: ToolContext) -> dict[str, Any]:
-        """Run the step's checks in its sandbox workspace; a failed check fails the attempt."""
-        report = await self.sandbox.verify(
+    async def _check(self, item: WorkItem, ctx: ToolContext, *, keep_on_failure: bool) -> VerificationReport:
+        """Run the step's checks in its sandbox workspace (kept when they fail and the agent iterates)."""
+        return await self.sandbox.verify(
             step_id=item.step_id,
             attempt=item.attempt,
             checks=item.checks,
             mission_id=item.mission_id,
             workspace_source=ctx.workspace_source,
             egress=ctx.egress,
+            keep_on_failure=keep_on_failure,
             headers=ctx.headers,
         )
+
+    async def _verify(self, item: WorkItem, ctx: ToolContext, *, last: bool) -> dict[str, Any]:
+        """Run the step's checks once; a failed check fails the attempt."""
+        report = await self._check(item, ctx, keep_on_failure=not last)
         data: dict[str, Any] = report.model_dump(mode="json")
         failure = report.failure()
         if failure is not None:
-            raise VerificationFailed(failure.message, data)
+            raise VerificationFailed(failure.message, data, failure.type)
         return data
 
 
+def _iteration_event(record: dict[str, Any], verification: dict[str, Any] | None) -> AttemptEvent:
+    failed = [c["name"] for c in (verification or {}).get("checks", []) if not c.get("passed")]
+    return AttemptEvent(
+        type="step.iteration",
+        at=datetime.now(UTC),
+        data={
+            "n": record["n"],
+            "passed": record["error_type"] is None,
+            "error_type": record["error_type"],
+            "failed_checks": failed,
+            "duration_ms": record["duration_ms"],
+        },
+    )
+
+
 class VerificationFailed(CooError):
-    def __init__(self, message: str, report: dict[str, Any]) -> None:
-        super().__init__(ErrorType.VERIFICATION_FAILED, message)
+    def __init__(self, message: str, report: dict[str, Any], error_type: ErrorType = ErrorType.VERIFICATION_FAILED):
+        super().__init__(error_type, message)
         self.report = report

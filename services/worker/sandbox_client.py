@@ -116,6 +116,7 @@ class SandboxClient:
         network: bool = False,
         egress: Sequence[str] = (),
         cleanup: bool = True,
+        keep_on_failure: bool = False,
         headers: dict[str, str] | None = None,
     ) -> VerificationReport:
         """Run ``checks`` (``WorkItem.checks``: ``{name, argv, timeout_s}`` each) in the attempt's
@@ -134,6 +135,7 @@ class SandboxClient:
                     "egress": list(egress),
                     "workspace_source": workspace_source,
                     "cleanup": cleanup,
+                    "keep_on_failure": keep_on_failure,
                 }
             )
         except ValidationError as exc:

@@ -188,6 +188,9 @@ class AgentResult(Base):
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     success: Mapped[bool] = mapped_column(Boolean)
     verification: Mapped[Json | None] = mapped_column(default=None)
+    # Each iteration's record when the agent ran more than once (None: one run, the columns above).
+    iterations: Mapped[list[Any] | None] = mapped_column(JSONB(none_as_null=True), default=None)
+    events: Mapped[list[Any] | None] = mapped_column(JSONB(none_as_null=True), default=None)  # AttemptEvents
     trace_id: Mapped[str | None] = mapped_column(String(32), default=None)
     worker: Mapped[str] = mapped_column(String(200), default="")
     started_at: Mapped[datetime]

@@ -9,9 +9,9 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from services.common.contracts import check_egress
+from services.common.contracts import CheckKind, check_egress
 from services.orchestrator.engine import templates
 
 _ID = r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"
@@ -35,6 +35,11 @@ class Check(BaseModel):
     name: str = Field(min_length=1, max_length=100)
     argv: list[str] = Field(min_length=1)
     timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    kind: CheckKind = Field(
+        default=CheckKind.CUSTOM,
+        description="test, lint, typecheck, build or custom: a failing check fails the attempt with "
+        "TEST_FAILED, LINT_FAILED, TYPECHECK_FAILED, BUILD_FAILED or VERIFICATION_FAILED",
+    )
 
 
 class StepDefinition(BaseModel):
@@ -48,6 +53,13 @@ class StepDefinition(BaseModel):
     timeout_s: float = Field(default=600.0, gt=0, le=86400)
     when: str | None = None
     checks: list[Check] = Field(default_factory=list)
+    max_iterations: int = Field(
+        default=1,
+        ge=1,
+        le=20,
+        description="When the checks fail, run the agent again in the same workspace with the verification "
+        "report, up to this many times in one attempt",
+    )
     egress: list[str] = Field(
         default_factory=list,
         max_length=100,
@@ -59,6 +71,13 @@ class StepDefinition(BaseModel):
     @classmethod
     def _check_egress(cls, egress: list[str]) -> list[str]:
         return check_egress(egress)
+
+    @field_validator("max_iterations")
+    @classmethod
+    def _iterations_need_checks(cls, max_iterations: int, info: ValidationInfo) -> int:
+        if max_iterations > 1 and not info.data.get("checks"):
+            raise ValueError("max_iterations above 1 needs checks: iterations run while the checks fail")
+        return max_iterations
 
 
 class WorkflowDefinition(BaseModel):

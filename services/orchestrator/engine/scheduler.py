@@ -164,7 +164,8 @@ def work_item(mission: Mission, step: Step, definition: WorkflowDefinition) -> W
         input=step.input or {},
         timeout_s=step.timeout_s,
         workflow=mission.workflow_name,
-        checks=[check.model_dump() for check in spec.checks],
+        checks=[check.model_dump(mode="json") for check in spec.checks],
+        max_iterations=spec.max_iterations,
         egress=list(spec.egress),
     )
 

@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -81,6 +81,24 @@ class TimelineEventOut(BaseModel):
     trace_id: str | None
 
 
+class IterationOut(BaseModel):
+    """One run of the agent inside an attempt, with the verification that followed it."""
+
+    n: int
+    output: dict[str, Any] | None
+    stdout: str
+    stderr: str
+    tool_calls: list[dict[str, Any]]
+    tokens_in: int
+    tokens_out: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    cost_usd: Decimal | None
+    duration_ms: int
+    verification: dict[str, Any] | None
+    error_type: str | None
+
+
 class AgentResultOut(BaseModel):
     model_config = ConfigDict(from_attributes=True)
 
@@ -104,10 +122,20 @@ class AgentResultOut(BaseModel):
     cost_usd: Decimal | None
     duration_ms: int
     verification: dict[str, Any] | None
+    iterations: list[IterationOut] = Field(
+        default_factory=list,
+        description="Each run of the agent in this attempt (more than one when its checks failed and it "
+        "iterated); the attempt's own fields are their totals and the last one's output",
+    )
     trace_id: str | None
     worker: str
     started_at: datetime
     created_at: datetime
+
+    @field_validator("iterations", mode="before")
+    @classmethod
+    def _one_run(cls, value: Any) -> Any:
+        return [] if value is None else value  # a one-run attempt stores none: ``_result_out`` fills it
 
 
 def mission_out(mission: Mission, position: int | None, steps: list[Step] | None = None) -> MissionOut:
@@ -333,7 +361,35 @@ async def read_step_results(state: OrchestratorState, mission_id: uuid.UUID, key
         rows = await session.execute(
             select(AgentResult).where(AgentResult.step_id == step.id).order_by(AgentResult.attempt)
         )
-        return [AgentResultOut.model_validate(r) for r in rows.scalars()]
+        return [_result_out(r) for r in rows.scalars()]
+
+
+def _result_out(row: AgentResult) -> AgentResultOut:
+    """An attempt with its iterations: stored when the agent ran more than once, else the one run
+    that the attempt's own fields describe."""
+    stored = row.iterations
+    if not stored:
+        error_type = (row.error or {}).get("type")
+        stored = [
+            {
+                "n": 1,
+                "output": row.output,
+                "stdout": row.stdout,
+                "stderr": row.stderr,
+                "tool_calls": row.tool_calls,
+                "tokens_in": row.tokens_in,
+                "tokens_out": row.tokens_out,
+                "cache_read_tokens": row.cache_read_tokens,
+                "cache_write_tokens": row.cache_write_tokens,
+                "cost_usd": row.cost_usd,
+                "duration_ms": row.duration_ms,
+                "verification": row.verification,
+                "error_type": error_type,
+            }
+        ]
+    result = AgentResultOut.model_validate(row, from_attributes=True)
+    result.iterations = [IterationOut.model_validate(one) for one in stored]
+    return result
 
 
 async def require_mission(state: OrchestratorState, mission_id: uuid.UUID) -> None:
