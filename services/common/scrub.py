@@ -46,6 +46,7 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"https://hooks\.slack\.com/[A-Za-z0-9/_\-]+"), "https://hooks.slack.com/" + REDACTED),
     (re.compile(r"\bxox[abposr]-[A-Za-z0-9\-]{10,}"), REDACTED),
     (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{20,}"), REDACTED),
+    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{20,}"), REDACTED),  # fine-grained personal access tokens
     (re.compile(r"(?i)(postgres(?:ql)?(?:\+\w+)?://[^:/@\s]+:)[^@\s]+@"), r"\1" + REDACTED + "@"),
 )
 
@@ -71,6 +72,7 @@ _TRIGGERS = (
     "ghu_",
     "ghs_",
     "ghr_",
+    "github_pat_",
     "postgres",
 )
 

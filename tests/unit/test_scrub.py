@@ -29,6 +29,7 @@ SLACK_TOKEN = "xoxb-123456789012-1234567890123-abcdefghijklmnop"
         ("postgres://coo:s3cretpw@db/coo", "s3cretpw"),
         ("COO_DATABASE_URL=postgresql+asyncpg://coo:s3cretpw@db/coo", "s3cretpw"),
         ("token: ghp_abcdefghijklmnopqrstuvwxyz0123456789", "ghp_abcdefghijklmnopqrstuvwxyz0123456789"),
+        ("pushed with github_pat_11ABCDEFG0123456789_abcdefghijklmnopq", "github_pat_11ABCDEFG0123456789"),
         ("api_key=abc123def", "abc123def"),
     ],
 )

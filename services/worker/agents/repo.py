@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.common.scrub import scrub_text
-from services.worker.llm.base import ChatRequest, ModelResponse, ToolResult, ToolUse
+from services.worker.llm.base import ChatRequest, ModelResponse, TextBlock, ToolResult, ToolUse
 from services.worker.llm.offline import OFFLINE_MODEL, final, first_user_json, script, tool_results
 
 _EXCLUDES = ["--exclude-dir=.git", "--exclude-dir=node_modules", "--exclude-dir=.venv"]
@@ -187,16 +187,22 @@ def _replacement(rule: Rule) -> str:
     return f"<set from environment: {env}>"
 
 
+PATCH_DIR = ".coo"  # the originals of the files it changed, and the whole diff, in the workspace
+_FEEDBACK = "Verification of your work failed"  # how the runner's verification report begins
+
+
 def patch_script(findings: list[dict[str, Any]]) -> tuple[str, list[str]]:
-    """A POSIX shell script that replaces each secret on its line (in the workspace copy) and prints
-    a unified diff per changed file."""
+    """A POSIX shell script that replaces each secret on its line (in the workspace copy), keeps the
+    first original of each file it changes under ``.coo/orig/`` and writes the whole change so far,
+    as one unified diff, to ``.coo/patch.diff`` (and prints it): run again on a later iteration, it
+    adds to the change instead of starting over."""
     edits: dict[str, list[str]] = {}
     for finding in findings:
         rule = RULES_BY_NAME.get(str(finding.get("rule")))
         file, line = finding.get("file"), finding.get("line")
         if rule is None or not rule.secret or not isinstance(file, str) or not isinstance(line, int):
             continue
-        if file.startswith("/") or ".." in file.split("/"):
+        if file.startswith("/") or ".." in file.split("/") or file.startswith(f"{PATCH_DIR}/"):
             continue
         if rule.name in ("hardcoded-password", "hardcoded-token"):
             key = rule.pattern.split("[[:space:]]*[=:]")[0]
@@ -205,24 +211,59 @@ def patch_script(findings: list[dict[str, Any]]) -> tuple[str, list[str]]:
         else:
             sed = f"{line}s#{rule.pattern}#{_replacement(rule)}#g"
         edits.setdefault(file, []).append(sed)
-    lines = ["set -e"]
+    lines = ["set -e", f"mkdir -p {PATCH_DIR}/orig"]
     for file, seds in sorted(edits.items()):
-        q = shlex.quote(file)
+        q, orig = shlex.quote(file), shlex.quote(f"{PATCH_DIR}/orig/{file}")
         args = " ".join(f"-e {shlex.quote(s)}" for s in seds)
-        lines.append(f"cp {q} {q}.coo-orig")
+        lines.append(f'[ -e {orig} ] || {{ mkdir -p "$(dirname {orig})" && cp {q} {orig}; }}')
         lines.append(f"sed -i -E {args} {q}")
-        lines.append(f"diff -u --label a/{q} --label b/{q} {q}.coo-orig {q} || true")
-        lines.append(f"rm -f {q}.coo-orig")
+    lines.append(f": > {PATCH_DIR}/patch.diff")
+    lines.append(f"cd {PATCH_DIR}/orig && files=$(find . -type f | sed 's#^\\./##' | sort) && cd - > /dev/null")
+    lines.append(
+        'for f in $files; do diff -u --label "a/$f" --label "b/$f" '
+        f'"{PATCH_DIR}/orig/$f" "$f" >> {PATCH_DIR}/patch.diff || true; done'
+    )
+    lines.append(f"cat {PATCH_DIR}/patch.diff")
     return "\n".join(lines) + "\n", sorted(edits)
+
+
+def iteration_of(request: ChatRequest) -> int:
+    """Which run of the attempt this is: 1, plus one per verification report the agent was sent."""
+    reports = sum(
+        1
+        for message in request.messages[1:]
+        if message.role == "user"
+        for block in message.content
+        if isinstance(block, TextBlock) and block.text.startswith(_FEEDBACK)
+    )
+    return 1 + reports
+
+
+def _results_of_this_iteration(request: ChatRequest) -> dict[str, ToolResult]:
+    """Tool results since the last verification report (a new iteration starts its work again)."""
+    since = 0
+    for index, message in enumerate(request.messages):
+        if message.role == "user" and any(
+            isinstance(block, TextBlock) and block.text.startswith(_FEEDBACK) for block in message.content
+        ):
+            since = index
+    later = request.messages[since:]
+    results = [block for message in later if message.role == "user" for block in message.content]
+    return {r.tool_use_id.split("_", 3)[-1]: r for r in results if isinstance(r, ToolResult)}
 
 
 @script("patcher")
 def patcher(request: ChatRequest) -> ModelResponse:
+    """Replaces the secrets the scanner found. Offline it plays a hurried first try: its first
+    iteration patches only the high-severity findings, so that the step's secrets check fails and
+    the second iteration, told which lines still hold secrets, patches the rest."""
     if (missing := _repo_missing(request)) is not None:
         return missing
     raw = first_user_json(request).get("findings", [])
     findings = [f for f in raw if isinstance(f, dict)] if isinstance(raw, list) else []
-    results = _by_key(request)
+    if iteration_of(request) == 1:
+        findings = [f for f in findings if f.get("severity") == "high"] or findings
+    results = _results_of_this_iteration(request)
     body, files = patch_script(findings)
     if not files:
         return final({"patch": "", "files_changed": 0, "files": [], "replaced": 0})
@@ -231,10 +272,11 @@ def patcher(request: ChatRequest) -> ModelResponse:
     code, stdout = parse_tool_output(results["patch"])
     if code != 0:
         return final({"error": "the patch did not apply", "tool_output": results["patch"].content[:2000]})
+    changed = sorted({line[len("+++ b/") :] for line in stdout.splitlines() if line.startswith("+++ b/")})
     replaced = sum(
         1 for f in findings if RULES_BY_NAME.get(str(f.get("rule"))) and RULES_BY_NAME[str(f["rule"])].secret
     )
-    return final({"patch": stdout, "files_changed": len(files), "files": files, "replaced": replaced})
+    return final({"patch": stdout, "files_changed": len(changed), "files": changed, "replaced": replaced})
 
 
 # --- notifier ---------------------------------------------------------------------------------
