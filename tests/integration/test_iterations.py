@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.conftest import Stack, db_fetch, wait_for
+import httpx
+
+from tests.conftest import API_KEY, Stack, db_fetch, wait_for
 from tests.fakes.anthropic import FakeAnthropic, text, tool_use
 
 CHECK = "grep -q '^ok$' result.txt || { echo 'result.txt must say ok, it says:'; cat result.txt; exit 3; }"
@@ -89,6 +91,14 @@ async def test_a_failing_check_is_fixed_on_the_second_iteration_of_one_attempt(
     assert first["tokens_in"] + second["tokens_in"] == attempt["tokens_in"]
     assert attempt["verification"]["passed"] is True
     print("stored iterations:", json.dumps(attempt["iterations"], indent=2))  # noqa: T201 (shown in the closing note)
+
+    # The console shows the iterations one under the other, each with its verification report.
+    async with httpx.AsyncClient(base_url=stack.orchestrator.url, timeout=20) as console:
+        signed_in = await console.post("/console/sign-in", data={"api_key": API_KEY, "next": "/console"})
+        assert signed_in.status_code == 303
+        page = (await console.get(f"/console/missions/{mission_id}/steps/fix")).text
+    assert page.index("Iteration 1") < page.index("Iteration 2")
+    assert "TEST_FAILED" in page and "result.txt must say ok" in page
 
     events = await db_fetch(
         stack.settings,
