@@ -28,7 +28,7 @@ ServiceName = Literal["orchestrator", "worker", "sandbox", "cli"]
 # service only its own, and the sandbox none but its database role's password.
 SERVICE_SECRETS: dict[ServiceName, frozenset[str]] = {
     "orchestrator": frozenset({"COO_API_KEYS", "COO_ALERTMANAGER_TOKEN", "COO_SLACK_WEBHOOK_URL"}),
-    "worker": frozenset({"ANTHROPIC_API_KEY", "COO_ANTHROPIC_API_KEY", "COO_SLACK_WEBHOOK_URL"}),
+    "worker": frozenset({"ANTHROPIC_API_KEY", "COO_ANTHROPIC_API_KEY", "COO_SLACK_WEBHOOK_URL", "COO_GITHUB_TOKEN"}),
     "sandbox": frozenset(),
     "cli": frozenset({"COO_API_KEY", "COO_API_KEYS"}),
 }
@@ -162,6 +162,22 @@ class Settings(BaseSettings):
         default_factory=dict,
         description="JSON prices in USD per million tokens for models missing from the built-in table: "
         '{"model": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}}.',
+    )
+    github_mode: Literal["fail_fast", "best_effort", "disabled"] = Field(
+        default="best_effort",
+        description="What a GitHub failure does to a `github-pr` step (its input's `mode` wins): fail_fast fails "
+        "it (GITHUB_FAILED), best_effort lets it succeed without a pull request and with a warning, disabled "
+        "never calls GitHub.",
+    )
+    github_api_url: str = Field(
+        default="https://api.github.com",
+        description="Base URL of the GitHub REST API the `github-pr` agent calls (GitHub Enterprise: "
+        "https://<host>/api/v3).",
+    )
+    github_token: SecretStr | None = Field(
+        default=None,
+        description="GitHub token of the `github-pr` agent (contents and pull requests: write); unset, its "
+        "steps fail or warn as GitHub failures.",
     )
     pause_recheck_s: float = Field(
         default=5.0, gt=0, description="How long a worker leaves a paused mission's work item before looking again."
@@ -310,7 +326,13 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "database_password", "slack_webhook_url", "alertmanager_token", "anthropic_api_key", "api_key", mode="before"
+        "database_password",
+        "slack_webhook_url",
+        "alertmanager_token",
+        "anthropic_api_key",
+        "github_token",
+        "api_key",
+        mode="before",
     )
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:

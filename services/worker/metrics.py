@@ -31,6 +31,7 @@ class WorkerMetrics:
     genai_duration: Histogram = field(init=False)
     work_deferred: Counter = field(init=False)
     slots: Gauge = field(init=False)
+    github_failures: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -70,6 +71,14 @@ class WorkerMetrics:
         )
         self.work_deferred = Counter(
             "coo_worker_deferred", "Work items left in the queue because their mission is paused", registry=r
+        )
+
+        self.github_failures = Counter(
+            "coo_github_failures",
+            "GitHub calls of the github-pr agent that failed, by mode (fail_fast, best_effort) and HTTP status "
+            "(or timeout, network)",
+            ["mode", "status"],
+            registry=r,
         )
 
     def slots_in_use(self, busy: int, capacity: int) -> None:
