@@ -32,7 +32,7 @@ from unidiff.patch import PatchedFile, PatchSet
 from services.common.contracts import AttemptEvent
 from services.common.errors import CooError, ErrorType
 from services.common.logging import get_logger
-from services.common.scrub import scrub_text
+from services.common.scrub import REDACTED, scrub_text
 from services.common.status import ToolCallStatus
 from services.worker.agents.code import CodeRun, code_agent
 from services.worker.tools import ToolCall
@@ -156,11 +156,13 @@ def _split_lines(text: str) -> list[str]:
     return lines
 
 
-def _hunk_sides(hunk: Any) -> tuple[list[str], list[str]]:
+def _hunk_sides(hunk: Any) -> tuple[list[str], list[str], dict[int, int]]:
     """The lines a hunk expects (context and removed) and the lines it leaves (context and added),
-    '\\ No newline at end of file' taking the line end off the line before it."""
+    '\\ No newline at end of file' taking the line end off the line before it; and, for each
+    context line, its place in the new lines and in the old ones."""
     old: list[str] = []
     new: list[str] = []
+    context: dict[int, int] = {}
     previous = ""
     for line in hunk:
         kind = line.line_type
@@ -171,12 +173,14 @@ def _hunk_sides(hunk: Any) -> tuple[list[str], list[str]]:
                 new[-1] = new[-1].removesuffix("\n")
             continue
         value = line.value
+        if kind == " ":
+            context[len(new)] = len(old)
         if kind in (" ", "-"):
             old.append(value)
         if kind in (" ", "+"):
             new.append(value)
         previous = kind
-    return old, new
+    return old, new, context
 
 
 def apply_patch(path: str, text: str, patched: PatchedFile) -> str:
@@ -186,16 +190,23 @@ def apply_patch(path: str, text: str, patched: PatchedFile) -> str:
     offset = 0  # lines added minus lines removed by the hunks before
     floor = 0  # a hunk applies after the one before it
     for number, hunk in enumerate(patched, start=1):
-        old, new = _hunk_sides(hunk)
+        old, new, context = _hunk_sides(hunk)
         start = hunk.source_start - 1 if hunk.source_length else hunk.source_start
         wanted = max(start + offset, floor)
+        header = f"@@ -{hunk.source_start},{hunk.source_length} +{hunk.target_start},{hunk.target_length} @@"
         at = _find(lines, old, wanted, floor)
         if at is None:
-            header = f"@@ -{hunk.source_start},{hunk.source_length} +{hunk.target_start},{hunk.target_length} @@"
             raise CooError(
                 ErrorType.VALIDATION,
                 f"the diff does not apply: {path} hunk {number} ({header}) does not match the file at the base "
                 f"commit near line {wanted + 1}",
+            )
+        for new_index, old_index in context.items():  # context lines stay as the file has them
+            new[new_index] = lines[at + old_index]
+        if any(REDACTED in line for index, line in enumerate(new) if index not in context):
+            raise CooError(
+                ErrorType.VALIDATION,
+                f"the diff does not apply: {path} hunk {number} ({header}) adds a line whose secret was redacted",
             )
         lines[at : at + len(old)] = new
         offset = at + len(new) - (start + len(old))
@@ -210,9 +221,22 @@ def _find(lines: list[str], old: list[str], wanted: int, floor: int) -> int | No
         return None
     for distance in range(max(wanted - floor, limit - wanted) + 1):
         for at in (wanted - distance, wanted + distance) if distance else (wanted,):
-            if floor <= at <= limit and lines[at : at + size] == old:
+            window = lines[at : at + size]
+            if floor <= at <= limit and all(_same(line, want) for line, want in zip(window, old, strict=True)):
                 return at
     return None
+
+
+def _same(line: str, expected: str) -> bool:
+    """The file's ``line`` is the diff's ``expected`` line. COO stores no secret, so a diff that an
+    agent's output carried has its secrets redacted: a ``[REDACTED]`` in a removed or context line
+    stands for the (non-empty) text the file has there."""
+    if line == expected:
+        return True
+    if REDACTED not in expected:
+        return False
+    pattern = "(.+?)".join(re.escape(part) for part in expected.split(REDACTED))
+    return re.fullmatch(pattern, line, flags=re.DOTALL) is not None
 
 
 def _status_message(exc: RequestFailed) -> str:

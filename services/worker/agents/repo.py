@@ -183,6 +183,11 @@ def compliance_checker(request: ChatRequest) -> ModelResponse:
 
 # --- patcher ----------------------------------------------------------------------------------
 def _replacement(rule: Rule) -> str:
+    """What takes a secret's place. A password becomes an empty string: COO stores what agents
+    return scrubbed, and any value after ``password =`` reads as a password to the scrubber, which
+    would leave the diff's added line redacted and the diff impossible to apply."""
+    if rule.name == "hardcoded-password":
+        return ""
     env = {"aws-access-key-id": "AWS_ACCESS_KEY_ID", "anthropic-api-key": "ANTHROPIC_API_KEY"}.get(rule.name, "SECRET")
     return f"<set from environment: {env}>"
 
