@@ -28,6 +28,7 @@ CHAIN = [
     "sandbox.exec",
     "execute_tool run_command",
     "chat offline",
+    "agent.iteration",
     "agent.execute",
     "step.dispatch",
     "mission.execute",
