@@ -129,6 +129,8 @@ class Mission(Base):
     traceparent: Mapped[str | None] = mapped_column(String(100), default=None)
     # Why it started: {"type": "api"|"schedule"|"event"|"webhook", "name"?, "fire_time"?, "event_id"?}
     trigger: Mapped[Json] = mapped_column(default=lambda: {"type": "api"}, server_default='{"type": "api"}')
+    # The mission this one runs again (same workflow version, input, priority and budgets), if any.
+    rerun_of: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("missions.id", ondelete="SET NULL"), default=None)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)

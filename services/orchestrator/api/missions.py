@@ -10,7 +10,7 @@ from services.common.status import MissionStatus, TriggerType
 from services.orchestrator.api.deps import CallerDep, OperatorDep, StateDep
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.audit import note_target
-from services.orchestrator.commands.missions import MissionAccepted, MissionCreate, submit_mission
+from services.orchestrator.commands.missions import MissionAccepted, MissionCreate, rerun_mission, submit_mission
 from services.orchestrator.reads.missions import (
     AgentResultOut,
     MissionOut,
@@ -34,6 +34,17 @@ router = APIRouter(prefix="/v1/missions", tags=["missions"], dependencies=[Depen
 async def submit(body: MissionCreate, state: StateDep, caller: OperatorDep) -> MissionAccepted:
     accepted = await submit_mission(body, state, caller)
     note_target("mission", accepted.id)  # the audit row names the mission made
+    return accepted
+
+
+@router.post(
+    "/{mission_id}/rerun",
+    status_code=202,
+    summary="Run a mission again: its workflow version, input, priority and budgets",
+)
+async def rerun(mission_id: uuid.UUID, state: StateDep, caller: OperatorDep) -> MissionAccepted:
+    accepted = await rerun_mission(state, mission_id, caller)
+    note_target("mission", accepted.id)
     return accepted
 
 

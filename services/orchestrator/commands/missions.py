@@ -40,6 +40,7 @@ class MissionAccepted(BaseModel):
     id: uuid.UUID
     status: str
     queue_position: int | None
+    rerun_of: uuid.UUID | None = Field(default=None, description="The mission this one runs again, if a rerun")
 
 
 async def submit_mission(body: MissionCreate, state: OrchestratorState, caller: Caller) -> MissionAccepted:
@@ -69,15 +70,7 @@ async def submit_mission(body: MissionCreate, state: OrchestratorState, caller: 
             return refused
 
     try:
-        mission = await state.submissions.run(create)  # committed with the submissions that came with it
-        if isinstance(mission, OrchestratorError):
-            raise mission
-        if mission.status != MissionStatus.QUEUED:
-            return MissionAccepted(id=mission.id, status=mission.status, queue_position=None)
-        async with state.reads() as session:  # its place now (status and position from one read)
-            current = await get_mission(session, mission.id)
-            position = await queue_position(session, current)
-        return MissionAccepted(id=current.id, status=current.status, queue_position=position)
+        return await _accepted(state, await state.submissions.run(create))
     except IntegrityError:
         if body.idempotency_key is None:
             raise
@@ -85,6 +78,52 @@ async def submit_mission(body: MissionCreate, state: OrchestratorState, caller: 
         if replay is None:
             raise
         return replay
+
+
+async def _accepted(state: OrchestratorState, made: Mission | OrchestratorError) -> MissionAccepted:
+    """The answer for a mission just committed (with the submissions that came with it)."""
+    if isinstance(made, OrchestratorError):
+        raise made
+    if made.status != MissionStatus.QUEUED:
+        return MissionAccepted(id=made.id, status=made.status, queue_position=None, rerun_of=made.rerun_of)
+    async with state.reads() as session:  # its place now (status and position from one read)
+        current = await get_mission(session, made.id)
+        position = await queue_position(session, current)
+    return MissionAccepted(id=current.id, status=current.status, queue_position=position, rerun_of=current.rerun_of)
+
+
+async def rerun_mission(state: OrchestratorState, mission_id: uuid.UUID, caller: Caller) -> MissionAccepted:
+    """A new mission like ``mission_id``: its workflow version, its input as stored, its priority and
+    budgets, started by ``caller`` and pointing back at it (``NotFound`` when unknown)."""
+    async with state.reads() as session:
+        original = await get_mission(session, mission_id)
+    spec = MissionSpec(
+        workflow=original.workflow_name,
+        version=original.workflow_version,
+        input=dict(original.input),
+        caller=caller.name,
+        priority=original.priority,
+        budget_usd=original.budget_usd,
+        budget_tokens=original.budget_tokens,
+    )
+
+    async def create(uow: UnitOfWork) -> Mission | OrchestratorError:
+        try:
+            mission = await start_mission(uow, state.settings, spec)
+        except OrchestratorError as refused:
+            return refused
+        mission.rerun_of = original.id  # inserted at the unit's flush, with this set
+        _note_rerun(uow, mission.id, original.id)
+        return mission
+
+    return await _accepted(state, await state.submissions.run(create))
+
+
+def _note_rerun(uow: UnitOfWork, mission_id: uuid.UUID, rerun_of: uuid.UUID) -> None:
+    """The new mission's ``mission.submitted`` event (still uncommitted in ``uow``) names the original."""
+    for event in uow._events:  # the unit's own list: start_mission records the event without it
+        if event.mission_id == mission_id and event.type == "mission.submitted":
+            event.data = {**event.data, "rerun_of": str(rerun_of)}
 
 
 async def _replay(state: OrchestratorState, caller: str, body: MissionCreate) -> MissionAccepted | None:

@@ -59,6 +59,7 @@ class MissionOut(BaseModel):
     trigger: dict[str, Any] = Field(
         description='Why it started: {"type": "api"|"schedule"|"event"|"webhook", "name"?, "fire_time"?, "event_id"?}'
     )
+    rerun_of: uuid.UUID | None = Field(default=None, description="The mission this one runs again, if a rerun")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -156,6 +157,7 @@ def mission_out(mission: Mission, position: int | None, steps: list[Step] | None
         spent_tokens=mission.spent_tokens,
         idempotency_key=mission.idempotency_key,
         trigger=mission.trigger,
+        rerun_of=mission.rerun_of,
         created_at=mission.created_at,
         started_at=mission.started_at,
         finished_at=mission.finished_at,
@@ -221,7 +223,7 @@ _MISSION_DETAIL = f"""
 SELECT m.id, m.workflow_id, m.workflow_name, m.workflow_version, m.status, m.pause_reason, m.priority,
   m.input::text AS input, m.output::text AS output, m.error::text AS error,
   m.budget_usd, m.budget_tokens, m.spent_usd, m.spent_tokens, m.idempotency_key, m.trigger::text AS trigger,
-  m.created_at, m.started_at, m.finished_at,
+  m.rerun_of, m.created_at, m.started_at, m.finished_at,
   CASE WHEN m.status = '{_QUEUED}' THEN 1 + (
     SELECT count(*) FROM missions q
     WHERE q.status = '{_QUEUED}' AND (q.priority > m.priority OR (q.priority = m.priority
@@ -295,6 +297,7 @@ def _detail_fields(row: _Row, json_value: Callable[[str | None], Any]) -> dict[s
         "spent_tokens": row["spent_tokens"],
         "idempotency_key": row["idempotency_key"],
         "trigger": json_value(row["trigger"]),
+        "rerun_of": None if row["rerun_of"] is None else str(row["rerun_of"]),
         "created_at": row["created_at"],
         "started_at": row["started_at"],
         "finished_at": row["finished_at"],
