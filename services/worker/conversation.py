@@ -96,6 +96,7 @@ class Conversation:
                 messages=tuple(self.messages),
                 tools=self.tools,
                 timeout_s=self.item.timeout_s,
+                output_schema=agent.output_schema,
             )
             label = self.models.label(request.model)
             with genai.chat_span(request, provider=self.models.provider.name, model=label, capture=capture) as chat:

@@ -87,6 +87,7 @@ class ChatRequest:
     tools: tuple[ToolSpec, ...]
     max_tokens: int = 4096
     timeout_s: float = 120.0
+    output_schema: dict[str, Any] | None = None  # the agent's, for providers that shape the answer to it
 
 
 class ModelProvider(Protocol):

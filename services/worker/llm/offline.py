@@ -1,7 +1,9 @@
 """The ``offline`` model: deterministic, scripted per agent, free, and always labelled ``offline``.
 
 A script reads the agent's input and the conversation so far, and answers as a model would: with
-tool calls, then a final JSON message. It drives the same tool loop as a real model.
+tool calls, then a final JSON message. It drives the same tool loop as a real model. Any other
+agent gets one final message at once: a valid instance of its ``output_schema`` derived from the
+schema and its input (``schema_instance``), or ``{"echo": <input>}`` when it has no schema.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from services.worker.llm.base import (
     ToolUse,
     Usage,
 )
+from services.worker.llm.schema_instance import SchemaInstanceError, schema_instance
 
 OFFLINE_MODEL = "offline"
 
@@ -87,6 +90,25 @@ def first_user_json(request: ChatRequest) -> dict[str, object]:
     return {}
 
 
+def unscripted(request: ChatRequest) -> ModelResponse:
+    """An agent without a script: a valid instance of its ``output_schema`` built from the schema and
+    the input, or without a schema its input echoed (``{"echo": input}``)."""
+    agent_input = first_user_json(request)
+    if request.output_schema is None:
+        return final({"echo": agent_input})
+    try:
+        instance = schema_instance(request.output_schema, agent_input)
+    except SchemaInstanceError as exc:
+        raise CooError(
+            ErrorType.AGENT_CRASH,
+            f"the offline model cannot answer agent '{request.agent}': {exc}; "
+            "set ANTHROPIC_API_KEY to run it on Claude",
+        ) from exc
+    return ModelResponse(
+        content=(TextBlock(text=orjson.dumps(instance).decode()),), stop_reason="end_turn", model=OFFLINE_MODEL
+    )
+
+
 class OfflineProvider:
     name = OFFLINE_MODEL
 
@@ -94,13 +116,7 @@ class OfflineProvider:
         """Nothing to release: no connection, no client."""
 
     async def chat(self, request: ChatRequest) -> ModelResponse:
-        fn = _SCRIPTS.get(request.agent)
-        if fn is None:
-            raise CooError(
-                ErrorType.AGENT_CRASH,
-                f"the offline model has no script for agent '{request.agent}'; "
-                "set ANTHROPIC_API_KEY to run it on Claude",
-            )
+        fn = _SCRIPTS.get(request.agent, unscripted)
         response = fn(request)
         prompt = request.system + "".join(
             block.text
