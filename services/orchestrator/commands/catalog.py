@@ -19,10 +19,13 @@ from services.orchestrator.storable import require_storable
 
 
 async def put_agent(state: OrchestratorState, name: str, spec: AgentSpec) -> AgentOut:
-    """Create ``name`` or update it (its version grows), or raise ``InvalidInput`` / ``Conflict``."""
+    """Create ``name`` or update it (its version grows), or raise ``InvalidInput`` / ``Conflict``. A
+    ``name`` in the body must be the path's."""
     require_storable(spec.model_dump(mode="json"), "body")
     if not re.match(NAME_PATTERN, name):
         raise InvalidInput(f"name: must match {NAME_PATTERN}", field="name")
+    if spec.name is not None and spec.name != name:
+        raise InvalidInput(f"name: '{spec.name}' is not the agent's name in the path ('{name}')", field="name")
     if spec.output_schema is not None:
         _check_schema(spec.output_schema)
     for _attempt in range(3):

@@ -19,8 +19,12 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,99}$"
 
 
 class AgentSpec(BaseModel):
+    """An agent's definition as ``PUT /v1/agents/{name}`` takes it. ``name`` may be given (so an agent
+    file can be sent as it is) and must then be the path's; it is never stored from the body."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    name: str | None = Field(default=None, max_length=100, exclude=True)
     description: str = Field(default="", max_length=2000)
     model: str = Field(min_length=1, max_length=200, examples=["offline", "claude-sonnet-4-5"])
     system_prompt: str = Field(default="", max_length=100_000)
