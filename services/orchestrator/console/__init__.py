@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
-from services.orchestrator.console import actions, automation, catalog, missions, signin
+from services.orchestrator.console import actions, automation, catalog, editor, missions, signin
 from services.orchestrator.console.web import (
     HERE,
     ConsoleError,
@@ -18,7 +18,8 @@ from services.orchestrator.console.web import (
 
 def install_console(app: FastAPI) -> None:
     """Add the console's routes (left out of the OpenAPI schema), its static files and error pages."""
-    for module in (signin, missions, actions, catalog, automation):
+    # the editor before the catalog: /console/workflows/new is not a workflow named "new"
+    for module in (signin, missions, actions, editor, catalog, automation):
         app.include_router(module.router)
     app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
     app.add_exception_handler(SignInRequired, on_sign_in_required)

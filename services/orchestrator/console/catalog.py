@@ -22,9 +22,10 @@ LIST_LIMIT = 100
 
 
 @router.get("/console/agents", response_class=HTMLResponse)
-async def agents_page(request: Request, operator: OperatorDep) -> HTMLResponse:
+async def agents_page(request: Request, operator: OperatorDep, saved: str = "") -> HTMLResponse:
     agents = await read_agents(state_of(request))
-    return await render_page(request, "agents.html", {"agents": agents}, operator=operator)
+    just_saved = next((a for a in agents if a.name == saved), None)  # back from the agent editor
+    return await render_page(request, "agents.html", {"agents": agents, "saved": just_saved}, operator=operator)
 
 
 @router.get("/console/workflows", response_class=HTMLResponse)
@@ -44,12 +45,15 @@ def _example_input(definition: dict[str, Any]) -> str:
 
 
 @router.get("/console/workflows/{name}", response_class=HTMLResponse)
-async def workflow_page(request: Request, name: str, operator: OperatorDep, version: str = "") -> HTMLResponse:
+async def workflow_page(
+    request: Request, name: str, operator: OperatorDep, version: str = "", saved: str = ""
+) -> HTMLResponse:
     chosen = int(version) if version.isdigit() and 0 < int(version) < 2**31 else None
     if version and chosen is None:
         raise ConsoleError(404, f"workflow '{name}' version '{version}' not found", title="Not found")
     try:
         workflow = await read_workflow(state_of(request), name, chosen)
+        latest = workflow if chosen is None else await read_workflow(state_of(request), name, None)
     except OrchestratorError as exc:
         raise refusal_page(exc) from exc
     steps = workflow.definition.get("steps") or []
@@ -63,6 +67,9 @@ async def workflow_page(request: Request, name: str, operator: OperatorDep, vers
         "steps": steps,
         "graphs": graphs,
         "example_input": _example_input(workflow.definition),
+        "latest_version": latest.version,
+        "versions": list(range(latest.version, 0, -1)),  # versions are numbered 1, 2, … with no gap
+        "saved": bool(saved),  # back from the editor: this version was just registered
     }
     return await render_page(request, "workflow.html", context, operator=operator)
 

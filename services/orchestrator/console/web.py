@@ -88,6 +88,11 @@ class Operator:
         """Whether the key may steer (operator and up); pages show a viewer no action forms."""
         return self.caller.can(Scope.OPERATOR)
 
+    @property
+    def can_define(self) -> bool:
+        """Whether the key may change workflows and agents (admin); pages show others no edit links."""
+        return self.caller.can(Scope.ADMIN)
+
 
 def is_htmx(request: Request) -> bool:
     return request.headers.get("HX-Request") == "true"
@@ -110,19 +115,34 @@ async def current_operator(request: Request) -> Operator:
 OperatorDep = Annotated[Operator, Depends(current_operator)]
 
 
+def _not_allowed(operator: Operator, needed: Scope) -> ConsoleError:
+    return ConsoleError(
+        403,
+        f"API key '{operator.caller.name}' has the '{operator.caller.scope}' scope: "
+        f"this action needs the '{needed}' scope.",
+        title="Not allowed",
+    )
+
+
 async def acting_operator(operator: OperatorDep) -> Operator:
     """The signed-in operator, if their key may act (operator scope and up); a 403 page otherwise."""
     if not operator.can_act:
-        raise ConsoleError(
-            403,
-            f"API key '{operator.caller.name}' has the '{operator.caller.scope}' scope: "
-            f"this action needs the '{Scope.OPERATOR}' scope.",
-            title="Not allowed",
-        )
+        raise _not_allowed(operator, Scope.OPERATOR)
     return operator
 
 
 ActorDep = Annotated[Operator, Depends(acting_operator)]
+
+
+async def defining_operator(operator: OperatorDep) -> Operator:
+    """The signed-in operator, if their key may change workflows and agents (admin, as in the REST
+    API); a 403 page otherwise."""
+    if not operator.can_define:
+        raise _not_allowed(operator, Scope.ADMIN)
+    return operator
+
+
+DefinerDep = Annotated[Operator, Depends(defining_operator)]
 
 
 async def read_form(request: Request) -> dict[str, str]:

@@ -182,6 +182,19 @@
     });
   };
 
+  // A problem's "line N" button: select that line of the editor's text and scroll it into view.
+  function gotoLine(area, line) {
+    if (!area || !(line > 0)) return;
+    var lines = area.value.split("\n");
+    var start = 0;
+    for (var i = 0; i < line - 1 && i < lines.length; i++) start += lines[i].length + 1;
+    var end = start + (lines[line - 1] || "").length;
+    area.focus();
+    area.setSelectionRange(start, end);
+    var height = parseFloat(getComputedStyle(area).lineHeight) || 20;
+    area.scrollTop = Math.max(0, (line - 3) * height);
+  }
+
   function start() {
     document.querySelectorAll("[data-live]").forEach(function (region) { pollers.push(new Poller(region)); });
 
@@ -196,6 +209,8 @@
         var box = button.closest(".flash");
         if (box) box.remove();
       }
+      var go = event.target.closest ? event.target.closest("[data-goto-line]") : null;
+      if (go) gotoLine(document.getElementById(go.getAttribute("data-editor")), +go.getAttribute("data-goto-line"));
     });
 
     if (!window.htmx) return;
