@@ -12,6 +12,7 @@ import typer
 
 from services.cli import steer
 from services.cli.admin import db_app, keys_app
+from services.cli.agents import agents_app
 from services.cli.base import fail as _fail
 from services.cli.base import load_settings as _settings
 from services.cli.schedules import schedules_app
@@ -30,6 +31,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(schedules_app, name="schedules")
 app.add_typer(triggers_app, name="triggers")
 app.add_typer(events_app, name="events")
+app.add_typer(agents_app, name="agents")
 steer.install(app)
 
 SERVICE_NAMES = ("orchestrator", "worker", "sandbox")
