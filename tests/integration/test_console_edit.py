@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import html
 import re
+import uuid
+from typing import Any
 
 import httpx
 
-from tests.conftest import API_KEY, Stack
+from tests.conftest import API_KEY, Stack, wait_for
 
+HTMX = {"HX-Request": "true"}
 COUNTED = """\
 name: counted
 description: Counts the lines of its input.
@@ -206,3 +209,61 @@ async def test_a_forged_save_is_refused(stack: Stack) -> None:
         assert elsewhere.status_code == 403
     async with stack.client() as api:
         assert (await api.get("/v1/workflows/counted")).status_code == 404
+
+
+async def _finished(stack: Stack, mission_id: str) -> dict[str, Any]:
+    async with stack.client() as api:
+
+        async def done() -> dict[str, Any] | None:
+            mission: dict[str, Any] = (await api.get(f"/v1/missions/{mission_id}")).json()
+            return mission if mission["status"] in ("succeeded", "failed", "cancelled") else None
+
+        found: dict[str, Any] = await wait_for(done, timeout_s=60, what=f"mission {mission_id} finished")
+        return found
+
+
+async def test_a_mission_is_rerun_from_its_page_and_the_rerun_links_back(stack: Stack) -> None:
+    async with stack.client() as api:
+        assert (
+            await api.post("/v1/workflows", content=COUNTED, headers={"Content-Type": "application/yaml"})
+        ).is_success
+        body = {"workflow": "counted", "input": {"text": "a\nb\n"}, "priority": 3, "budget_tokens": 100000}
+        original = (await api.post("/v1/missions", json=body)).json()["id"]
+        viewer = (await api.post("/v1/keys", json={"name": "watcher", "scope": "viewer"})).json()["key"]
+    assert (await _finished(stack, original))["status"] == "succeeded"
+
+    async with _console(stack) as client:
+        token = await _sign_in(client, viewer)
+        page = (await client.get(f"/console/missions/{original}")).text
+        assert "/rerun" not in page and "Rerun mission" not in page and "Read only" in page
+        refused = await client.post(f"/console/missions/{original}/rerun", data={"csrf_token": token}, headers=HTMX)
+        assert refused.status_code == 403 and "needs the &#39;operator&#39; scope" in refused.text
+
+    async with _console(stack) as client:
+        token = await _sign_in(client)
+        page = (await client.get(f"/console/missions/{original}")).text
+        assert f'action="/console/missions/{original}/rerun"' in page and 'id="rerun-of"' not in page
+        forged = await client.post(f"/console/missions/{original}/rerun", data={"csrf_token": "f" * 64})
+        assert forged.status_code == 403
+        rerun = await client.post(f"/console/missions/{original}/rerun", data={"csrf_token": token})
+        assert rerun.status_code == 303, rerun.text
+        target = rerun.headers["location"]
+        match = re.fullmatch(r"/console/missions/([0-9a-f-]{36})", target)
+        assert match and match.group(1) != original
+        new_page = (await client.get(target)).text
+        link = re.search(r'<p class="small" id="rerun-of">Rerun of <a href="([^"]+)">', new_page)
+        assert link and link.group(1) == f"/console/missions/{original}"
+        by_htmx = await client.post(f"/console/missions/{original}/rerun", data={"csrf_token": token}, headers=HTMX)
+        assert by_htmx.status_code == 200 and by_htmx.headers["HX-Redirect"].startswith("/console/missions/")
+        unknown = await client.post(f"/console/missions/{uuid.uuid4()}/rerun", data={"csrf_token": token})
+        assert unknown.status_code == 404
+
+    rerun_id = match.group(1)
+    again = await _finished(stack, rerun_id)
+    assert again["status"] == "succeeded" and again["rerun_of"] == original
+    assert (again["input"], again["priority"], again["budget_tokens"]) == ({"text": "a\nb\n"}, 3, 100000)
+    async with stack.client() as api:
+        listed = (await api.get("/v1/missions", params={"workflow": "counted"})).json()["items"]
+        assert sum(1 for m in listed if m.get("rerun_of") == original) == 2
+        audit = (await api.get("/v1/audit", params={"key": "watcher"})).json()["items"]
+        assert [(r["route"], r["outcome"]) for r in audit] == [("/console/missions/{mission_id}/rerun", 403)]

@@ -1,7 +1,8 @@
-"""The console's actions: pause, resume (with added budget), cancel, approve, reject, replay a dead
-letter, submit a mission, and pause, resume or fire a schedule now. Each takes the same path as its
-REST route (the CONTROL command applied in the request; the dead-letter replay; the mission submit;
-the schedule commands), and its outcome, good or bad, is shown on the page."""
+"""The console's actions: pause, resume (with added budget), cancel, approve, reject, rerun a
+mission, replay a dead letter, submit a mission, and pause, resume or fire a schedule now. Each
+takes the same path as its REST route (the CONTROL command applied in the request; the rerun; the
+dead-letter replay; the mission submit; the schedule commands), and its outcome, good or bad, is
+shown on the page."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from services.common.status import FireOutcome
 from services.orchestrator.audit import note_target
 from services.orchestrator.commands.control import ReasonBody, ResumeBody, run_control
 from services.orchestrator.commands.dlq import replay_letter
-from services.orchestrator.commands.missions import MissionCreate, submit_mission
+from services.orchestrator.commands.missions import MissionCreate, rerun_mission, submit_mission
 from services.orchestrator.commands.schedules import pause_schedule, trigger_schedule
 from services.orchestrator.console import views
 from services.orchestrator.console.session import safe_next
@@ -143,6 +144,26 @@ async def _decide(
     return await _control(request, operator, form, control, f"/console/missions/{ident}")
 
 
+def _to_mission(request: Request, mission_id: object) -> Response:
+    """Success of an action that starts a mission: its page (htmx follows ``HX-Redirect``)."""
+    target = f"/console/missions/{mission_id}"
+    if is_htmx(request):
+        return Response("", status_code=200, headers={"HX-Redirect": target})
+    return RedirectResponse(target, status_code=303)
+
+
+@router.post("/console/missions/{mission_id}/rerun")
+async def rerun(request: Request, mission_id: str, operator: ActorDep, _: FormDep) -> Response:
+    """Run a mission again (its workflow version, input, priority and budgets); on to the new one's page."""
+    ident = parse_uuid(mission_id, "mission")
+    try:
+        accepted = await rerun_mission(state_of(request), ident, operator.caller)
+    except OrchestratorError as exc:
+        raise refusal_page(exc) from exc
+    note_target("mission", accepted.id)
+    return _to_mission(request, accepted.id)
+
+
 @router.post("/console/dlq/{letter_id}/replay")
 async def replay(request: Request, letter_id: str, operator: ActorDep, form: FormDep) -> Response:
     ident = parse_uuid(letter_id, "dead letter")
@@ -186,10 +207,7 @@ async def submit(request: Request, name: str, operator: ActorDep, form: FormDep)
         accepted = await submit_mission(body, state_of(request), operator.caller)
     except OrchestratorError as exc:
         raise refusal_page(exc) from exc
-    target = f"/console/missions/{accepted.id}"
-    if is_htmx(request):
-        return Response("", status_code=200, headers={"HX-Redirect": target})
-    return RedirectResponse(target, status_code=303)
+    return _to_mission(request, accepted.id)
 
 
 async def _pause_schedule(
