@@ -15,6 +15,7 @@ from services.cli.admin import db_app, keys_app
 from services.cli.agents import agents_app
 from services.cli.base import fail as _fail
 from services.cli.base import load_settings as _settings
+from services.cli.doctor import doctor
 from services.cli.schedules import schedules_app
 from services.cli.triggers import events_app, triggers_app
 from services.common.settings import get_settings
@@ -32,6 +33,7 @@ app.add_typer(schedules_app, name="schedules")
 app.add_typer(triggers_app, name="triggers")
 app.add_typer(events_app, name="events")
 app.add_typer(agents_app, name="agents")
+app.command("doctor")(doctor)
 steer.install(app)
 
 SERVICE_NAMES = ("orchestrator", "worker", "sandbox")
