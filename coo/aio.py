@@ -85,7 +85,7 @@ class AsyncClient:
 
     async def raw(self, call: Call[Any]) -> Any:
         """A call's answer as the API sent it (JSON)."""
-        return self.request(call.method, call.path, **call.request_args())
+        return await self.request(call.method, call.path, **call.request_args())
 
     async def run(self, call: Call[T]) -> T:
         """A call's answer, read into its model."""

@@ -89,6 +89,7 @@ class MissionAccepted(ApiModel):
     id: uuid.UUID
     status: str
     queue_position: int | None
+    rerun_of: uuid.UUID | None = None
 
 
 class MissionPage(ApiModel):
@@ -168,6 +169,7 @@ class AgentSpec(ApiModel):
     """An agent's definition, as ``put_agent`` sends it."""
 
     api_schema = "AgentSpec"
+    name: str | None = None  # when given, the name in the path
     description: str = ""
     model: str
     system_prompt: str = ""

@@ -193,7 +193,7 @@ def agent(name: str) -> Call[Agent]:
 
 
 def put_agent(name: str, spec: AgentSpec | Mapping[str, Any]) -> Call[Agent]:
-    body = spec.model_dump(mode="json") if isinstance(spec, AgentSpec) else dict(spec)
+    body = spec.model_dump(mode="json", exclude_unset=True) if isinstance(spec, AgentSpec) else dict(spec)
     return Call("PUT", f"/v1/agents/{_seg(name)}", _model(Agent), json=body)
 
 
