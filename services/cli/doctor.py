@@ -196,13 +196,20 @@ async def _nats(settings: Settings) -> list[Finding]:
 
     if settings.nats_url is None:
         return [Finding("nats", "fail", "COO_NATS_URL is not set", "set it, or run `coo up`")]
+    errors: list[str] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(_short(exc))
+
     try:
-        nc = await nats.connect(
-            settings.nats_url, connect_timeout=DEADLINE_S, max_reconnect_attempts=0, allow_reconnect=False
-        )
+        async with asyncio.timeout(DEADLINE_S):
+            nc = await nats.connect(
+                settings.nats_url, connect_timeout=DEADLINE_S, max_reconnect_attempts=1, error_cb=on_error
+            )
     except (OSError, NatsError, TimeoutError) as exc:
+        why = errors[-1] if errors else _short(exc)
         fix = "start NATS or correct COO_NATS_URL"
-        return [Finding("nats", "fail", f"cannot reach NATS at {settings.nats_url}: {_short(exc)}", fix)]
+        return [Finding("nats", "fail", f"cannot reach NATS at {settings.nats_url}: {why}", fix)]
     try:
         js = nc.jetstream(timeout=DEADLINE_S)
         try:
