@@ -15,7 +15,7 @@ from services.common.bus import SANDBOX_QUEUE_GROUP
 from services.common.logging import get_logger
 from services.common.settings import Settings
 from services.sandbox.isolation import probe
-from services.sandbox.jail import Jail, JailUnavailable, probe_jail
+from services.sandbox.jail import Jail, JailUnavailable, probe_jail, python_environment
 from services.sandbox.recovery import fail_stale_runs
 from services.sandbox.service import SandboxService
 
@@ -90,7 +90,14 @@ async def _isolation(settings: Settings) -> tuple[Jail | None, str | None]:
     """The jail, or why there is none; the second value is set when the sandbox must not serve
     (no jail, and ``COO_SANDBOX_ISOLATION`` is not ``weak``)."""
     try:
-        jail = await asyncio.to_thread(probe_jail, bwrap=settings.sandbox_bwrap, tmp_bytes=settings.sandbox_tmp_bytes)
+        # The Python environment COO runs from is shown read-only: its bin holds the locked tools
+        # the agents use (detect-secrets, bandit), on every command's PATH (executor.BASE_ENV).
+        jail = await asyncio.to_thread(
+            probe_jail,
+            bwrap=settings.sandbox_bwrap,
+            tmp_bytes=settings.sandbox_tmp_bytes,
+            exposed=python_environment(),
+        )
     except JailUnavailable as exc:
         if settings.sandbox_isolation == "weak":
             log.warning("sandbox_isolation_weak", reason=str(exc))

@@ -19,13 +19,15 @@ import psutil
 from services.common.errors import CooError, ErrorType
 from services.common.status import RunStatus
 from services.sandbox.isolation import HostSupport, Limits, child_setup
-from services.sandbox.jail import WORKSPACE, Jail
+from services.sandbox.jail import WORKSPACE, Jail, tools_bin
 from services.sandbox.workspaces import disk_usage
 
 __all__ = ["Capture", "Execution", "Limits", "execute", "resolve_inside"]
 
+# The system's directories first, then the locked tools of COO's own virtual environment
+# (detect-secrets, bandit: the sandbox service shows that environment read-only in the jail).
 BASE_ENV = {
-    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "PATH": ":".join(["/usr/local/bin", "/usr/bin", "/bin", *filter(None, [tools_bin()])]),
     "LANG": "C.UTF-8",
     "LC_ALL": "C.UTF-8",
 }
@@ -237,6 +239,10 @@ async def execute(
     try:
         if jail is not None:
             isolation = _jail_notes(limits, uid=uid, workspace_cap=workspace_cap, egress=egress)
+            if jail.exposed:
+                isolation.append(
+                    "filesystem: also read-only, the sandbox's Python environment: " + ", ".join(jail.exposed)
+                )
             relative = _relative(workspace, workdir)
             with jail.launch(
                 program,

@@ -5,8 +5,12 @@ For each command, new user, pid, mount, network, ipc, uts and cgroup namespaces;
 holding the system directories read-only, a fresh ``/proc`` showing only its processes, a minimal
 ``/dev``, its own empty ``/tmp`` (a size-capped tmpfs) and its workspace, writable, at
 ``/workspace``: nothing of the data dir, the logs, keys, other workspaces, the service's home or
-the checkout. No capability, no nested user namespace, no way back to the host's processes (the
-pid namespace hides them; the filter refuses ``ptrace`` and ``process_vm_*`` anyway). When the
+the checkout. The sandbox service adds one thing, read-only: its own Python environment (the
+virtual environment COO runs from, whose ``bin`` holds the locked tools such as ``detect-secrets``
+and ``bandit``, and the interpreter installation it was made from when that lies outside the system
+directories), at the paths it has on the host, so that the tools' ``#!`` lines and the venv's
+``python`` link resolve. No capability, no nested user namespace, no way back to the host's
+processes (the pid namespace hides them; the filter refuses ``ptrace`` and ``process_vm_*`` anyway). When the
 command's first process ends, bubblewrap's init ends and the kernel kills whatever it left behind.
 
 As root, the sandbox gives each workspace a user id of its own: the child enters a private mount
@@ -27,6 +31,7 @@ import os
 import resource
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -35,7 +40,7 @@ from pathlib import Path
 from services.sandbox.isolation import Limits, apply_limits, die_with_parent, switch_user
 from services.sandbox.seccomp import SeccompUnavailable, filter_program
 
-__all__ = ["WORKSPACE", "Jail", "JailUnavailable", "probe_jail"]
+__all__ = ["WORKSPACE", "Jail", "JailUnavailable", "probe_jail", "python_environment", "tools_bin"]
 
 WORKSPACE = "/workspace"
 EGRESS_SOCKET = "/run/coo/egress.sock"
@@ -69,6 +74,30 @@ class JailUnavailable(RuntimeError):
     """This host cannot jail commands; the message says what is missing and how to fix it."""
 
 
+def _under(path: str, roots: Sequence[str]) -> bool:
+    return any(path == root or path.startswith(root.rstrip("/") + "/") for root in roots)
+
+
+def python_environment(system: Sequence[str] = DEFAULT_RO_PATHS) -> tuple[str, ...]:
+    """The directories of the virtual environment this process runs from (the locked tools and
+    their packages) and of the interpreter installation it was made from, each unless it already
+    lies under ``system``; empty when this process runs from no virtual environment."""
+    if sys.prefix == sys.base_prefix:
+        return ()
+    found: list[str] = []
+    for path in (sys.prefix, sys.base_prefix, os.path.realpath(sys.base_prefix)):
+        path = os.path.normpath(path)
+        if os.path.isdir(path) and not _under(path, system) and path not in found:
+            found.append(path)
+    return tuple(found)
+
+
+def tools_bin() -> str | None:
+    """The ``bin`` of the virtual environment this process runs from (``None`` outside one): where
+    the locked command-line tools are, added at the end of every command's ``PATH``."""
+    return os.path.join(sys.prefix, "bin") if sys.prefix != sys.base_prefix else None
+
+
 def _mount(source: str | None, target: str, flags: int) -> None:
     if _libc.mount(source.encode() if source else None, target.encode(), None, flags, None) != 0:
         errno = ctypes.get_errno()
@@ -95,6 +124,10 @@ class Jail:
     # Root only: mount points every user can reach, on which a child binds its own workspace and
     # egress socket in its private mount namespace before dropping to the workspace's user.
     stage: Path | None
+    # Host directories shown read-only at their own paths (the sandbox's Python environment: see
+    # python_environment); as root they are staged like the workspace, since the workspace's user
+    # may not be allowed to reach them (a home directory, for instance).
+    exposed: tuple[str, ...] = ()
 
     def _filesystem(self) -> list[str]:
         args: list[str] = []
@@ -103,6 +136,9 @@ class Jail:
                 args += ["--symlink", os.readlink(path), path]
             elif os.path.isdir(path):
                 args += ["--ro-bind", path, path]
+        for index, path in enumerate(self.exposed):
+            source = str(self.stage / f"exposed-{index}") if self.stage is not None else path
+            args += ["--ro-bind", source, path]
         return args
 
     @contextlib.contextmanager
@@ -178,6 +214,8 @@ class Jail:
             # mounts that would otherwise take unbounded memory).
             argv += ["--remount-ro", "/dev", "--remount-ro", "/", "--seccomp", str(read_end), "--", *command]
             binds: list[tuple[str, str]] = []
+            if self.stage is not None:
+                binds += [(path, str(self.stage / f"exposed-{i}")) for i, path in enumerate(self.exposed)]
             if staged:
                 binds.append((str(workspace), workspace_source))
                 if egress_socket is not None:
@@ -211,7 +249,7 @@ def _preexec(limits: Limits, *, uid: int | None, binds: list[tuple[str, str]]) -
     return setup
 
 
-def _make_stage() -> Path:
+def _make_stage(exposed: int) -> Path:
     """Root's mount points: a directory only root writes and every user may traverse."""
     for base in (Path("/run"), Path(tempfile.gettempdir())):
         stage = base / "coo-sandbox"
@@ -222,6 +260,8 @@ def _make_stage() -> Path:
             os.chmod(stage, 0o711)
             (stage / "workspace").mkdir(mode=0o755, exist_ok=True)
             (stage / "egress.sock").touch(mode=0o644, exist_ok=True)
+            for index in range(exposed):
+                (stage / f"exposed-{index}").mkdir(mode=0o755, exist_ok=True)
             return stage
         except OSError:
             continue
@@ -229,10 +269,15 @@ def _make_stage() -> Path:
 
 
 def probe_jail(
-    *, bwrap: str = "bwrap", ro_paths: Sequence[str] = DEFAULT_RO_PATHS, tmp_bytes: int = 256 * 1024 * 1024
+    *,
+    bwrap: str = "bwrap",
+    ro_paths: Sequence[str] = DEFAULT_RO_PATHS,
+    tmp_bytes: int = 256 * 1024 * 1024,
+    exposed: Sequence[str] = (),
 ) -> Jail:
     """The jail, once it has run a command with every isolation it promises; or
-    ``JailUnavailable`` naming what is missing (call it off the event loop: it forks)."""
+    ``JailUnavailable`` naming what is missing (call it off the event loop: it forks).
+    ``exposed``: host directories shown read-only at their own paths (``python_environment()``)."""
     found = shutil.which(bwrap)
     if found is None:
         raise JailUnavailable(f"bubblewrap ({bwrap}) is not installed: {FIX_HINT}")
@@ -241,8 +286,10 @@ def probe_jail(
     except SeccompUnavailable as exc:
         raise JailUnavailable(f"{exc}: {FIX_HINT}") from exc
     socat = shutil.which("socat")
-    stage = _make_stage() if os.geteuid() == 0 else None
-    jail = Jail(bwrap=found, socat=socat, ro_paths=tuple(ro_paths), tmp_bytes=tmp_bytes, stage=stage)
+    stage = _make_stage(len(exposed)) if os.geteuid() == 0 else None
+    jail = Jail(
+        bwrap=found, socat=socat, ro_paths=tuple(ro_paths), tmp_bytes=tmp_bytes, stage=stage, exposed=tuple(exposed)
+    )
     uid = 1_499_999_999 if stage is not None else None
     with tempfile.TemporaryDirectory(prefix="coo-jail-probe-") as scratch:
         workspace = Path(scratch)

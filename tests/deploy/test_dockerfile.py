@@ -118,6 +118,19 @@ def test_the_runtime_has_git_and_the_sandboxs_jail() -> None:
     assert not (ROOT / ".hadolint.yaml").exists() or "DL3008" not in (ROOT / ".hadolint.yaml").read_text()
 
 
+def test_the_runtime_ships_the_sandboxs_scanners() -> None:
+    """detect-secrets and bandit (the security-scanner's tools) are main dependencies, so the lock's
+    extra-less sync installs them in /opt/coo, and the runtime stage checks that they start."""
+    import tomllib
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert {re.split(r"[<>=\[ ]", d)[0] for d in dependencies} >= {"bc-detect-secrets", "bandit"}
+    runs = [rest for key, rest in runtime_stage() if key == "RUN"]
+    assert any(
+        "/opt/coo/bin/detect-secrets --version" in run and "/opt/coo/bin/bandit --version" in run for run in runs
+    )
+
+
 def test_environment_suits_a_read_only_root() -> None:
     env = " ".join(of("ENV"))
     for setting in (

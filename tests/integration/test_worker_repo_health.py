@@ -81,6 +81,15 @@ async def test_repo_health_scans_reviews_checks_and_reaches_the_patch_step(repo_
         ("app/config.py", "hardcoded-password"),
     } <= rules
     assert scan["output"]["summary"]["high"] >= 2
+    # The kept scanners ran in the sandbox and all of them worked: detect-secrets (the AWS key is
+    # its finding, under the patcher's rule name), bandit (test id and name), the remaining greps.
+    assert "errors" not in scan["output"], scan["output"]["errors"]
+    assert {
+        ("app/config.py", "aws-access-key-id"),
+        ("app/server.py", "B602-subprocess-popen-with-shell-equals-true"),
+        ("app/server.py", "B501-request-with-no-cert-validation"),
+        ("app/server.py", "B307-eval"),
+    } <= rules
 
     review, compliance = await step_of(stack, mission_id, "review"), await step_of(stack, mission_id, "compliance")
     assert review["status"] == compliance["status"] == "succeeded"
@@ -92,6 +101,9 @@ async def test_repo_health_scans_reviews_checks_and_reaches_the_patch_step(repo_
         (result,) = (await client.get(f"/v1/missions/{mission_id}/steps/scan/results")).json()
     assert result["provider"] == "offline" and result["success"] is True
     assert all(call["name"] == "run_command" and call["status"] in ("ok", "error") for call in result["tool_calls"])
+    ran = {call["input"]["argv"][0]: call for call in result["tool_calls"]}
+    for tool in ("detect-secrets", "bandit"):
+        assert ran[tool]["status"] == "ok" and ran[tool]["exit_code"] == 0, ran[tool]
     rows = await db_fetch(
         stack.settings, "SELECT stdout, output::text AS output, tool_calls::text AS calls FROM agent_results"
     )

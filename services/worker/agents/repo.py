@@ -3,10 +3,15 @@ into the step's workspace from ``input.repo``), deterministic conclusions from w
 
 from __future__ import annotations
 
+import csv
+import functools
+import io
 import re
 import shlex
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from services.common.scrub import scrub_text
 from services.worker.llm.base import ChatRequest, ModelResponse, TextBlock, ToolResult, ToolUse
@@ -19,25 +24,29 @@ _EXCLUDES = ["--exclude-dir=.git", "--exclude-dir=node_modules", "--exclude-dir=
 class Rule:
     name: str
     severity: str  # high | medium | low
-    pattern: str  # POSIX ERE for grep -E
+    pattern: str  # POSIX ERE for grep -E and sed -E (the patcher replaces what it matches)
     ignore_case: bool = False
     secret: bool = True  # a value to take out of the code (the patcher replaces it)
+    grep: bool = True  # the scanner greps for it; False: detect-secrets finds it under this name
 
 
+# The secrets the patcher knows how to replace. detect-secrets finds AWS keys (its "AWS Access Key"
+# findings take this rule's name); grep still looks for the rest, which detect-secrets does not name
+# as the patcher needs: it has no Anthropic detector, reports Slack webhooks and Slack tokens alike,
+# does not say which keyword (password or token) it matched, and puts a private key on the line
+# after its BEGIN line, where the patcher's replacement (and the repo-health check) look.
 RULES: tuple[Rule, ...] = (
-    Rule("aws-access-key-id", "high", r"(AKIA|ASIA)[0-9A-Z]{16}"),
+    Rule("aws-access-key-id", "high", r"(AKIA|ASIA)[0-9A-Z]{16}", grep=False),
     Rule("anthropic-api-key", "high", r"sk-ant-[A-Za-z0-9_-]{8,}"),
     Rule("private-key", "high", r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
     Rule("slack-webhook", "high", r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+"),
     Rule("hardcoded-password", "medium", r"(password|passwd|pwd)[[:space:]]*[=:][[:space:]]*[\"'][^\"']+[\"']", True),
     Rule("hardcoded-token", "medium", r"(secret|token|api_?key)[[:space:]]*[=:][[:space:]]*[\"'][^\"']{8,}[\"']", True),
-    Rule("eval-call", "medium", r"(^|[^A-Za-z0-9_.])eval\(", secret=False),
-    Rule("shell-true", "medium", r"shell[[:space:]]*=[[:space:]]*True", secret=False),
-    Rule("tls-verify-disabled", "low", r"verify[[:space:]]*=[[:space:]]*False", secret=False),
 )
 RULES_BY_NAME = {rule.name: rule for rule in RULES}
 _GREP_LINE = re.compile(r"^(?:\./)?(?P<file>[^:\n]+):(?P<line>\d+):(?P<text>.*)$")
 _EXIT = re.compile(r"^exit_code: (-?\d+)", re.MULTILINE)
+_SEVERITIES = ("high", "medium", "low")
 
 
 def parse_tool_output(result: ToolResult) -> tuple[int | None, str]:
@@ -68,52 +77,181 @@ def _repo_missing(request: ChatRequest) -> ModelResponse | None:
     return None
 
 
+def grep_argv(patterns: list[str], *options: str, ignore_case: bool = False) -> list[str]:
+    """``grep -rnIE`` over the workspace; each pattern behind ``-e``, so that one starting with a
+    dash (``-----BEGIN …``) is never taken for an option."""
+    flags = "-rnIE" + ("i" if ignore_case else "")
+    return ["grep", flags, *_EXCLUDES, *options, *(arg for p in patterns for arg in ("-e", p)), "."]
+
+
 # --- security-scanner -------------------------------------------------------------------------
+# Kept scanners, from uv.lock, on the PATH the sandbox gives commands: detect-secrets (secrets in
+# every file) and bandit (Python risks). Their output never carries a secret's value: detect-secrets
+# prints hashes, bandit's CSV has no source lines (its JSON has, escaped where the storage's scrubber
+# does not look).
+_SKIPPED = ("\\.git", "node_modules", "\\.venv", "\\.coo")
+DETECT_SECRETS = [
+    "detect-secrets",
+    "scan",
+    "--all-files",
+    "--no-verify",  # no network call to check a key
+    "--disable-plugin",
+    "PrivateKeyDetector",  # grep's private-key rule finds the BEGIN line the patcher replaces
+    "--exclude-files",
+    "(^|/)(" + "|".join(_SKIPPED) + ")/",
+    ".",
+]
+BANDIT = ["bandit", "-r", "-q", "-f", "csv", "--exit-zero", "-x", "./.git,./node_modules,./.venv,./.coo", "."]
+# detect-secrets types the patcher knows by a rule's name; generic detectors are medium, the others
+# (a provider's credential: Slack, GitHub, Stripe, JWT, …) high.
+_DETECTED_AS = {"AWS Access Key": "aws-access-key-id"}
+_GENERIC_SECRETS = {
+    "Secret Keyword": "secret-keyword",
+    "Base64 High Entropy String": "high-entropy-base64",
+    "Hex High Entropy String": "high-entropy-hex",
+}
+_BANDIT_SECRETS = {"B105", "B106", "B107"}  # hard-coded passwords: the secrets above, seen again
+# The text of found lines, one ``<index>:<text>`` line per (file, line, redact) triple; a line
+# holding a secret is redacted in the sandbox (quoted values and long tokens), before it is printed.
+_LINES = (
+    'n=0; while [ "$#" -ge 3 ]; do'
+    ' if [ "$3" = 1 ]; then text=$(sed -n -E "$2{s/[\\"\'][^\\"\']*[\\"\']/\\"[REDACTED]\\"/g;'
+    's#[A-Za-z0-9+/=_-]{20,}#[REDACTED]#g;p;q;}" -- "$1");'
+    ' else text=$(sed -n "$2{p;q;}" -- "$1"); fi;'
+    ' printf \'%s:%s\\n\' "$n" "$text"; n=$((n+1)); shift 3; done'
+)
+
+
+@dataclass(frozen=True)
+class Found:
+    file: str
+    line: int
+    rule: str
+    severity: str
+    secret: bool  # its line's text is redacted in the sandbox
+    snippet: str | None = None  # grep printed the line; else it is read in a second turn
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _detect_secrets(stdout: str) -> list[Found]:
+    found = []
+    for items in orjson.loads(stdout).get("results", {}).values():
+        for item in items:
+            kind = str(item["type"])
+            rule = _DETECTED_AS.get(kind) or _GENERIC_SECRETS.get(kind) or _slug(kind)
+            severity = "medium" if kind in _GENERIC_SECRETS else "high"
+            found.append(Found(str(item["filename"]), int(item["line_number"]), rule, severity, secret=True))
+    return found
+
+
+def _bandit(stdout: str) -> list[Found]:
+    """One finding per row of bandit's CSV; the rule is its test id and name (``B602-subprocess-…``;
+    a blacklist test's name is the anchor of its ``more_info`` link: ``B307-eval``)."""
+    found = []
+    for row in csv.DictReader(io.StringIO(stdout)):
+        test_id, name = row["test_id"], row["test_name"]
+        anchor = row.get("more_info", "").rpartition("#")[2]
+        if name == "blacklist" and anchor.startswith(test_id.lower() + "-"):
+            name = anchor[len(test_id) + 1 :]
+        severity = row["issue_severity"].lower()
+        file = row["filename"].removeprefix("./")
+        secret = test_id in _BANDIT_SECRETS
+        rule = f"{test_id}-{_slug(name)}"
+        found.append(Found(file, int(row["line_number"]), rule, severity if severity in _SEVERITIES else "low", secret))
+    return found
+
+
+def _grep(rule: Rule, stdout: str) -> list[Found]:
+    found = []
+    for raw in stdout.splitlines():
+        if match := _GREP_LINE.match(raw):
+            found.append(Found(match["file"], int(match["line"]), rule.name, rule.severity, True, match["text"]))
+    return found
+
+
+def _scanned(results: dict[str, ToolResult]) -> tuple[list[Found], list[str]]:
+    """Every scanner's findings, one per line and rule; a line holding a secret the patcher knows
+    keeps only the findings of the patcher's rules (detect-secrets and bandit see it as well)."""
+    found: list[Found] = []
+    errors: list[str] = []
+    parsers: list[tuple[str, Any]] = [("detect-secrets", _detect_secrets), ("bandit", _bandit)]
+    parsers += [(rule.name, functools.partial(_grep, rule)) for rule in RULES if rule.grep]
+    for key, parse in parsers:
+        if (result := results.get(key)) is None:
+            errors.append(f"{key}: no result")
+            continue
+        code, stdout = parse_tool_output(result)
+        ok = code in (0, 1) if key in RULES_BY_NAME else code == 0  # grep: 1 is "nothing found"
+        try:
+            found += parse(stdout) if ok else []
+        except (ValueError, KeyError, TypeError) as exc:  # cut short or not what the tool prints
+            errors.append(f"{key}: unreadable output ({exc!r}): {result.content[:300]}")
+            continue
+        if not ok:
+            errors.append(f"{key}: {result.content[:300]}")
+    known = {(f.file, f.line) for f in found if f.rule in RULES_BY_NAME}
+    kept: dict[tuple[str, int, str], Found] = {}
+    for f in found:
+        if f.secret and f.rule not in RULES_BY_NAME and (f.file, f.line) in known:
+            continue
+        kept.setdefault((f.file, f.line, f.rule), f)
+    return list(kept.values()), errors
+
+
+def _lines_call(found: list[Found]) -> list[str]:
+    needed = [f for f in found if f.snippet is None]
+    return ["sh", "-c", _LINES, "sh", *(a for f in needed for a in (f.file, str(f.line), "1" if f.secret else "0"))]
+
+
 @script("security-scanner")
 def security_scanner(request: ChatRequest) -> ModelResponse:
-    """One ``grep -rnIE`` per rule over the repository, then the findings and their counts."""
+    """detect-secrets, bandit and the grep rules the patcher still needs, in one turn; then the text
+    of the lines the scanners named (grep prints its own); then the findings and their counts."""
     if (missing := _repo_missing(request)) is not None:
         return missing
     results = _by_key(request)
     if not results:
-        return _uses(
-            request,
-            [
-                (
-                    rule.name,
-                    "run_command",
-                    {"argv": ["grep", "-rnIE" + ("i" if rule.ignore_case else ""), *_EXCLUDES, rule.pattern, "."]},
-                )
-                for rule in RULES
-            ],
-        )
-    findings: list[dict[str, Any]] = []
-    errors: list[str] = []
-    for rule in RULES:
-        result = results.get(rule.name)
-        if result is None:
-            continue
-        code, stdout = parse_tool_output(result)
-        if code not in (0, 1):  # grep: 0 found, 1 nothing found, else trouble
-            errors.append(f"{rule.name}: {result.content[:300]}")
-            continue
+        calls = [
+            ("detect-secrets", "run_command", {"argv": DETECT_SECRETS}),
+            ("bandit", "run_command", {"argv": BANDIT}),
+        ]
+        calls += [
+            (rule.name, "run_command", {"argv": grep_argv([rule.pattern], ignore_case=rule.ignore_case)})
+            for rule in RULES
+            if rule.grep
+        ]
+        return _uses(request, calls)
+    found, errors = _scanned(results)
+    needed = [f for f in found if f.snippet is None]
+    if needed and "lines" not in results:
+        return _uses(request, [("lines", "run_command", {"argv": _lines_call(found)})])
+    texts: dict[int, str] = {}
+    if needed:
+        code, stdout = parse_tool_output(results["lines"])
+        if code != 0:
+            errors.append(f"lines: {results['lines'].content[:300]}")
         for raw in stdout.splitlines():
-            match = _GREP_LINE.match(raw)
-            if match:
-                findings.append(
-                    {
-                        "file": match["file"],
-                        "line": int(match["line"]),
-                        "rule": rule.name,
-                        "severity": rule.severity,
-                        "snippet": scrub_text(match["text"].strip())[:200],
-                    }
-                )
-    findings.sort(key=lambda f: ({"high": 0, "medium": 1, "low": 2}[f["severity"]], f["file"], f["line"], f["rule"]))
-    summary = {
-        "total": len(findings),
-        **{s: sum(f["severity"] == s for f in findings) for s in ("high", "medium", "low")},
-    }
+            index, sep, text = raw.partition(":")
+            if sep and index.isdigit():
+                texts[int(index)] = text
+    position = {id(f): i for i, f in enumerate(needed)}
+    findings = [
+        {
+            "file": f.file,
+            "line": f.line,
+            "rule": f.rule,
+            "severity": f.severity,
+            "snippet": scrub_text((f.snippet if f.snippet is not None else texts.get(position[id(f)], "")).strip())[
+                :200
+            ],
+        }
+        for f in found
+    ]
+    findings.sort(key=lambda f: (_SEVERITIES.index(f["severity"]), f["file"], f["line"], f["rule"]))
+    summary = {"total": len(findings), **{s: sum(f["severity"] == s for f in findings) for s in _SEVERITIES}}
     output: dict[str, Any] = {"summary": summary, "findings": findings}
     if errors:
         output["errors"] = errors
@@ -122,15 +260,9 @@ def security_scanner(request: ChatRequest) -> ModelResponse:
 
 # --- code-reviewer ----------------------------------------------------------------------------
 _REVIEW_CHECKS = {
-    "todo": (["grep", "-rnIE", *_EXCLUDES, r"\b(TODO|FIXME|XXX)\b", "."], "unfinished work left in the code"),
-    "bare-except": (
-        ["grep", "-rnIE", *_EXCLUDES, "--include=*.py", r"except[[:space:]]*:", "."],
-        "bare except hides errors",
-    ),
-    "print-debugging": (
-        ["grep", "-rnIE", *_EXCLUDES, "--include=*.py", r"^[[:space:]]*print\(", "."],
-        "print() instead of logging",
-    ),
+    "todo": (grep_argv([r"\b(TODO|FIXME|XXX)\b"]), "unfinished work left in the code"),
+    "bare-except": (grep_argv([r"except[[:space:]]*:"], "--include=*.py"), "bare except hides errors"),
+    "print-debugging": (grep_argv([r"^[[:space:]]*print\("], "--include=*.py"), "print() instead of logging"),
 }
 
 
