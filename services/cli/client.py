@@ -40,8 +40,11 @@ class CooClient:
     def close(self) -> None:
         self.api.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """Any route: the answer's JSON (None when empty); an error answer raises ``ApiFailure``."""
         return self.api.request(method, path, **kwargs)
+
+    _call = request
 
     def register_workflow(self, path: Path) -> Any:
         return self.api.raw(routes.register_workflow(path))
