@@ -29,7 +29,7 @@ SCREENSHOTS = ROOT / "build" / "screenshots"
 DESKTOP = {"width": 1280, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
-# Two line counts in a row, and a step whose agent the offline model cannot run (it fails at once).
+# Two line counts in a row, and a step whose agent the offline model cannot answer (it fails at once).
 COUNTED = {
     "name": "counted",
     "description": "Counts the lines of its input twice.",
@@ -101,7 +101,13 @@ async def console(infra: Infra, tmp_path_factory: pytest.TempPathFactory, chromi
                 headers={"Content-Type": "application/yaml"},
             )
             assert created.status_code == 201, created.text
-            unscripted = {"model": "offline", "description": "No offline script: every run fails."}
+            # The offline model answers an agent without a script from its output schema; one that
+            # points elsewhere ($ref to another document) it cannot answer, so every run fails.
+            unscripted = {
+                "model": "offline",
+                "description": "The offline model cannot answer it: every run fails.",
+                "output_schema": {"$ref": "https://example.invalid/unanswerable.json"},
+            }
             assert (await api.put("/v1/agents/unscripted", json=unscripted)).status_code in (200, 201)
             for workflow in (COUNTED, BROKEN):
                 assert (await api.post("/v1/workflows", json=workflow)).status_code == 201

@@ -1,8 +1,10 @@
 """The console in a real browser against the real stack: repo-health submitted from the console,
 its steps turning green live, a step's results, a pause and a resume, the patch approved, the
 mission finishing; a budget pause resumed with added tokens; a dead letter replayed; the
-"Reconnecting" banner while the orchestrator is down and its recovery. Screenshots of the list and
-detail pages (1280 and 390 px wide) go to build/screenshots/."""
+"Reconnecting" banner while the orchestrator is down and its recovery; a workflow written in the
+editor (a bad agent shown at its JSON pointer, then saved, edited into a second version and
+compared); a mission rerun from its page. Screenshots of the list and detail pages (1280 and 390 px
+wide) go to build/screenshots/."""
 
 from __future__ import annotations
 
@@ -61,7 +63,7 @@ async def test_repo_health_submitted_watched_paused_approved_and_finished(page: 
     await expect(node(page, "notify")).to_have_attribute("data-status", "pending")
     assert await page.evaluate("window.__sameDocument === true"), "the page reloaded instead of updating live"
     await expect(page.get_by_role("button", name="Approve patch")).to_be_visible()
-    await expect(page.locator("#mission-head")).to_contain_text("3/5")
+    await expect(page.locator("#mission-head")).to_contain_text("3/6")
     assert "scan succeeded" in (await page.locator(".graph--wide title").first.text_content() or "")
     await screenshot(page, "mission-detail-1280")
     await page.set_viewport_size(PHONE)
@@ -103,7 +105,7 @@ async def test_repo_health_submitted_watched_paused_approved_and_finished(page: 
     await expect(page.locator("#flash")).to_contain_text("Step 'patch' approved")
     await expect(node(page, "notify")).to_have_attribute("data-status", "succeeded", timeout=60_000)
     await expect(mission_badge(page)).to_have_attribute("data-status", "succeeded")
-    await expect(page.locator("#mission-head")).to_contain_text("5/5")
+    await expect(page.locator("#mission-head")).to_contain_text("6/6")
     await expect(page.locator(".timeline")).to_contain_text("mission.succeeded")
     await expect(page.get_by_role("button", name="Pause mission")).to_have_count(0)
     trace = page.get_by_role("link", name=re.compile("Trace in Tempo"))
@@ -113,7 +115,7 @@ async def test_repo_health_submitted_watched_paused_approved_and_finished(page: 
     # The list: the mission with its progress; a filter; both widths.
     await nav_link(page, "Missions").click()
     row = page.locator("tr", has=page.get_by_role("link", name="repo-health"))
-    await expect(row.first).to_contain_text("5/5 steps")
+    await expect(row.first).to_contain_text("6/6 steps")
     await expect(page.locator("tr", has_text="budget exceeded").first).to_be_visible()
     await screenshot(page, "missions-1280")
     await page.set_viewport_size(PHONE)
@@ -210,6 +212,11 @@ async def test_keyboard_labels_and_focus(page: Page, console: Console) -> None:
         "/console/alerts",
         "/console/schedules",
         "/console/triggers",
+        "/console/workflows/new",
+        "/console/workflows/repo-health/edit",
+        "/console/workflows/repo-health/diff?from=1&to=1",
+        "/console/agents/new",
+        "/console/agents/echo/edit",
     ):
         await page.goto(path)
         unlabelled = await page.evaluate(
@@ -236,3 +243,88 @@ async def test_keyboard_labels_and_focus(page: Page, console: Console) -> None:
     await page.keyboard.press("Tab")
     await page.keyboard.press("Enter")
     await expect(page.get_by_role("heading", name="Workflows", level=1)).to_be_visible()
+
+
+EDITED = """\
+name: edited
+description: Written in the console.
+steps:
+  - id: count
+    agent: no-such-agent
+    input:
+      text: "{{ input.text }}"
+"""
+
+
+async def test_a_workflow_is_written_refused_saved_and_compared_in_the_editor(page: Page, console: Console) -> None:
+    expect = _expect
+    await nav_link(page, "Workflows").click()
+    await page.get_by_role("link", name="New workflow").click()
+    await expect(page.get_by_role("heading", name="New workflow", level=1)).to_be_visible()
+    editor = page.get_by_label("Definition (YAML)")
+    await editor.fill(EDITED)
+    await page.get_by_role("button", name="Create workflow").click()
+
+    # The unknown agent is shown at its JSON pointer beside the editor, which keeps the text.
+    problems = page.get_by_role("alert")
+    await expect(problems).to_contain_text("/steps/0/agent")
+    await expect(problems).to_contain_text("no-such-agent")
+    await expect(editor).to_have_value(EDITED)
+    await expect(editor).to_have_attribute("aria-invalid", "true")
+    await problems.get_by_role("button", name=re.compile("Go to line 5")).click()
+    await expect(editor).to_be_focused()
+    selected = await editor.evaluate("el => el.value.slice(el.selectionStart, el.selectionEnd)")
+    assert selected.strip() == "agent: no-such-agent", selected
+    await screenshot(page, "workflow-editor-error-1280")
+    await page.set_viewport_size(PHONE)
+    assert await no_horizontal_scroll(page), "the editor scrolls sideways at 390 px"
+    await page.set_viewport_size(DESKTOP)
+
+    await editor.fill(EDITED.replace("no-such-agent", "line-counter"))
+    await page.get_by_role("button", name="Create workflow").click()
+    await expect(page).to_have_url(re.compile(r"/console/workflows/edited\?version=1&saved=1$"))
+    await expect(page.get_by_role("status").filter(has_text="Saved as version 1.")).to_be_visible()
+
+    # Edited into a second version, which the workflow page then shows, and compared with the first.
+    await page.get_by_role("link", name="Edit edited").click()
+    await expect(editor).to_have_value(re.compile(r"agent: line-counter"))
+    text = await editor.input_value()
+    await editor.fill(text.replace("Written in the console.", "Counts lines, edited twice."))
+    await page.get_by_role("button", name="Save as a new version").click()
+    await expect(page).to_have_url(re.compile(r"/console/workflows/edited\?version=2&saved=1$"))
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("v2")
+    await expect(page.get_by_text("Counts lines, edited twice.").first).to_be_visible()
+    await page.get_by_role("link", name="Changes from v1").click()
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("v1 → v2")
+    await expect(page.locator(".diff__line--remove")).to_contain_text(["description: Written in the console."])
+    await expect(page.locator(".diff__line--add")).to_contain_text(["description: Counts lines, edited twice."])
+    await screenshot(page, "workflow-diff-1280")
+    async with console.api() as api:
+        latest = (await api.get("/v1/workflows/edited")).json()
+        assert (latest["version"], latest["definition"]["description"]) == (2, "Counts lines, edited twice.")
+
+
+async def test_a_mission_is_rerun_from_its_page(page: Page, console: Console) -> None:
+    expect = _expect
+    async with console.api() as api:
+        body = {"workflow": "counted", "input": {"text": "a\nb\n"}}
+        original = (await api.post("/v1/missions", json=body)).json()["id"]
+    await page.goto(f"/console/missions/{original}")
+    await expect(mission_badge(page)).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    await expect(page.locator("#rerun-of")).to_have_count(0)
+    questions: list[str] = []
+
+    async def accept(dialog: Dialog) -> None:
+        questions.append(dialog.message)
+        await dialog.accept()
+
+    page.once("dialog", accept)
+    await page.get_by_role("button", name="Rerun mission…").click()
+    await expect(page).not_to_have_url(re.compile(original))
+    await expect(page).to_have_url(re.compile(r".*/console/missions/[0-9a-f-]{36}$"))
+    assert questions and "Run this mission again?" in questions[0]
+    back = page.locator("#rerun-of").get_by_role("link")
+    await expect(back).to_have_attribute("href", f"/console/missions/{original}")
+    await expect(mission_badge(page)).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    await back.click()
+    await expect(page).to_have_url(re.compile(f"/console/missions/{original}$"))
