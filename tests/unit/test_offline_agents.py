@@ -4,7 +4,9 @@ their commands really run on a copy of the sample repository (as the sandbox wou
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,6 @@ import orjson
 import pytest
 
 from services.worker.agents import builtin  # noqa: F401  (registers the scripts)
-from services.worker.agents.repo import RULES
 from services.worker.llm.base import ChatRequest, Message, TextBlock, ToolResult
 from services.worker.llm.offline import OfflineProvider
 
@@ -28,8 +29,10 @@ def workspace(tmp_path: Path) -> Path:
 
 async def run_command(argv: list[str], cwd: Path) -> tuple[int, str]:
     """Run a command and format its result as ``run_command`` hands it to the model (services/worker/tools.py)."""
+    # The sandbox puts the environment's own tools (detect-secrets, bandit) after the system's.
+    path = os.pathsep.join([os.environ.get("PATH", ""), str(Path(sys.executable).parent)])
     proc = await asyncio.create_subprocess_exec(
-        *argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        *argv, cwd=cwd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env={**os.environ, "PATH": path}
     )
     async with asyncio.timeout(30):
         out, err = await proc.communicate()
@@ -64,15 +67,16 @@ async def run_agent(agent: str, agent_input: dict[str, Any], workspace: Path) ->
 
 async def test_security_scanner_finds_the_planted_secrets_and_risky_patterns(workspace: Path) -> None:
     output, calls = await run_agent("security-scanner", {"repo": str(SAMPLE)}, workspace)
-    assert len(calls) == len(RULES) and all(c["input"]["argv"][0] == "grep" for c in calls)
+    assert {"detect-secrets", "bandit"} <= {c["input"]["argv"][0] for c in calls}
+    assert "errors" not in output, output.get("errors")
     found = {(f["file"], f["line"], f["rule"], f["severity"]) for f in output["findings"]}
     assert {
-        ("app/config.py", 4, "aws-access-key-id", "high"),
-        ("app/config.py", 5, "anthropic-api-key", "high"),
+        ("app/config.py", 4, "aws-access-key-id", "high"),  # detect-secrets
+        ("app/config.py", 5, "anthropic-api-key", "high"),  # grep: detect-secrets has no Anthropic detector
         ("app/config.py", 9, "hardcoded-password", "medium"),
-        ("app/server.py", 12, "tls-verify-disabled", "low"),
-        ("app/server.py", 16, "shell-true", "medium"),
-        ("app/server.py", 21, "eval-call", "medium"),
+        ("app/server.py", 12, "B501-request-with-no-cert-validation", "high"),  # bandit
+        ("app/server.py", 16, "B602-subprocess-popen-with-shell-equals-true", "high"),
+        ("app/server.py", 21, "B307-eval", "medium"),
     } <= found
     summary = output["summary"]
     assert summary["total"] == len(output["findings"]) == summary["high"] + summary["medium"] + summary["low"]
@@ -83,18 +87,21 @@ async def test_security_scanner_finds_the_planted_secrets_and_risky_patterns(wor
 
 
 async def test_patcher_replaces_the_secrets_and_reports_a_unified_diff(workspace: Path) -> None:
+    """On its first iteration the offline patcher takes out only the high findings (so that the
+    repo-health check fails and the loop runs): the second, told so, takes out the rest."""
     scan, _ = await run_agent("security-scanner", {"repo": str(SAMPLE)}, workspace)
     output, calls = await run_agent("patcher", {"repo": str(SAMPLE), "findings": scan["findings"]}, workspace)
     assert [c["input"]["argv"][:2] for c in calls] == [["sh", "-c"]]
     assert output["files"] == ["app/config.py"] and output["files_changed"] == 1
     assert output["patch"].startswith("--- a/app/config.py\n+++ b/app/config.py\n")
     assert '+AWS_ACCESS_KEY_ID = "<set from environment: AWS_ACCESS_KEY_ID>"' in output["patch"]
-    assert '+password = "<set from environment: SECRET>"' in output["patch"]
+    assert '+ANTHROPIC_API_KEY = "<set from environment: ANTHROPIC_API_KEY>"' in output["patch"]
+    assert "+password" not in output["patch"], "the first iteration leaves the medium finding"
     patched = (workspace / "app" / "config.py").read_text()
-    assert "AKIA" not in patched and "sk-ant-" not in patched and "hunter2" not in patched
+    assert "AKIA" not in patched and "sk-ant-" not in patched and "hunter2" in patched
     assert 'AWS_REGION = "eu-west-1"' in patched  # the rest is untouched
     rescan, _ = await run_agent("security-scanner", {"repo": str(SAMPLE)}, workspace)
-    assert rescan["summary"]["high"] == 0
+    assert not [f for f in rescan["findings"] if f["rule"] in ("aws-access-key-id", "anthropic-api-key")]
 
 
 async def test_compliance_checker_flags_the_missing_license_and_the_secrets(workspace: Path) -> None:

@@ -17,7 +17,7 @@ from services.common.scrub import scrub_text
 from services.worker.llm.base import ChatRequest, ModelResponse, TextBlock, ToolResult, ToolUse
 from services.worker.llm.offline import OFFLINE_MODEL, final, first_user_json, script, tool_results
 
-_EXCLUDES = ["--exclude-dir=.git", "--exclude-dir=node_modules", "--exclude-dir=.venv"]
+_EXCLUDES = ["--exclude-dir=.git", "--exclude-dir=node_modules", "--exclude-dir=.venv", "--exclude-dir=.coo"]
 
 
 @dataclass(frozen=True)
@@ -343,7 +343,7 @@ def patch_script(findings: list[dict[str, Any]]) -> tuple[str, list[str]]:
             continue
         if rule.name in ("hardcoded-password", "hardcoded-token"):
             key = rule.pattern.split("[[:space:]]*[=:]")[0]
-            value = "[\"'][^\"']+[\"']"
+            value = "[\"'][^\"'<][^\"']*[\"']"  # not a placeholder already put there
             sed = f'{line}s/({key}[[:space:]]*[=:][[:space:]]*){value}/\\1"{_replacement(rule)}"/I'
         else:
             sed = f"{line}s#{rule.pattern}#{_replacement(rule)}#g"
