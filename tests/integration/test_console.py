@@ -20,6 +20,7 @@ GATED = {
         {"id": "apply", "agent": "echo", "depends_on": ["prepare"], "input": {"lines": "{{ prepare.output.lines }}"}},
     ],
 }
+UNANSWERABLE = {"type": "object", "required": ["x"], "properties": {"x": False}}
 BROKEN = {"name": "broken", "steps": [{"id": "call", "agent": "unscripted", "retry": {"max_attempts": 1}}]}
 HTMX = {"HX-Request": "true"}
 
@@ -215,7 +216,9 @@ async def test_submit_pause_approve_resume_from_the_console_with_errors_shown(st
 
 async def test_a_dead_letter_is_replayed_from_the_console_and_a_second_replay_is_refused(stack: Stack) -> None:
     async with stack.client() as api:
-        agent = {"model": "offline", "description": "The offline model has no script for it."}
+        # The offline model answers an unscripted agent from its output schema: one no value can
+        # satisfy leaves it nothing to answer, so every run fails (AGENT_CRASH).
+        agent = {"model": "offline", "description": "Nothing can answer it.", "output_schema": UNANSWERABLE}
         assert (await api.put("/v1/agents/unscripted", json=agent)).status_code == 200
         assert (await api.post("/v1/workflows", json=BROKEN)).status_code == 201
         mid = (await api.post("/v1/missions", json={"workflow": "broken"})).json()["id"]

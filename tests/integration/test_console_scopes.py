@@ -17,6 +17,8 @@ GATED = {
         {"id": "apply", "agent": "echo", "depends_on": ["prepare"], "input": {"lines": "{{ prepare.output.lines }}"}},
     ],
 }
+# The offline model answers an unscripted agent from its output schema: no value satisfies this one.
+UNANSWERABLE = {"type": "object", "required": ["x"], "properties": {"x": False}}
 BROKEN = {"name": "broken", "steps": [{"id": "call", "agent": "unscripted", "retry": {"max_attempts": 1}}]}
 HTMX = {"HX-Request": "true"}
 ACTION_FORMS = re.compile(
@@ -37,7 +39,9 @@ async def test_a_viewer_sees_everything_but_can_change_nothing(stack: Stack) -> 
     async with stack.client() as api:
         gate = {"model": "offline", "approval_policy": "approval_required"}
         assert (await api.put("/v1/agents/echo", json=gate)).status_code == 200
-        assert (await api.put("/v1/agents/unscripted", json={"model": "offline"})).status_code == 200
+        assert (
+            await api.put("/v1/agents/unscripted", json={"model": "offline", "output_schema": UNANSWERABLE})
+        ).status_code == 200
         assert (await api.post("/v1/workflows", json=GATED)).status_code == 201
         assert (await api.post("/v1/workflows", json=BROKEN)).status_code == 201
         viewer_key = (await api.post("/v1/keys", json={"name": "auditor", "scope": "viewer"})).json()["key"]

@@ -70,7 +70,9 @@ TEST_RULES = {
     ]
 }
 COO_JOBS = ("orchestrator", "worker", "sandbox")
-# A workflow whose agent the offline model has no script for: its mission fails (AGENT_CRASH).
+# A workflow whose agent the offline model cannot answer (no script, and an output schema no value
+# satisfies): its mission fails (AGENT_CRASH).
+UNANSWERABLE = {"type": "object", "required": ["x"], "properties": {"x": False}}
 BROKEN = {"name": "broken", "steps": [{"id": "crash", "agent": "unscripted", "input": {}}]}
 # Panels that must show data once missions have run (the others may be empty: no approvals,
 # no budgets, no cost on the offline model, no exporters).
@@ -324,7 +326,9 @@ async def run_missions(stack: Stack, count: int) -> None:
 
 async def register_broken(stack: Stack) -> None:
     async with stack.client() as client:
-        assert (await client.put("/v1/agents/unscripted", json={"model": "offline"})).status_code in (200, 201)
+        assert (
+            await client.put("/v1/agents/unscripted", json={"model": "offline", "output_schema": UNANSWERABLE})
+        ).status_code in (200, 201)
         assert (await client.post("/v1/workflows", json=BROKEN)).status_code == 201
 
 
