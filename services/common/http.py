@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -13,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import choose_encoder
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -46,6 +49,48 @@ class ApiError(Exception):
         self.headers = headers
 
 
+class ErrorDetail(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: str = Field(description="What kind of refusal: validation, not_found, conflict, unauthorized, ...")
+    message: str = Field(description="Why, for a person")
+    field: str | None = Field(default=None, description="The input at fault, when one is (absent otherwise)")
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx and 5xx answer of COO's APIs (some add fields: a refused webhook its delivery)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    error: ErrorDetail
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready, or unavailable")
+    checks: dict[str, str] = Field(description='Each dependency: "ok" or "down: <why>"')
+    error: ErrorDetail | None = Field(default=None, description="When unavailable: which dependency and why")
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "The body could not be parsed",
+    401: "No API key, or one that is unknown, revoked or expired",
+    403: "The key's scope does not allow this",
+    404: "Not found",
+    409: "Not legal in the current state",
+    413: "The body is too large",
+    415: "Unsupported content type",
+    422: "Invalid input; `field` names it",
+    429: "Over the key's rate limit; Retry-After says when to try again",
+    503: "Unavailable",
+}
+
+
+def error_responses(*codes: int, described: dict[int, str] | None = None) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for ``codes``, each answered with ``ErrorBody`` (``described`` words them)."""
+    words = {**_ERROR_DESCRIPTIONS, **(described or {})}
+    return {code: {"model": ErrorBody, "description": words[code]} for code in codes}
+
+
 def error_body(error_type: str, message: str, field: str | None = None) -> dict[str, Any]:
     body: dict[str, Any] = {"type": error_type, "message": message}
     if field is not None:
@@ -76,6 +121,28 @@ def _field_from_loc(loc: Sequence[Any]) -> str:
     return ".".join(parts)
 
 
+_METHODS = frozenset({"get", "put", "post", "delete", "options", "head", "patch", "trace"})
+
+
+@functools.lru_cache(maxsize=256)
+def _path_pattern(template: str) -> re.Pattern[str]:
+    """``/v1/missions/{mission_id}`` as a pattern of the paths it names."""
+    return re.compile(re.sub(r"\\{[^/]+?\\}", "[^/]+", re.escape(template)))
+
+
+def allowed_methods(app: FastAPI, path: str) -> str:
+    """The ``Allow`` header for ``path``: the methods its OpenAPI document gives it (routes of one path
+    may live in several routers)."""
+    methods = {
+        method.upper()
+        for template, operations in app.openapi().get("paths", {}).items()
+        if _path_pattern(template).fullmatch(path)
+        for method in operations
+        if method in _METHODS
+    }
+    return ", ".join(sorted(methods))
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
@@ -95,11 +162,14 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405:  # every method of the path, not those of the first route that matched
+            headers = {**(headers or {}), "Allow": allowed_methods(app, request.url.path)}
         return JSONResponse(
             error_body(_STATUS_TYPES.get(exc.status_code, "error"), str(exc.detail)),
             status_code=exc.status_code,
-            headers=getattr(exc, "headers", None),
+            headers=headers,
         )
 
     @app.exception_handler(Exception)
@@ -199,11 +269,18 @@ def infra_checks(resources: ServiceResources) -> dict[str, ReadinessCheck]:
 def install_health_routes(app: FastAPI, *, checks: dict[str, ReadinessCheck], registry: CollectorRegistry) -> None:
     """``/healthz`` (process up), ``/readyz`` (every dependency answers, else 503 naming it), ``/metrics``."""
 
-    @app.get("/healthz", tags=["health"], summary="The process is up")
+    @app.get("/healthz", tags=["health"], summary="The process is up", operation_id="get_health")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"], summary="Postgres and NATS are reachable")
+    @app.get(
+        "/readyz",
+        tags=["health"],
+        summary="Postgres and NATS are reachable",
+        operation_id="get_readiness",
+        response_model=Readiness,
+        responses={503: {"model": Readiness, "description": "A dependency does not answer; `error` names it"}},
+    )
     async def readyz() -> JSONResponse:
         async def run(name: str, check: ReadinessCheck) -> tuple[str, str | None]:
             try:

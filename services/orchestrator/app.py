@@ -25,6 +25,7 @@ from services.orchestrator.api import (
     triggers,
     workflows,
 )
+from services.orchestrator.api.openapi import install_openapi
 from services.orchestrator.audit import AuditTrail
 from services.orchestrator.console import install_console
 from services.orchestrator.engine.consumers import start_engine
@@ -75,6 +76,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(audit.router)
     app.include_router(schedules.router)
     app.include_router(triggers.router)
+    install_openapi(app)
     install_console(app)
     app.add_middleware(AuditTrail)
     return app

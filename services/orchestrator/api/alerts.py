@@ -13,14 +13,14 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.http import ApiError
-from services.orchestrator.api.deps import CallerDep, StateDep
+from services.common.http import ApiError, error_responses
+from services.orchestrator.api.deps import BODY_ERRORS, KEY_ERRORS, CallerDep, StateDep, operation_id, responses
 from services.orchestrator.notify.alerts import AlertDelivery, AlertGroup, Receipt, ReceivedAlert
 from services.orchestrator.notify.slack import SlackNotifier
 from services.orchestrator.reads.alerts import AlertOut, find_alerts
 from services.orchestrator.state import OrchestratorState, state_of
 
-router = APIRouter(tags=["alerts"])
+router = APIRouter(tags=["alerts"], generate_unique_id_function=operation_id)
 
 _bearer = HTTPBearer(auto_error=False, description="COO_ALERTMANAGER_TOKEN")
 
@@ -120,13 +120,25 @@ def check_alertmanager_token(
     "/webhooks/alertmanager",
     summary="Receive an Alertmanager notification (webhook payload v4)",
     dependencies=[Depends(check_alertmanager_token)],
+    responses=responses(
+        BODY_ERRORS,
+        error_responses(
+            401,
+            422,
+            503,
+            described={
+                401: "Missing or wrong COO_ALERTMANAGER_TOKEN",
+                503: "The webhook is off: COO_ALERTMANAGER_TOKEN is not set",
+            },
+        ),
+    ),
 )
 async def alertmanager_webhook(payload: AmPayload, delivery: DeliveryDep) -> WebhookReceipt:
     receipt: Receipt = await delivery.receive(payload.group())
     return WebhookReceipt(stored=receipt.stored, duplicates=receipt.duplicates, notification=receipt.notification)
 
 
-@router.get("/v1/alerts", summary="Alerts received from Alertmanager, newest first")
+@router.get("/v1/alerts", summary="Alerts received from Alertmanager, newest first", responses=KEY_ERRORS)
 async def list_alerts(
     state: StateDep,
     _: CallerDep,

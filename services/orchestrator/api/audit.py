@@ -8,11 +8,18 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.orchestrator.api.deps import AdminDep, StateDep
+from services.orchestrator.api.deps import KEY_ERRORS, SCOPE_ERRORS, AdminDep, StateDep, operation_id
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.audit import find_audit_events
+from services.orchestrator.reads.paging import CURSOR_DESCRIPTION, CURSOR_PATTERN
 
-router = APIRouter(prefix="/v1/audit", tags=["audit"], dependencies=[Depends(storable_params)])
+router = APIRouter(
+    prefix="/v1/audit",
+    tags=["audit"],
+    dependencies=[Depends(storable_params)],
+    responses=KEY_ERRORS,
+    generate_unique_id_function=operation_id,
+)
 
 
 class AuditEventOut(BaseModel):
@@ -35,12 +42,12 @@ class AuditPageOut(BaseModel):
     next_cursor: str | None
 
 
-@router.get("", summary="Mutating calls and their outcome, newest first (cursor paging)")
-async def list_audit(
+@router.get("", summary="Mutating calls and their outcome, newest first (cursor paging)", responses=SCOPE_ERRORS)
+async def list_audit_events(
     state: StateDep,
     _: AdminDep,
     limit: int = Query(default=50, ge=1, le=500),
-    cursor: str | None = Query(default=None, max_length=200),
+    cursor: str | None = Query(default=None, pattern=CURSOR_PATTERN, description=CURSOR_DESCRIPTION),
     key: str | None = Query(default=None, max_length=100, description="Only calls made with this key name."),
     route: str | None = Query(default=None, max_length=300, description="Only calls of this route template."),
 ) -> AuditPageOut:

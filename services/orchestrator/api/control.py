@@ -7,24 +7,54 @@ or 404 / 409 / 422 with nothing changed.
 from __future__ import annotations
 
 import uuid
+from decimal import Decimal
 
 from fastapi import APIRouter, Depends
+from pydantic import Field
 
 from services.common.contracts import Control, ControlAction
-from services.orchestrator.api.deps import OperatorDep, StateDep
+from services.common.http import error_responses
+from services.common.money import positive_amount_schema
+from services.orchestrator.api.deps import (
+    BODY_ERRORS,
+    KEY_ERRORS,
+    SCOPE_ERRORS,
+    OperatorDep,
+    StateDep,
+    operation_id,
+    responses,
+)
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.commands.control import ControlAnswer, ReasonBody, ResumeBody, run_control
 
-router = APIRouter(prefix="/v1/missions", tags=["control"], dependencies=[Depends(storable_params)])
+router = APIRouter(
+    prefix="/v1/missions",
+    tags=["control"],
+    dependencies=[Depends(storable_params)],
+    responses=KEY_ERRORS,
+    generate_unique_id_function=operation_id,
+)
 
-_RESPONSES: dict[int | str, dict[str, str]] = {
-    404: {"description": "No such mission or step"},
-    409: {"description": "Not legal in the mission's current state"},
-}
+
+class ResumeRequest(ResumeBody):
+    """``ResumeBody`` with its amount described as validation takes it (the OpenAPI document's view)."""
+
+    add_budget_usd: Decimal | None = Field(
+        default=None, gt=0, max_digits=18, decimal_places=8, json_schema_extra=positive_amount_schema
+    )
+
+
+_RESPONSES = responses(
+    SCOPE_ERRORS,
+    BODY_ERRORS,
+    error_responses(
+        404, 409, described={404: "No such mission or step", 409: "Not legal in the mission's current state"}
+    ),
+)
 
 
 @router.post("/{mission_id}/pause", summary="Pause a running mission", responses=_RESPONSES)
-async def pause(
+async def pause_mission(
     mission_id: uuid.UUID, state: StateDep, caller: OperatorDep, body: ReasonBody | None = None
 ) -> ControlAnswer:
     reason = body.reason if body else None
@@ -33,10 +63,10 @@ async def pause(
 
 
 @router.post("/{mission_id}/resume", summary="Resume a paused mission, optionally adding budget", responses=_RESPONSES)
-async def resume(
-    mission_id: uuid.UUID, state: StateDep, caller: OperatorDep, body: ResumeBody | None = None
+async def resume_mission(
+    mission_id: uuid.UUID, state: StateDep, caller: OperatorDep, body: ResumeRequest | None = None
 ) -> ControlAnswer:
-    body = body or ResumeBody()
+    body = body or ResumeRequest()
     control = Control(
         mission_id=mission_id,
         action=ControlAction.RESUME,
@@ -48,7 +78,7 @@ async def resume(
 
 
 @router.post("/{mission_id}/cancel", summary="Cancel a mission", responses=_RESPONSES)
-async def cancel(
+async def cancel_mission(
     mission_id: uuid.UUID, state: StateDep, caller: OperatorDep, body: ReasonBody | None = None
 ) -> ControlAnswer:
     reason = body.reason if body else None
@@ -57,7 +87,7 @@ async def cancel(
 
 
 @router.post("/{mission_id}/steps/{key}/approve", summary="Approve a step waiting for approval", responses=_RESPONSES)
-async def approve(
+async def approve_step(
     mission_id: uuid.UUID, key: str, state: StateDep, caller: OperatorDep, body: ReasonBody | None = None
 ) -> ControlAnswer:
     reason = body.reason if body else None
@@ -68,7 +98,7 @@ async def approve(
 
 
 @router.post("/{mission_id}/steps/{key}/reject", summary="Reject a step waiting for approval", responses=_RESPONSES)
-async def reject(
+async def reject_step(
     mission_id: uuid.UUID, key: str, state: StateDep, caller: OperatorDep, body: ReasonBody | None = None
 ) -> ControlAnswer:
     reason = body.reason if body else None

@@ -7,12 +7,13 @@ require that scope and answer 403 naming it otherwise.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from services.common.http import ApiError
+from services.common.http import ApiError, error_responses
 from services.orchestrator.audit import note_caller
 from services.orchestrator.auth import Caller, Scope
 from services.orchestrator.state import OrchestratorState, state_of
@@ -70,3 +71,21 @@ def require(needed: Scope) -> Callable[[Caller], Awaitable[Caller]]:
 CallerDep = Annotated[Caller, Depends(get_caller)]  # viewer and up
 OperatorDep = Annotated[Caller, Depends(require(Scope.OPERATOR))]
 AdminDep = Annotated[Caller, Depends(require(Scope.ADMIN))]
+
+
+# What the OpenAPI document says of these dependencies (a router declares the first for its routes,
+# a route behind ``OperatorDep`` / ``AdminDep`` the second, a route with a JSON body the third).
+KEY_ERRORS = error_responses(401, 422, 429)  # no valid key; a parameter refused; over the rate limit
+SCOPE_ERRORS = error_responses(403)
+BODY_ERRORS = error_responses(400)  # a body that is not JSON
+
+
+def responses(*groups: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """``groups`` merged into one ``responses`` argument."""
+    return {code: answer for group in groups for code, answer in group.items()}
+
+
+def operation_id(route: APIRoute) -> str:
+    """A route's OpenAPI operationId is its function's name (``submit_mission``): stable, unique,
+    snake_case, what a generated client calls the method."""
+    return route.name

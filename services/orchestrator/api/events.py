@@ -18,14 +18,20 @@ from fastapi import APIRouter, Depends, Header, Query
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from nats.aio.msg import Msg
 
-from services.common.http import ApiError
+from services.common.http import ApiError, error_responses
 from services.common.status import MISSION_TERMINAL
-from services.orchestrator.api.deps import CallerDep, StateDep
+from services.orchestrator.api.deps import KEY_ERRORS, CallerDep, StateDep, operation_id
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.reads.missions import EVENTS_PAGE, events_after, require_mission
 from services.orchestrator.state import OrchestratorState
 
-router = APIRouter(prefix="/v1/missions", tags=["missions"], dependencies=[Depends(storable_params)])
+router = APIRouter(
+    prefix="/v1/missions",
+    tags=["missions"],
+    dependencies=[Depends(storable_params)],
+    responses=KEY_ERRORS,
+    generate_unique_id_function=operation_id,
+)
 
 RESYNC_S = 3.0
 
@@ -41,7 +47,12 @@ async def _start_after(
     mission_id: uuid.UUID,
     state: StateDep,
     _: CallerDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+    last_event_id: Annotated[
+        str | None,
+        Header(
+            alias="Last-Event-ID", pattern=r"^[0-9]{1,18}$", description="The last event id seen (resumes after it)"
+        ),
+    ] = None,
     after: int = Query(
         default=0, ge=0, le=MAX_EVENT_ID, description="Start after this timeline id (Last-Event-ID wins)"
     ),
@@ -65,8 +76,9 @@ async def _start_after(
     "/{mission_id}/events",
     response_class=EventSourceResponse,
     summary="The mission's timeline live (SSE; Last-Event-ID resumes; ends with an 'end' event)",
+    responses=error_responses(404, described={404: "No such mission"}),
 )
-async def mission_events(
+async def stream_mission_events(
     mission_id: uuid.UUID, state: StateDep, start: Annotated[int, Depends(_start_after)]
 ) -> AsyncIterator[ServerSentEvent]:
     async for event in _stream(state, mission_id, start):

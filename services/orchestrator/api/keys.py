@@ -9,14 +9,28 @@ from fastapi import APIRouter, Depends
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
 from services.common.db.models import ApiKey
-from services.common.http import ApiError
-from services.orchestrator.api.deps import AdminDep, StateDep
+from services.common.http import ApiError, error_responses
+from services.orchestrator.api.deps import (
+    BODY_ERRORS,
+    KEY_ERRORS,
+    SCOPE_ERRORS,
+    AdminDep,
+    StateDep,
+    operation_id,
+    responses,
+)
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.audit import note_target
 from services.orchestrator.auth import Scope, scope_of
 from services.orchestrator.keys import KeyNameTaken, create_key, list_keys, revoke_key
 
-router = APIRouter(prefix="/v1/keys", tags=["keys"], dependencies=[Depends(storable_params)])
+router = APIRouter(
+    prefix="/v1/keys",
+    tags=["keys"],
+    dependencies=[Depends(storable_params)],
+    responses=KEY_ERRORS,
+    generate_unique_id_function=operation_id,
+)
 
 
 class KeyCreate(BaseModel):
@@ -84,9 +98,11 @@ def _out(row: ApiKey) -> KeyOut:
     "",
     status_code=201,
     summary="Create an API key with a scope (viewer, operator or admin)",
-    responses={409: {"description": "A key with this name exists"}},
+    responses=responses(
+        SCOPE_ERRORS, BODY_ERRORS, error_responses(409, described={409: "A key with this name exists"})
+    ),
 )
-async def post_key(body: KeyCreate, state: StateDep, _: AdminDep) -> KeyCreated:
+async def create_api_key(body: KeyCreate, state: StateDep, _: AdminDep) -> KeyCreated:
     try:
         made = await create_key(state.sessionmaker, body.name, body.scope, body.expires_at)
     except KeyNameTaken as exc:
@@ -98,17 +114,17 @@ async def post_key(body: KeyCreate, state: StateDep, _: AdminDep) -> KeyCreated:
     )
 
 
-@router.get("", summary="API keys, oldest first (never the keys themselves)")
-async def get_keys(state: StateDep, _: AdminDep) -> list[KeyOut]:
+@router.get("", summary="API keys, oldest first (never the keys themselves)", responses=SCOPE_ERRORS)
+async def list_api_keys(state: StateDep, _: AdminDep) -> list[KeyOut]:
     return [_out(row) for row in await list_keys(state.reads)]
 
 
 @router.delete(
     "/{key_id}",
     summary="Revoke an API key: every replica refuses it from now on",
-    responses={404: {"description": "No such key"}},
+    responses=responses(SCOPE_ERRORS, error_responses(404, described={404: "No such key"})),
 )
-async def delete_key(key_id: uuid.UUID, state: StateDep, _: AdminDep) -> KeyOut:
+async def revoke_api_key(key_id: uuid.UUID, state: StateDep, _: AdminDep) -> KeyOut:
     row = await revoke_key(state.sessionmaker, key_id)
     if row is None:
         raise ApiError(404, "not_found", f"API key {key_id} not found", field="id")

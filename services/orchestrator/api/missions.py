@@ -6,11 +6,22 @@ import uuid
 
 from fastapi import APIRouter, Depends, Query, Response
 
+from services.common.http import error_responses
 from services.common.status import MissionStatus, TriggerType
-from services.orchestrator.api.deps import CallerDep, OperatorDep, StateDep
+from services.orchestrator.api.deps import (
+    BODY_ERRORS,
+    KEY_ERRORS,
+    SCOPE_ERRORS,
+    CallerDep,
+    OperatorDep,
+    StateDep,
+    operation_id,
+    responses,
+)
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.audit import note_target
-from services.orchestrator.commands.missions import MissionAccepted, MissionCreate, rerun_mission, submit_mission
+from services.orchestrator.commands import missions as commands
+from services.orchestrator.commands.missions import MissionAccepted, MissionCreate
 from services.orchestrator.reads.missions import (
     AgentResultOut,
     MissionOut,
@@ -21,18 +32,37 @@ from services.orchestrator.reads.missions import (
     read_step_results,
     read_timeline,
 )
+from services.orchestrator.reads.paging import CURSOR_DESCRIPTION, CURSOR_PATTERN
 
-router = APIRouter(prefix="/v1/missions", tags=["missions"], dependencies=[Depends(storable_params)])
+router = APIRouter(
+    prefix="/v1/missions",
+    tags=["missions"],
+    dependencies=[Depends(storable_params)],
+    responses=KEY_ERRORS,
+    generate_unique_id_function=operation_id,
+)
+_NO_MISSION = error_responses(404, described={404: "No such mission"})
 
 
 @router.post(
     "",
     status_code=202,
     summary="Submit a mission",
-    responses={409: {"description": "The idempotency key was used for a different request"}},
+    responses=responses(
+        SCOPE_ERRORS,
+        BODY_ERRORS,
+        error_responses(
+            404,
+            409,
+            described={
+                404: "No such workflow (or version)",
+                409: "The idempotency key was used for a different request",
+            },
+        ),
+    ),
 )
-async def submit(body: MissionCreate, state: StateDep, caller: OperatorDep) -> MissionAccepted:
-    accepted = await submit_mission(body, state, caller)
+async def submit_mission(body: MissionCreate, state: StateDep, caller: OperatorDep) -> MissionAccepted:
+    accepted = await commands.submit_mission(body, state, caller)
     note_target("mission", accepted.id)  # the audit row names the mission made
     return accepted
 
@@ -41,9 +71,10 @@ async def submit(body: MissionCreate, state: StateDep, caller: OperatorDep) -> M
     "/{mission_id}/rerun",
     status_code=202,
     summary="Run a mission again: its workflow version, input, priority and budgets",
+    responses=responses(SCOPE_ERRORS, _NO_MISSION),
 )
-async def rerun(mission_id: uuid.UUID, state: StateDep, caller: OperatorDep) -> MissionAccepted:
-    accepted = await rerun_mission(state, mission_id, caller)
+async def rerun_mission(mission_id: uuid.UUID, state: StateDep, caller: OperatorDep) -> MissionAccepted:
+    accepted = await commands.rerun_mission(state, mission_id, caller)
     note_target("mission", accepted.id)
     return accepted
 
@@ -55,7 +86,7 @@ async def list_missions(
     status: MissionStatus | None = None,
     workflow: str | None = None,
     limit: int = Query(default=50, ge=1, le=500),
-    cursor: str | None = None,
+    cursor: str | None = Query(default=None, pattern=CURSOR_PATTERN, description=CURSOR_DESCRIPTION),
     trigger: TriggerType | None = Query(default=None, description="Only missions started this way"),
     trigger_name: str | None = Query(
         default=None, max_length=100, description="Only those of this schedule or trigger"
@@ -72,14 +103,19 @@ async def list_missions(
     )
 
 
-@router.get("/{mission_id}", summary="A mission with its steps, spend and queue position", response_model=MissionOut)
+@router.get(
+    "/{mission_id}",
+    summary="A mission with its steps, spend and queue position",
+    response_model=MissionOut,
+    responses=_NO_MISSION,
+)
 async def get_mission(mission_id: uuid.UUID, state: StateDep, _: CallerDep) -> Response:
     # Already the JSON that MissionOut gives, written once: no validation of it again, no second encoding.
     return Response(await read_mission_json(state, mission_id), media_type="application/json")
 
 
-@router.get("/{mission_id}/timeline", summary="The mission's timeline, oldest first")
-async def get_timeline(
+@router.get("/{mission_id}/timeline", summary="The mission's timeline, oldest first", responses=_NO_MISSION)
+async def get_mission_timeline(
     mission_id: uuid.UUID,
     state: StateDep,
     _: CallerDep,
@@ -89,6 +125,10 @@ async def get_timeline(
     return await read_timeline(state, mission_id, after=after, limit=limit)
 
 
-@router.get("/{mission_id}/steps/{key}/results", summary="Every attempt's full result, oldest first")
+@router.get(
+    "/{mission_id}/steps/{key}/results",
+    summary="Every attempt's full result, oldest first",
+    responses=error_responses(404, described={404: "No such mission, or no such step in it"}),
+)
 async def get_step_results(mission_id: uuid.UUID, key: str, state: StateDep, _: CallerDep) -> list[AgentResultOut]:
     return await read_step_results(state, mission_id, key)

@@ -3,16 +3,27 @@ events, once per delivery; webhooks are authenticated by an HMAC-SHA256 signatur
 
 from __future__ import annotations
 
+import uuid
 from typing import Annotated, Any
 from urllib.parse import parse_qs
 
 import orjson
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
-from services.common.http import ApiError, error_body
+from services.common.http import ApiError, error_body, error_responses
 from services.common.status import DeliveryOutcome
-from services.orchestrator.api.deps import CallerDep, OperatorDep, StateDep
+from services.orchestrator.api.deps import (
+    BODY_ERRORS,
+    KEY_ERRORS,
+    SCOPE_ERRORS,
+    CallerDep,
+    OperatorDep,
+    StateDep,
+    operation_id,
+    responses,
+)
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.audit import note_target
 from services.orchestrator.commands import triggers
@@ -27,39 +38,70 @@ from services.orchestrator.commands.triggers import (
     signature_matches,
     webhook_secret,
 )
-from services.orchestrator.reads.triggers import TriggerOut, list_triggers, read_trigger
+from services.orchestrator.reads.triggers import TriggerOut, read_trigger
+from services.orchestrator.reads.triggers import list_triggers as read_triggers
 
-router = APIRouter(tags=["triggers"], dependencies=[Depends(storable_params)])
+# Its /v1 routes take an API key; the webhook takes a signature instead (its answers are its own).
+router = APIRouter(tags=["triggers"], dependencies=[Depends(storable_params)], generate_unique_id_function=operation_id)
 
 MAX_WEBHOOK_BYTES = 1024 * 1024  # GitHub caps its payloads at 25 MB; COO keeps what a mission input can hold
-_NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No trigger of that name"}}
+_NOT_FOUND = error_responses(404, described={404: "No trigger of that name"})
+
+
+class WebhookAnswer(BaseModel):
+    missions: list[uuid.UUID] = Field(description="The mission this delivery started (none for a duplicate)")
+    delivery: DeliveryOut
+
+
+# The webhook reads its body itself (the signature covers the bytes as sent): described here.
+WEBHOOK_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": False,
+        "content": {
+            "application/json": {"schema": {"type": "object", "description": "The event's payload"}},
+            "application/x-www-form-urlencoded": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"payload": {"type": "string", "description": "The payload as JSON text"}},
+                }
+            },
+        },
+    }
+}
 
 
 @router.post(
     "/v1/triggers",
     status_code=201,
     summary="Create an event trigger",
-    responses={409: {"description": "A trigger of that name exists"}},
+    responses=responses(
+        KEY_ERRORS, SCOPE_ERRORS, BODY_ERRORS, error_responses(409, described={409: "A trigger of that name exists"})
+    ),
 )
 async def create_trigger(body: TriggerCreate, state: StateDep, caller: OperatorDep) -> TriggerOut:
     note_target("trigger", body.name)
     return await triggers.create_trigger(state, body, caller)
 
 
-@router.get("/v1/triggers", summary="Every trigger, with its latest deliveries")
-async def get_triggers(state: StateDep, _: CallerDep) -> list[TriggerOut]:
-    return await list_triggers(state)
+@router.get("/v1/triggers", summary="Every trigger, with its latest deliveries", responses=KEY_ERRORS)
+async def list_triggers(state: StateDep, _: CallerDep) -> list[TriggerOut]:
+    return await read_triggers(state)
 
 
 @router.get(
-    "/v1/triggers/{name}", summary="A trigger with its latest deliveries and their outcome", responses=_NOT_FOUND
+    "/v1/triggers/{name}",
+    summary="A trigger with its latest deliveries and their outcome",
+    responses=responses(KEY_ERRORS, _NOT_FOUND),
 )
 async def get_trigger(name: str, state: StateDep, _: CallerDep) -> TriggerOut:
     return await read_trigger(state, name)
 
 
 @router.delete(
-    "/v1/triggers/{name}", status_code=204, summary="Delete a trigger (its missions stay)", responses=_NOT_FOUND
+    "/v1/triggers/{name}",
+    status_code=204,
+    summary="Delete a trigger (its missions stay)",
+    responses=responses(KEY_ERRORS, SCOPE_ERRORS, _NOT_FOUND),
 )
 async def delete_trigger(name: str, state: StateDep, _: OperatorDep) -> Response:
     note_target("trigger", name)
@@ -71,9 +113,14 @@ async def delete_trigger(name: str, state: StateDep, _: OperatorDep) -> Response
     "/v1/events",
     status_code=202,
     summary="Deliver an event: one mission per matching trigger; the same id again starts nothing",
-    responses={409: {"description": "The id was delivered before with another event or payload"}},
+    responses=responses(
+        KEY_ERRORS,
+        SCOPE_ERRORS,
+        BODY_ERRORS,
+        error_responses(409, described={409: "The id was delivered before with another event or payload"}),
+    ),
 )
-async def post_event(body: EventIn, state: StateDep, caller: OperatorDep) -> EventAccepted:
+async def publish_event(body: EventIn, state: StateDep, caller: OperatorDep) -> EventAccepted:
     note_target("event", body.id)
     return await triggers.deliver_event(state, body, caller)
 
@@ -85,14 +132,23 @@ async def post_event(body: EventIn, state: StateDep, caller: OperatorDep) -> Eve
     description="The body is signed with the trigger's secret: `X-Hub-Signature-256: sha256=<hex HMAC-SHA256>` with "
     "the delivery id in `X-GitHub-Delivery` and the event in `X-GitHub-Event` (GitHub), or the same in "
     "`X-COO-Signature-256`, `X-COO-Delivery` and `X-COO-Event`. A JSON body, or GitHub's form-encoded `payload`.",
-    responses={
-        401: {"description": "Missing or bad signature (nothing is written)"},
-        404: {"description": "No trigger of that name"},
-        413: {"description": "Body over 1 MiB"},
-        422: {"description": "No delivery id, a body that is not a JSON object, or the mission was refused"},
-    },
+    openapi_extra=WEBHOOK_BODY,
+    response_model=WebhookAnswer,
+    responses=error_responses(
+        401,
+        404,
+        413,
+        422,
+        described={
+            401: "Missing or bad signature (nothing is written)",
+            404: "No trigger of that name",
+            413: "Body over 1 MiB",
+            422: "No delivery id, a body that is not a JSON object, or the mission was refused "
+            "(the answer then also carries `missions` and `delivery`)",
+        },
+    ),
 )
-async def receive_webhook(
+async def receive_trigger_webhook(
     name: str,
     request: Request,
     state: StateDep,

@@ -8,15 +8,30 @@ import orjson
 import yaml
 from fastapi import APIRouter, Depends, Query, Request
 
-from services.common.http import ApiError
-from services.orchestrator.api.deps import AdminDep, CallerDep, StateDep
+from services.common.http import ApiError, error_responses
+from services.orchestrator.api.deps import (
+    KEY_ERRORS,
+    SCOPE_ERRORS,
+    AdminDep,
+    CallerDep,
+    StateDep,
+    operation_id,
+    responses,
+)
+from services.orchestrator.api.openapi import ref
 from services.orchestrator.api.storable import storable_params
 from services.orchestrator.audit import note_target
 from services.orchestrator.commands import catalog
 from services.orchestrator.engine.dag import WorkflowDefinition
 from services.orchestrator.reads.catalog import WorkflowOut, latest_workflows, read_workflow
 
-router = APIRouter(prefix="/v1/workflows", tags=["workflows"], dependencies=[Depends(storable_params)])
+router = APIRouter(
+    prefix="/v1/workflows",
+    tags=["workflows"],
+    dependencies=[Depends(storable_params)],
+    responses=KEY_ERRORS,
+    generate_unique_id_function=operation_id,
+)
 
 MAX_BODY_BYTES = 1024 * 1024
 YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml")
@@ -49,12 +64,13 @@ async def read_definition_body(request: Request) -> dict[str, Any]:
     return data
 
 
+# The route reads its body itself (JSON or YAML): the same definition either way.
 _BODY_DOC: dict[str, Any] = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": WorkflowDefinition.model_json_schema(by_alias=True)},
-            "application/yaml": {"schema": {"type": "string"}},
+            "application/json": {"schema": ref(WorkflowDefinition)},
+            "application/yaml": {"schema": ref(WorkflowDefinition)},
         },
     }
 }
@@ -65,7 +81,15 @@ _BODY_DOC: dict[str, Any] = {
     status_code=201,
     summary="Register a workflow version (JSON or YAML body)",
     openapi_extra=_BODY_DOC,
-    responses={422: {"description": "Invalid definition; `field` is a JSON pointer to the offending field"}},
+    responses=responses(
+        SCOPE_ERRORS,
+        error_responses(
+            413,
+            415,
+            422,
+            described={422: "Invalid definition; `field` is a JSON pointer to the offending field"},
+        ),
+    ),
 )
 async def register_workflow(request: Request, state: StateDep, _: AdminDep) -> WorkflowOut:
     registered = await catalog.register_workflow(state, await read_definition_body(request))
@@ -78,7 +102,7 @@ async def list_workflows(state: StateDep, _: CallerDep) -> list[WorkflowOut]:
     return await latest_workflows(state)
 
 
-@router.get("/{name}", summary="Read a workflow (latest version, or ?version=N)")
+@router.get("/{name}", summary="Read a workflow (latest version, or ?version=N)", responses=error_responses(404))
 async def get_workflow(
     name: str, state: StateDep, _: CallerDep, version: int | None = Query(default=None, ge=1, le=2_147_483_647)
 ) -> WorkflowOut:

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from services.common.db.models import Mission
+from services.common.money import amount_schema
 from services.common.scrub import scrub
 from services.common.status import MissionStatus
 from services.orchestrator.auth import Caller
@@ -31,7 +32,9 @@ class MissionCreate(BaseModel):
     version: int | None = Field(default=None, ge=1, le=2_147_483_647)
     input: dict[str, Any] = Field(default_factory=dict)
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first when missions queue.")
-    budget_usd: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=8)
+    budget_usd: Decimal | None = Field(
+        default=None, ge=0, max_digits=18, decimal_places=8, json_schema_extra=amount_schema
+    )
     budget_tokens: int | None = Field(default=None, ge=0, le=2**62)
     idempotency_key: str | None = Field(default=None, min_length=1, max_length=200)
 

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import Schedule
+from services.common.money import amount_schema
 from services.common.scrub import scrub
 from services.common.status import FireKind, Overlap
 from services.orchestrator.auth import Caller
@@ -30,12 +31,19 @@ _DAY_S = 86_400.0
 _REQUIRED = ("workflow", "timezone", "input", "overlap", "catchup_window_s", "jitter_s", "paused", "priority")
 
 
+def _not_null(schema: dict[str, Any]) -> None:
+    """A field a change may leave out but not set to null (``_REQUIRED``), documented so."""
+    if "anyOf" in schema:
+        schema["anyOf"] = [branch for branch in schema["anyOf"] if branch.get("type") != "null"]
+        schema.pop("default", None)
+
+
 class ScheduleFields(BaseModel):
     """What a schedule can be told, on creation or in a change (``None``: unchanged)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    workflow: str | None = Field(default=None, min_length=1, max_length=100)
+    workflow: str | None = Field(default=None, min_length=1, max_length=100, json_schema_extra=_not_null)
     version: int | None = Field(default=None, ge=1, le=2_147_483_647, description="None: the latest at each fire")
     cron: str | None = Field(
         default=None,
@@ -45,14 +53,18 @@ class ScheduleFields(BaseModel):
         examples=["0 3 * * *"],
     )
     interval_s: float | None = Field(default=None, ge=1, le=366 * _DAY_S, description="Every N seconds (epoch-aligned)")
-    timezone: str | None = Field(default=None, min_length=1, max_length=64, examples=["UTC", "Europe/Paris"])
-    input: dict[str, Any] | None = None
-    overlap: Overlap | None = None
-    catchup_window_s: float | None = Field(default=None, ge=0, le=366 * _DAY_S)
-    jitter_s: float | None = Field(default=None, ge=0, le=_DAY_S)
-    paused: bool | None = None
-    priority: int | None = Field(default=None, ge=-1000, le=1000)
-    budget_usd: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=8)
+    timezone: str | None = Field(
+        default=None, min_length=1, max_length=64, examples=["UTC", "Europe/Paris"], json_schema_extra=_not_null
+    )
+    input: dict[str, Any] | None = Field(default=None, json_schema_extra=_not_null)
+    overlap: Overlap | None = Field(default=None, json_schema_extra=_not_null)
+    catchup_window_s: float | None = Field(default=None, ge=0, le=366 * _DAY_S, json_schema_extra=_not_null)
+    jitter_s: float | None = Field(default=None, ge=0, le=_DAY_S, json_schema_extra=_not_null)
+    paused: bool | None = Field(default=None, json_schema_extra=_not_null)
+    priority: int | None = Field(default=None, ge=-1000, le=1000, json_schema_extra=_not_null)
+    budget_usd: Decimal | None = Field(
+        default=None, ge=0, max_digits=18, decimal_places=8, json_schema_extra=amount_schema
+    )
     budget_tokens: int | None = Field(default=None, ge=0, le=2**62)
 
 

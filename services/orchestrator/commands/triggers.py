@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -24,6 +25,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import EventRecord, Trigger, TriggerDelivery
+from services.common.money import amount_schema
 from services.common.scrub import scrub
 from services.common.status import DeliveryOutcome, TriggerType
 from services.orchestrator.auth import Caller
@@ -67,7 +69,9 @@ class TriggerCreate(BaseModel):
         default=None, min_length=16, max_length=500, description="HMAC key of signed webhooks (never shown again)"
     )
     priority: int = Field(default=0, ge=-1000, le=1000)
-    budget_usd: Decimal | None = Field(default=None, ge=0, max_digits=18, decimal_places=8)
+    budget_usd: Decimal | None = Field(
+        default=None, ge=0, max_digits=18, decimal_places=8, json_schema_extra=amount_schema
+    )
     budget_tokens: int | None = Field(default=None, ge=0, le=2**62)
 
 
@@ -135,11 +139,21 @@ async def delete_trigger(state: OrchestratorState, name: str) -> None:
         await uow.session.delete(trigger)
 
 
+def _digest(event: str, payload: dict[str, Any]) -> str:
+    """What an event id stands for. orjson refuses integers beyond 64 bits, which JSON allows and
+    Postgres stores: those payloads are written by the standard library, the same way."""
+    try:
+        text = orjson.dumps([event, payload], option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        text = json.dumps([event, payload], sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.sha256(text).hexdigest()
+
+
 async def deliver_event(state: OrchestratorState, body: EventIn, caller: Caller) -> EventAccepted:
     """One mission per trigger listening for ``body.event`` whose filter holds; the same id again is
     answered with the missions it started then (409 when it comes with another event or payload)."""
     require_storable(body.model_dump(mode="json"), "body")
-    digest = hashlib.sha256(orjson.dumps([body.event, body.payload], option=orjson.OPT_SORT_KEYS)).hexdigest()
+    digest = _digest(body.event, body.payload)
     async with state.unit() as uow:
         # Waits for a concurrent delivery of the same id to commit, then finds it.
         claimed = await uow.session.execute(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -14,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import AgentResult, Mission, Step, TimelineEventRow
+from services.common.money import Money, plain_or_none
 from services.common.status import MissionStatus
 from services.orchestrator.engine.admission import queue_position
 from services.orchestrator.engine.scheduler import definition_for
@@ -51,9 +51,9 @@ class MissionOut(BaseModel):
     input: dict[str, Any]
     output: dict[str, Any] | None
     error: dict[str, Any] | None
-    budget_usd: Decimal | None
+    budget_usd: Money | None
     budget_tokens: int | None
-    spent_usd: Decimal
+    spent_usd: Money
     spent_tokens: int
     idempotency_key: str | None
     trigger: dict[str, Any] = Field(
@@ -94,7 +94,7 @@ class IterationOut(BaseModel):
     tokens_out: int
     cache_read_tokens: int
     cache_write_tokens: int
-    cost_usd: Decimal | None
+    cost_usd: Money | None
     duration_ms: int
     verification: dict[str, Any] | None
     error_type: str | None
@@ -120,7 +120,7 @@ class AgentResultOut(BaseModel):
     tokens_out: int
     cache_read_tokens: int
     cache_write_tokens: int
-    cost_usd: Decimal | None
+    cost_usd: Money | None
     duration_ms: int
     verification: dict[str, Any] | None
     iterations: list[IterationOut] = Field(
@@ -274,10 +274,6 @@ async def _ordered_steps(state: OrchestratorState, row: _Row) -> list[tuple[Any,
     return sorted(steps, key=lambda step: order.get(step[0], last))
 
 
-def _money(value: Decimal | None) -> str | None:
-    return None if value is None else str(value)  # as pydantic writes a Decimal
-
-
 def _detail_fields(row: _Row, json_value: Callable[[str | None], Any]) -> dict[str, Any]:
     """MissionOut's fields, in its order, from the detail row (``json_value`` maps a JSONB text)."""
     return {
@@ -324,8 +320,8 @@ async def read_mission_json(state: OrchestratorState, mission_id: uuid.UUID) -> 
     (uuids, ``Z`` timestamps, money as decimal strings), written by orjson (404 when unknown)."""
     row = await _fetch_detail(state, mission_id)
     body = _detail_fields(row, _fragment)
-    body["budget_usd"] = _money(body["budget_usd"])
-    body["spent_usd"] = _money(body["spent_usd"])
+    body["budget_usd"] = plain_or_none(body["budget_usd"])  # as Money writes it
+    body["spent_usd"] = plain_or_none(body["spent_usd"])
     body["steps"] = [_step_fields(step, _fragment) for step in await _ordered_steps(state, row)]
     return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel
@@ -13,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import Schedule, ScheduleFire
+from services.common.money import Money
 from services.orchestrator.engine.cadence import Cadence
 from services.orchestrator.errors import NotFound
 from services.orchestrator.state import OrchestratorState
@@ -43,7 +43,7 @@ class ScheduleOut(BaseModel):
     jitter_s: float
     paused: bool
     priority: int
-    budget_usd: Decimal | None
+    budget_usd: Money | None
     budget_tokens: int | None
     next_fire_times: list[datetime]
     buffered_fire_time: datetime | None

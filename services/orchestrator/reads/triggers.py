@@ -5,7 +5,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -13,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from services.common.db.models import Trigger, TriggerDelivery
+from services.common.money import Money
 from services.orchestrator.errors import NotFound
 from services.orchestrator.state import OrchestratorState
 
@@ -40,7 +40,7 @@ class TriggerOut(BaseModel):
     has_secret: bool = Field(description="True: signed webhooks can reach it (the secret is never shown)")
     webhook_path: str
     priority: int
-    budget_usd: Decimal | None
+    budget_usd: Money | None
     budget_tokens: int | None
     caller: str
     created_at: datetime
