@@ -124,6 +124,8 @@ def complete(document: dict[str, Any]) -> None:
         for operation in methods.values()
         if isinstance(operation, dict) and "operationId" in operation
     }
+    for operation in operations.values():
+        _errors_as_json(operation)
     for source, answers in LINKS.items():
         for status, links in answers.items():
             response = operations[source]["responses"][status]
@@ -155,3 +157,15 @@ def _exact_integer_bounds(node: Any) -> None:
     elif isinstance(node, list):
         for child in node:
             _exact_integer_bounds(child)
+
+
+_ERROR_BODY = {"$ref": REF.format(model="ErrorBody")}
+
+
+def _errors_as_json(operation: dict[str, Any]) -> None:
+    """An error is JSON even where the success is not (the SSE stream): FastAPI gives a declared
+    response the route's own media type."""
+    for status, answer in operation.get("responses", {}).items():
+        content = answer.get("content", {})
+        if status.startswith(("4", "5")) and any(media.get("schema") == _ERROR_BODY for media in content.values()):
+            answer["content"] = {"application/json": {"schema": _ERROR_BODY}}
