@@ -74,6 +74,11 @@ def cancel(mission_id: MissionArg, reason: ReasonOpt = None) -> None:
     _run(lambda c: c.control(mission_id, "cancel", {"reason": reason}))
 
 
+def rerun(mission_id: MissionArg) -> None:
+    """Run a mission again: a new mission of the same workflow version with the same input."""
+    _run(lambda c: c.request("POST", f"/v1/missions/{mission_id}/rerun"))
+
+
 def approve(mission_id: MissionArg, step: StepArg, reason: ReasonOpt = None) -> None:
     """Approve a step waiting for approval: it is dispatched."""
     _run(lambda c: c.decide(mission_id, step, "approve", reason))
@@ -130,6 +135,6 @@ def dlq_replay(dead_letter_id: Annotated[str, typer.Argument(help="Dead letter i
 
 
 def install(app: typer.Typer) -> None:
-    for command in (pause, resume, cancel, approve, reject, logs):
+    for command in (pause, resume, cancel, rerun, approve, reject, logs):
         app.command()(command)
     app.add_typer(dlq_app, name="dlq")

@@ -3,11 +3,13 @@ with the same stored input, priority and budgets, that names the mission it runs
 
 from __future__ import annotations
 
+import json
 import uuid
 from decimal import Decimal
 
 from tests.conftest import Stack
 from tests.integration.test_api_keys import make_key
+from tests.integration.test_cli import _coo
 from tests.integration.test_vertical_slice import register_hello, wait_terminal
 
 HELLO_V2 = b"""
@@ -65,6 +67,15 @@ async def test_a_rerun_runs_the_same_version_with_the_same_input(stack: Stack) -
         assert submitted_event["data"]["version"] == 1
         first_timeline = (await client.get(f"/v1/missions/{first['id']}/timeline")).json()
         assert "rerun_of" not in next(e for e in first_timeline if e["type"] == "mission.submitted")["data"]
+
+    # The CLI reruns the same way.
+    ran = await _coo(stack, "rerun", first["id"])
+    assert ran.returncode == 0, ran.stderr
+    by_cli = json.loads(ran.stdout)
+    assert by_cli["rerun_of"] == first["id"] and by_cli["id"] not in (first["id"], accepted["id"])
+    assert (await wait_terminal(stack, by_cli["id"]))["status"] == "succeeded"
+    unknown = await _coo(stack, "rerun", str(uuid.uuid4()))
+    assert unknown.returncode == 1 and "404" in unknown.stderr
 
 
 async def test_a_rerun_of_an_unknown_mission_is_404_and_a_viewer_may_not_rerun(stack: Stack) -> None:
