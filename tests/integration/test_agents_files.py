@@ -4,11 +4,7 @@ never over an API change, a bad file logged and skipped)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +14,6 @@ from structlog.testing import capture_logs
 
 from services.common.settings import Settings
 from tests.conftest import (
-    API_KEY,
     Infra,
     Stack,
     delete_streams,
@@ -28,6 +23,7 @@ from tests.conftest import (
     stop_stack,
     wait_for,
 )
+from tests.integration.test_cli import _coo
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -56,25 +52,6 @@ WORKFLOW = {
     "name": "triage-flow",
     "steps": [{"id": "triage", "agent": "triage", "input": {"report": "{{ input.report }}"}}],
 }
-
-
-def _env(stack: Stack) -> dict[str, str]:
-    return {
-        **{k: v for k, v in os.environ.items() if not k.startswith("COO_")},
-        "COO_API_URL": stack.orchestrator.url,
-        "COO_API_KEY": API_KEY,
-    }
-
-
-async def _coo(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
-    return await asyncio.to_thread(
-        subprocess.run,
-        [sys.executable, "-m", "services.cli.main", *args],
-        env=_env(stack),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
 
 
 async def test_a_custom_agent_applied_from_a_file_runs_on_the_offline_model(stack: Stack, tmp_path: Path) -> None:
