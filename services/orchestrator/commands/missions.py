@@ -108,25 +108,16 @@ async def rerun_mission(state: OrchestratorState, mission_id: uuid.UUID, caller:
         priority=original.priority,
         budget_usd=original.budget_usd,
         budget_tokens=original.budget_tokens,
+        rerun_of=original.id,
     )
 
     async def create(uow: UnitOfWork) -> Mission | OrchestratorError:
         try:
-            mission = await start_mission(uow, state.settings, spec)
+            return await start_mission(uow, state.settings, spec)
         except OrchestratorError as refused:
             return refused
-        mission.rerun_of = original.id  # inserted at the unit's flush, with this set
-        _note_rerun(uow, mission.id, original.id)
-        return mission
 
     return await _accepted(state, await state.submissions.run(create))
-
-
-def _note_rerun(uow: UnitOfWork, mission_id: uuid.UUID, rerun_of: uuid.UUID) -> None:
-    """The new mission's ``mission.submitted`` event (still uncommitted in ``uow``) names the original."""
-    for event in uow._events:  # the unit's own list: start_mission records the event without it
-        if event.mission_id == mission_id and event.type == "mission.submitted":
-            event.data = {**event.data, "rerun_of": str(rerun_of)}
 
 
 async def _replay(state: OrchestratorState, caller: str, body: MissionCreate) -> MissionAccepted | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from services.common.contracts import WorkResult
 from services.common.db.models import Mission
+from services.common.money import plain, plain_or_none
 from services.common.status import MissionStatus
 from services.common.telemetry import exemplar
 from services.orchestrator.engine.transitions import move_mission, record
@@ -65,8 +66,8 @@ def account(uow: UnitOfWork, mission: Mission, result: WorkResult) -> None:
 
 def _spend(mission: Mission) -> dict[str, Any]:
     return {
-        "spent_usd": str(mission.spent_usd),
-        "budget_usd": str(mission.budget_usd) if mission.budget_usd is not None else None,
+        "spent_usd": plain(mission.spent_usd),
+        "budget_usd": plain_or_none(mission.budget_usd),
         "spent_tokens": mission.spent_tokens,
         "budget_tokens": mission.budget_tokens,
     }

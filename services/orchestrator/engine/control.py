@@ -20,6 +20,7 @@ from services.common.contracts import Control, ControlAction
 from services.common.db.models import Approval, Mission, Step, TimelineEventRow
 from services.common.errors import ErrorType
 from services.common.logging import get_logger
+from services.common.money import plain_or_none
 from services.common.scrub import scrub_text
 from services.common.settings import Settings
 from services.common.status import MISSION_TERMINAL, STEP_TERMINAL, ApprovalStatus, MissionStatus, StepStatus
@@ -144,7 +145,7 @@ async def carry_out(
             MissionStatus.RUNNING,
             actor=actor,
             control_id=control_id,
-            add_budget_usd=str(control.add_budget_usd) if control.add_budget_usd is not None else None,
+            add_budget_usd=plain_or_none(control.add_budget_usd),
             add_budget_tokens=control.add_budget_tokens,
         )
         await advance(uow, mission, steps)

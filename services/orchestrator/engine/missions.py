@@ -48,6 +48,7 @@ class MissionSpec:
     budget_tokens: int | None = None
     idempotency_key: str | None = None
     trigger: dict[str, Any] = field(default_factory=lambda: {"type": "api"})
+    rerun_of: uuid.UUID | None = None  # the mission this one runs again
 
 
 async def start_mission(uow: UnitOfWork, settings: Settings, spec: MissionSpec) -> Mission:
@@ -75,6 +76,7 @@ async def start_mission(uow: UnitOfWork, settings: Settings, spec: MissionSpec) 
         idempotency_key=spec.idempotency_key,
         traceparent=None,
         trigger=spec.trigger,
+        rerun_of=spec.rerun_of,
     )
 
 
@@ -132,6 +134,7 @@ async def create_mission(
     idempotency_key: str | None,
     traceparent: str | None,
     trigger: dict[str, Any] | None = None,
+    rerun_of: uuid.UUID | None = None,
 ) -> Mission:
     """A mission is one trace: its ``mission.execute`` span (a child of the submitting request's
     span) is the parent of every ``step.dispatch``; its context is kept in ``missions.traceparent``."""
@@ -153,6 +156,7 @@ async def create_mission(
             idempotency_key=idempotency_key,
             traceparent=traceparent or current_traceparent(),
             trigger=trigger or {"type": "api"},
+            rerun_of=rerun_of,
         )
         steps = [
             Step(
@@ -183,6 +187,7 @@ async def create_mission(
             caller=caller,
             actor=caller,
             trigger=mission.trigger,
+            rerun_of=str(rerun_of) if rerun_of is not None else None,
         )
         admit_before_commit(uow, settings)
         span.set_attribute("coo.mission_id", str(mission.id))
