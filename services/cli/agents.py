@@ -24,6 +24,7 @@ SPEC_DEFAULTS: dict[str, Any] = {
     "tools": [],
     "approval_policy": "auto",
     "output_schema": None,
+    "mcp_servers": [],
     "enabled": True,
 }
 _NOT_SPEC = ("name", "version", "created_at", "updated_at")

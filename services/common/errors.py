@@ -25,6 +25,8 @@ class ErrorType(StrEnum):
     BUILD_FAILED = "BUILD_FAILED"
     # GitHub refused or could not take a pull request (retryable for 429 and 5xx: see StepError.retryable).
     GITHUB_FAILED = "GITHUB_FAILED"
+    # An MCP server an agent lists did not answer when the attempt began (refused, timed out, HTTP error).
+    TOOL_UNAVAILABLE = "TOOL_UNAVAILABLE"
 
     @property
     def retryable(self) -> bool:
@@ -41,6 +43,7 @@ _RETRYABLE = frozenset(
         ErrorType.SANDBOX_FAILED,
         ErrorType.INTERNAL,
         ErrorType.GITHUB_FAILED,
+        ErrorType.TOOL_UNAVAILABLE,
     }
 )
 

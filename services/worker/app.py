@@ -15,7 +15,7 @@ from services.common.deadletters import dead_letter_sink
 from services.common.logging import get_logger
 from services.common.settings import Settings, instance_id
 from services.common.slack import SlackClient
-from services.worker.agents import builtin, github_pr  # noqa: F401  (register the offline scripts, github-pr)
+from services.worker.agents import builtin, github_pr, mcp_clerk  # noqa: F401  (register the offline scripts, github-pr)
 from services.worker.consumer import WorkConsumer, WorkItemHandler
 from services.worker.llm.pricing import PriceTable
 from services.worker.llm.providers import model_warnings, select_provider

@@ -73,7 +73,7 @@ class Conversation:
                 ErrorType.VALIDATION, f"agent '{agent.name}' lists unknown tools {unknown}; available: {sorted(TOOLS)}"
             )
         self.models, self.item, self.agent, self.ctx, self.calls, self.spend = models, item, agent, ctx, calls, spend
-        self.tools = tuple(TOOLS[name] for name in agent.tools)
+        self.tools = tuple(TOOLS[name] for name in agent.tools) + (ctx.mcp.specs if ctx.mcp is not None else ())
         self.messages: list[Message] = [
             Message(role="user", content=(TextBlock(text=orjson.dumps(item.input).decode()),)),
         ]

@@ -27,6 +27,7 @@ class AgentDefinition:
     tools: tuple[str, ...]
     output_schema: dict[str, Any] | None
     enabled: bool = True
+    mcp_servers: tuple[dict[str, Any], ...] = ()  # {"name", "url", "tools"?}: as PUT /v1/agents stored them
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,7 @@ _CLAIM = (
         Agent.tools,
         Agent.output_schema,
         Agent.enabled,
+        Agent.mcp_servers,
     )
     .select_from(Step)
     .join(Mission, Mission.id == Step.mission_id)
@@ -99,6 +101,12 @@ async def claim_attempt(session: AsyncSession, item: WorkItem) -> Verdict:
     if row.name is None:
         return Verdict("run")  # the attempt fails with a clear VALIDATION error
     agent = AgentDefinition(
-        row.name, row.model, row.system_prompt, tuple(row.tools), row.output_schema, bool(row.enabled)
+        row.name,
+        row.model,
+        row.system_prompt,
+        tuple(row.tools),
+        row.output_schema,
+        bool(row.enabled),
+        tuple(row.mcp_servers or ()),
     )
     return Verdict("run", agent=agent)

@@ -104,6 +104,10 @@ def tool_span(use: ToolUse, *, parent: Span, capture: bool) -> Iterator[Span]:
 
 def record_tool(span: Span, call: ToolCall, *, capture: bool) -> None:
     span.set_attribute("coo.tool.status", call.status)
+    if call.server is not None:  # a tool of an MCP server (no semantic convention names the server or its tool)
+        span.set_attributes(
+            {"mcp.method.name": "tools/call", "coo.mcp.server": call.server, "coo.mcp.tool": call.tool or ""}
+        )
     if call.exit_code is not None:
         span.set_attribute("coo.tool.exit_code", call.exit_code)
     if call.status != ToolCallStatus.OK:

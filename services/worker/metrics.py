@@ -9,7 +9,7 @@ from decimal import Decimal
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from services.common.errors import ErrorType
-from services.common.status import StepStatus
+from services.common.status import StepStatus, ToolCallStatus
 from services.common.telemetry import exemplar
 from services.worker.llm.base import Usage
 
@@ -32,6 +32,8 @@ class WorkerMetrics:
     work_deferred: Counter = field(init=False)
     slots: Gauge = field(init=False)
     github_failures: Counter = field(init=False)
+    tool_calls: Counter = field(init=False)
+    tool_call_duration: Histogram = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -80,6 +82,30 @@ class WorkerMetrics:
             ["mode", "status"],
             registry=r,
         )
+
+        self.tool_calls = Counter(
+            "coo_tool_calls",
+            "Calls of MCP servers' tools, by server, tool and status (ok, error, timeout)",
+            ["server", "tool", "status"],
+            registry=r,
+        )
+        self.tool_call_duration = Histogram(
+            "coo_tool_call_duration_seconds",
+            "One call of an MCP server's tool",
+            ["server", "tool"],
+            registry=r,
+            buckets=_DURATION_BUCKETS,
+        )
+
+    def prepare_tool(self, server: str, tool: str) -> None:
+        """A listed tool's counters at 0, so that its first error is an increase ``rate()`` sees."""
+        for status in ToolCallStatus:
+            self.tool_calls.labels(server, tool, status)
+
+    def tool_call(self, *, server: str, tool: str, status: str, duration_s: float) -> None:
+        sample = exemplar()  # the trace id of the tool call's execute_tool span
+        self.tool_calls.labels(server, tool, status).inc(exemplar=sample)
+        self.tool_call_duration.labels(server, tool).observe(duration_s, exemplar=sample)
 
     def slots_in_use(self, busy: int, capacity: int) -> None:
         self.slots.labels("busy").set(busy)

@@ -36,6 +36,7 @@ from services.worker.llm.base import (
     ModelProvider,
 )
 from services.worker.llm.pricing import PriceTable
+from services.worker.mcp_tools import open_mcp_tools
 from services.worker.metrics import WorkerMetrics
 from services.worker.sandbox_client import SandboxClient
 from services.worker.tools import ToolCall, ToolContext
@@ -173,8 +174,9 @@ class AgentRunner:
                     if item.checks:
                         verification = await self._verify(item, ctx, last=True)
                 else:
-                    conversation = Conversation(self.models, item, agent, ctx, calls, spend)
-                    output, verification = await self._iterate(conversation, iterations, events)
+                    async with open_mcp_tools(agent.mcp_servers, self.metrics) as ctx.mcp:  # closed when it ends
+                        conversation = Conversation(self.models, item, agent, ctx, calls, spend)
+                        output, verification = await self._iterate(conversation, iterations, events)
         except CooError as exc:
             if isinstance(exc, VerificationFailed):
                 verification = exc.report

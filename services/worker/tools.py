@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -16,7 +16,11 @@ from services.common.status import RunStatus, ToolCallStatus
 from services.worker.llm.base import ToolSpec
 from services.worker.sandbox_client import SandboxClient
 
+if TYPE_CHECKING:
+    from services.worker.mcp_tools import McpTools
+
 TOOL_OUTPUT_LIMIT = 32 * 1024  # characters of each stream handed back to the model
+MCP_PREFIX = "mcp__"  # an MCP server's tool is offered as mcp__<server>__<tool>
 
 
 class RunCommandInput(BaseModel):
@@ -62,6 +66,8 @@ class ToolCall:
     sandbox_run_id: str | None = None
     exit_code: int | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    server: str | None = None  # an MCP tool's server and its own name for the tool
+    tool: str | None = None
 
     def as_row(self) -> dict[str, Any]:
         row: dict[str, Any] = {
@@ -75,6 +81,8 @@ class ToolCall:
             row["sandbox_run_id"] = self.sandbox_run_id
         if self.exit_code is not None:
             row["exit_code"] = self.exit_code
+        if self.server is not None:
+            row["server"], row["tool"] = self.server, self.tool
         return row
 
 
@@ -88,11 +96,12 @@ class ToolContext:
     workspace_source: str | None = None  # a directory copied into the attempt's workspace on first use
     egress: list[str] = field(default_factory=list)  # host:port patterns its commands may reach
     headers: dict[str, str] = field(default_factory=dict)
+    mcp: McpTools | None = None  # the attempt's MCP sessions (agents with mcp_servers)
     transcript_out: list[str] = field(default_factory=list)
     transcript_err: list[str] = field(default_factory=list)
 
 
-def _clip(text: str) -> str:
+def clip(text: str) -> str:
     if len(text) <= TOOL_OUTPUT_LIMIT:
         return text
     return text[:TOOL_OUTPUT_LIMIT] + f"\n[... {len(text) - TOOL_OUTPUT_LIMIT} more characters not shown]"
@@ -100,15 +109,17 @@ def _clip(text: str) -> str:
 
 def _format_result(result: SandboxExecResult) -> str:
     parts = [f"exit_code: {result.exit_code}" if result.status != RunStatus.TIMEOUT else "status: timed out"]
-    parts.append("stdout:\n" + _clip(result.stdout) + (" [truncated]" if result.stdout_truncated else ""))
+    parts.append("stdout:\n" + clip(result.stdout) + (" [truncated]" if result.stdout_truncated else ""))
     if result.stderr:
-        parts.append("stderr:\n" + _clip(result.stderr) + (" [truncated]" if result.stderr_truncated else ""))
+        parts.append("stderr:\n" + clip(result.stderr) + (" [truncated]" if result.stderr_truncated else ""))
     return "\n".join(parts)
 
 
 async def call_tool(ctx: ToolContext, name: str, raw_input: dict[str, Any]) -> ToolCall:
     """Run one tool call. A command that fails is a normal tool result (``status=error``);
     the sandbox being unavailable raises ``CooError`` and fails the attempt."""
+    if name.startswith(MCP_PREFIX) and ctx.mcp is not None:
+        return await ctx.mcp.call(name, raw_input)
     call = ToolCall(name=name, input=raw_input)
     start = time.perf_counter()
     if name not in TOOLS:

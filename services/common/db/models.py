@@ -78,6 +78,7 @@ class Agent(Base):
     tools: Mapped[list[Any]] = mapped_column(default=list)
     approval_policy: Mapped[str] = mapped_column(String(32), default="auto")
     output_schema: Mapped[Json | None] = mapped_column(default=None)
+    mcp_servers: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(server_default=func.now())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +17,42 @@ from services.orchestrator.errors import NotFound
 from services.orchestrator.state import OrchestratorState
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,99}$"
+MCP_SERVER_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,40}$"
+MCP_TOOL_NAME_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class McpServerSpec(BaseModel):
+    """A remote MCP server (streamable HTTP) whose tools the agent is offered, each as
+    ``mcp__<name>__<tool>``; only the tools of ``tools`` when it is given."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(pattern=MCP_SERVER_NAME_PATTERN, examples=["inventory"])
+    url: str = Field(max_length=2000, examples=["http://127.0.0.1:8765/mcp"])
+    tools: list[Annotated[str, Field(pattern=MCP_TOOL_NAME_PATTERN)]] | None = Field(
+        default=None,
+        max_length=128,
+        exclude_if=lambda tools: tools is None,  # stored and answered only when given
+        description="The server's tools the agent may call (all when absent).",
+    )
+    headers_secret: None = Field(
+        default=None, exclude=True, description="Not supported yet: servers are called without credentials."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, url: str) -> str:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
+        if parts.username is not None or parts.password is not None:
+            raise ValueError("must not carry credentials (secrets for MCP servers are not supported yet)")
+        return url
+
+    @field_validator("headers_secret", mode="before")
+    @classmethod
+    def _no_secrets(cls, _value: object) -> None:
+        raise ValueError("secrets for MCP servers are not supported yet: servers are called without headers")
 
 
 class AgentSpec(BaseModel):
@@ -31,7 +68,17 @@ class AgentSpec(BaseModel):
     tools: list[str] = Field(default_factory=list, max_length=64)
     approval_policy: Literal["auto", "approval_required"] = "auto"
     output_schema: dict[str, Any] | None = None
+    mcp_servers: list[McpServerSpec] = Field(default_factory=list, max_length=16)
     enabled: bool = True
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _unique_servers(cls, servers: list[McpServerSpec]) -> list[McpServerSpec]:
+        names = [server.name for server in servers]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"server names must be unique: {repeated} appear more than once")
+        return servers
 
 
 class AgentOut(AgentSpec):
