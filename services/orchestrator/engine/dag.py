@@ -18,13 +18,14 @@ _ID = r"^[A-Za-z_][A-Za-z0-9_-]{0,99}$"
 _ID_RE = re.compile(_ID)
 
 
+# Numbers and booleans are taken as they are written: "3" is not a count, 1 is not true.
 class RetryPolicy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    max_attempts: int = Field(default=3, ge=1, le=100)
-    base_s: float = Field(default=1.0, gt=0, le=3600, alias="base")
-    max_s: float = Field(default=60.0, gt=0, le=86400, alias="max")
-    jitter: bool = True
+    max_attempts: int = Field(default=3, ge=1, le=100, strict=True)
+    base_s: float = Field(default=1.0, gt=0, le=3600, alias="base", strict=True)
+    max_s: float = Field(default=60.0, gt=0, le=86400, alias="max", strict=True)
+    jitter: bool = Field(default=True, strict=True)
 
 
 class Check(BaseModel):
@@ -34,7 +35,7 @@ class Check(BaseModel):
 
     name: str = Field(min_length=1, max_length=100)
     argv: list[str] = Field(min_length=1)
-    timeout_s: float = Field(default=60.0, gt=0, le=3600)
+    timeout_s: float = Field(default=60.0, gt=0, le=3600, strict=True)
     kind: CheckKind = Field(
         default=CheckKind.CUSTOM,
         description="test, lint, typecheck, build or custom: a failing check fails the attempt with "
@@ -50,13 +51,14 @@ class StepDefinition(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict)
     depends_on: list[str] = Field(default_factory=list)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    timeout_s: float = Field(default=600.0, gt=0, le=86400)
+    timeout_s: float = Field(default=600.0, gt=0, le=86400, strict=True)
     when: str | None = None
     checks: list[Check] = Field(default_factory=list)
     max_iterations: int = Field(
         default=1,
         ge=1,
         le=20,
+        strict=True,
         description="When the checks fail, run the agent again in the same workspace with the verification "
         "report, up to this many times in one attempt",
     )

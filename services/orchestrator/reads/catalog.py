@@ -69,7 +69,7 @@ class AgentSpec(BaseModel):
     approval_policy: Literal["auto", "approval_required"] = "auto"
     output_schema: dict[str, Any] | None = None
     mcp_servers: list[McpServerSpec] = Field(default_factory=list, max_length=16)
-    enabled: bool = True
+    enabled: bool = Field(default=True, strict=True)  # 1 is not true
 
     @field_validator("mcp_servers")
     @classmethod
