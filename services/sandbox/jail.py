@@ -136,6 +136,12 @@ class Jail:
                 args += ["--symlink", os.readlink(path), path]
             elif os.path.isdir(path):
                 args += ["--ro-bind", path, path]
+        return args
+
+    def _exposed(self) -> list[str]:
+        """The exposed directories, bound after the jail's own /tmp and /dev/shm: a checkout under
+        /tmp (a CI clone) keeps its environment visible instead of hidden under the empty tmpfs."""
+        args: list[str] = []
         for index, path in enumerate(self.exposed):
             source = str(self.stage / f"exposed-{index}") if self.stage is not None else path
             args += ["--ro-bind", source, path]
@@ -185,6 +191,7 @@ class Jail:
             str(SHM_BYTES),
             "--tmpfs",
             "/dev/shm",
+            *self._exposed(),
             "--bind",
             workspace_source,
             WORKSPACE,
