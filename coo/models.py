@@ -165,6 +165,15 @@ class Workflow(ApiModel):
     definition: dict[str, Any]
 
 
+class McpServer(ApiModel):
+    """A remote MCP server whose tools an agent may call (``mcp__<name>__<tool>``)."""
+
+    api_schema = "McpServerSpec-Output"  # as the API answers it (the request schema is -Input)
+    name: str
+    url: str
+    tools: list[str] | None = None
+
+
 class AgentSpec(ApiModel):
     """An agent's definition, as ``put_agent`` sends it."""
 
@@ -176,6 +185,7 @@ class AgentSpec(ApiModel):
     tools: list[str] = []
     approval_policy: str = "auto"
     output_schema: dict[str, Any] | None = None
+    mcp_servers: list[McpServer] = []
     enabled: bool = True
 
 

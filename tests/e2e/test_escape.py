@@ -29,6 +29,7 @@ import httpx
 import pytest
 
 from services.common.db.migrate import upgrade_async
+from services.sandbox.jail import python_environment
 from tests.conftest import API_KEY, Infra, delete_streams, drop_schema, make_settings, wait_for
 from tests.e2e.processes import Services
 from tests.e2e.test_sandbox_security import FETCH, MIB, http_server, processes_of, processes_with, rot13
@@ -44,7 +45,11 @@ TMP_CAP = 16 * MIB
 CANARY = "escape-canary-7c41d9e2"  # in every service's environment, never in a command's
 SERVICES = ("orchestrator", "worker", "sandbox")
 JAIL_ENV = {"PATH", "LANG", "LC_ALL", "HOME", "TMPDIR"}
-JAIL_ROOT = {".", "..", "bin", "dev", "etc", "lib", "lib64", "proc", "sbin", "tmp", "usr", "workspace"}
+# The jail's root: the system's read-only directories, its own /tmp and the workspace, and the first
+# directory of each path of the sandbox's own Python environment (shown read-only for the scanners).
+JAIL_ROOT = {".", "..", "bin", "dev", "etc", "lib", "lib64", "proc", "sbin", "tmp", "usr", "workspace"} | {
+    path.strip("/").split("/")[0] for path in python_environment()
+}
 
 
 @dataclass(frozen=True)

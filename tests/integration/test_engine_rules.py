@@ -299,7 +299,7 @@ async def test_the_timeline_streams_live_and_resumes_from_last_event_id(stack: S
         assert resumed == [i for i in ids if i > middle]
 
         bad = await client.get(f"/v1/missions/{mid}/events", headers={"Last-Event-ID": "yesterday"})
-        assert bad.status_code == 422 and bad.json()["error"]["field"] == "Last-Event-ID"
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "header.Last-Event-ID"
 
 
 async def test_an_undecodable_control_message_is_dead_lettered_and_replay_keeps_the_link(stack: Stack) -> None:
