@@ -6,6 +6,7 @@ server are ignored, so an older client keeps working."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
@@ -165,10 +166,20 @@ class Workflow(ApiModel):
     definition: dict[str, Any]
 
 
-class McpServer(ApiModel):
-    """A remote MCP server whose tools an agent may call (``mcp__<name>__<tool>``)."""
+class McpServerSpec(ApiModel):
+    """A remote MCP server whose tools an agent may call (``mcp__<name>__<tool>``), as sent."""
 
-    api_schema = "McpServerSpec-Output"  # as the API answers it (the request schema is -Input)
+    api_schema = "McpServerSpec-Input"
+    name: str
+    url: str
+    tools: list[str] | None = None
+    headers_secret: None = None  # the API refuses any value until it keeps secrets for servers
+
+
+class McpServer(ApiModel):
+    """The same, as the API answers it."""
+
+    api_schema = "McpServerSpec-Output"
     name: str
     url: str
     tools: list[str] | None = None
@@ -185,13 +196,14 @@ class AgentSpec(ApiModel):
     tools: list[str] = []
     approval_policy: str = "auto"
     output_schema: dict[str, Any] | None = None
-    mcp_servers: list[McpServer] = []
+    mcp_servers: Sequence[McpServerSpec] = ()
     enabled: bool = True
 
 
 class Agent(AgentSpec):
     api_schema = "AgentOut"
     name: str
+    mcp_servers: Sequence[McpServer] = ()  # type: ignore[assignment]  # the answer's schema, not the request's
     version: int
     created_at: datetime
     updated_at: datetime
