@@ -62,7 +62,7 @@ async def test_the_api_keeps_to_its_openapi_document_under_every_check(services:
             "--phases",
             "examples,coverage,fuzzing,stateful",
             "--max-examples",
-            "40",
+            "20",
             "--seed",
             "20261203",
             "--header",
