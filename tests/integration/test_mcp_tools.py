@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 import yaml
@@ -17,6 +16,7 @@ import yaml
 from services.cli.embedded import free_port
 from tests.conftest import RunningApp, Stack, wait_for
 from tests.fakes.anthropic import MODEL, FakeAnthropic, text, tool_use
+from tests.integration.test_worker_anthropic import metric
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -75,18 +75,6 @@ async def run_mission(
         mission = await wait_for(finished, timeout_s=60, what="the mission to finish")
         results = (await client.get(f"/v1/missions/{mission_id}/steps/ask/results")).json()
     return mission, sorted(results, key=lambda r: r["attempt"])
-
-
-async def metric(stack: Stack, name: str, **labels: str) -> float:
-    async with httpx.AsyncClient() as client:
-        body = (await client.get(f"{stack.worker.url}/metrics")).text
-    total = 0.0
-    for line in body.splitlines():
-        if (line.startswith(name + "{") or line.startswith(name + " ")) and all(
-            f'{k}="{v}"' in line for k, v in labels.items()
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 async def test_claude_is_offered_the_servers_allow_listed_tools_and_reads_their_answer(

@@ -109,9 +109,7 @@ async def _start(
             trigger={"type": source.value, "name": trigger.name, "event": event, "event_id": delivery_id},
         )
         mission = await start_mission(uow, settings, spec)
-    except CooError as exc:
-        return DeliveryOutcome.FAILED, None, exc.message
-    except OrchestratorError as exc:
+    except (CooError, OrchestratorError) as exc:  # a template or the workflow refused it
         return DeliveryOutcome.FAILED, None, exc.message
     return DeliveryOutcome.STARTED, mission.id, None
 
